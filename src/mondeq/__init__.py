@@ -1,0 +1,43 @@
+"""mondeq: monotone operator equilibrium networks (monDEQ) in PyTorch."""
+
+from .activations import (
+    HardTanh,
+    LeakyReLU,
+    ProximalActivation,
+    ReLU,
+    Sigmoid,
+    Softplus,
+    Tanh,
+    get_activation,
+)
+from .errors import ConvergenceError, ConvergenceWarning
+from .layer import MonDEQ, SolverStats
+from .operators import FullyConnected, MonotoneOperator, MultiConv, Resolvent, SingleConv
+from .solvers import Anderson, DouglasRachford, ForwardBackward, PeacemanRachford, get_solver
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Anderson",
+    "ConvergenceError",
+    "ConvergenceWarning",
+    "DouglasRachford",
+    "ForwardBackward",
+    "FullyConnected",
+    "HardTanh",
+    "LeakyReLU",
+    "MonDEQ",
+    "MonotoneOperator",
+    "MultiConv",
+    "PeacemanRachford",
+    "ProximalActivation",
+    "ReLU",
+    "Resolvent",
+    "Sigmoid",
+    "SingleConv",
+    "SolverStats",
+    "Softplus",
+    "Tanh",
+    "get_activation",
+    "get_solver",
+]

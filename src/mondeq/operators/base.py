@@ -1,0 +1,159 @@
+r"""The interface every monotone linear operator implements.
+
+A monotone operator holds the parameters of :math:`W` and of the input injection
+:math:`Ux + b`. The hidden state is handled as a flat tensor of shape ``(batch, features)``
+so that solvers see plain vectors; :meth:`MonotoneOperator.unflatten` gives the structured
+view (an image tensor, or a tuple of per-tier tensors).
+
+Subclasses implement :meth:`weights` (the effective, differentiable weights),
+:meth:`apply_weights` (:math:`Wz` or :math:`W^\top z` from given weights),
+:meth:`build_resolvent` and :meth:`inject`. Everything else is derived here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["MonotoneOperator", "Resolvent", "FrozenOperator"]
+
+
+class Resolvent:
+    r""":math:`(I + \alpha(I - W))^{-1}` and its transpose, built once and applied many times."""
+
+    def __init__(self, solve: Callable[[Tensor], Tensor], solve_transpose: Callable[[Tensor], Tensor]):
+        self._solve = solve
+        self._solve_transpose = solve_transpose
+
+    def solve(self, y: Tensor) -> Tensor:
+        r""":math:`(I + \alpha(I - W))^{-1} y` for flat ``y`` of shape ``(batch, features)``."""
+        return self._solve(y)
+
+    def solve_transpose(self, y: Tensor) -> Tensor:
+        r""":math:`(I + \alpha(I - W^\top))^{-1} y`."""
+        return self._solve_transpose(y)
+
+
+@dataclass(frozen=True)
+class FrozenOperator:
+    """Detached maps of one parameter state, for use inside solver iterations."""
+
+    multiply: Callable[[Tensor], Tensor]
+    multiply_transpose: Callable[[Tensor], Tensor]
+    resolvent: Resolvent | None
+    alpha: float
+
+
+class MonotoneOperator(nn.Module):
+    r"""Base class of :math:`W` with :math:`I - W \succeq mI` for all parameter values.
+
+    Attributes:
+        m: the monotonicity margin, :math:`m > 0`.
+        features: hidden units per sample, :math:`n`.
+    """
+
+    features: int
+
+    def __init__(self, m: float) -> None:
+        super().__init__()
+        if not isinstance(m, (int, float)) or not m > 0:
+            raise ValueError(f"monotonicity parameter m must be > 0, got {m!r}")
+        self.m = float(m)
+        self._frozen_cache: tuple[Any, FrozenOperator] | None = None
+
+    # -- to implement -------------------------------------------------------------------
+    def weights(self) -> Any:
+        """The effective weights of W, differentiable w.r.t. the parameters."""
+        raise NotImplementedError
+
+    def apply_weights(self, z: Tensor, weights: Any, transpose: bool = False) -> Tensor:
+        r""":math:`Wz` (or :math:`W^\top z`) for flat ``z`` using ``weights``."""
+        raise NotImplementedError
+
+    def build_resolvent(self, weights: Any, alpha: float) -> Resolvent:
+        r"""The resolvent :math:`(I + \alpha(I - W))^{-1}` for detached ``weights``."""
+        raise NotImplementedError
+
+    def inject(self, x: Tensor) -> Tensor:
+        r""":math:`Ux + b` as a flat ``(batch, features)`` tensor."""
+        raise NotImplementedError
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise ``ValueError`` naming the problem when ``x`` has the wrong shape."""
+        raise NotImplementedError
+
+    # -- derived ------------------------------------------------------------------------
+    def multiply(self, z: Tensor) -> Tensor:
+        r""":math:`Wz` for flat ``z`` of shape ``(batch, features)``."""
+        return self.apply_weights(z, self.weights(), transpose=False)
+
+    def multiply_transpose(self, z: Tensor) -> Tensor:
+        r""":math:`W^\top z` for flat ``z`` of shape ``(batch, features)``."""
+        return self.apply_weights(z, self.weights(), transpose=True)
+
+    def resolvent(self, alpha: float) -> Resolvent:
+        r""":math:`(I + \alpha(I - W))^{-1}` for the current parameters (not differentiable)."""
+        if not alpha > 0:
+            raise ValueError(f"step size alpha must be > 0, got {alpha!r}")
+        with torch.no_grad():
+            return self.build_resolvent(self.weights(), float(alpha))
+
+    def unflatten(self, z: Tensor) -> Tensor | tuple[Tensor, ...]:
+        """The structured view of a flat hidden state."""
+        return z
+
+    def flatten(self, z: Tensor | tuple[Tensor, ...]) -> Tensor:
+        """Inverse of :meth:`unflatten`."""
+        return z  # type: ignore[return-value]
+
+    def to_dense(self) -> Tensor:
+        r""":math:`W` as an explicit ``(features, features)`` matrix (small sizes only)."""
+        p = next(self.parameters())
+        eye = torch.eye(self.features, dtype=p.dtype, device=p.device)
+        with torch.no_grad():
+            return self.multiply(eye).T.contiguous()
+
+    def parameter_state(self) -> tuple:
+        """A key that changes whenever any parameter is modified in place or replaced."""
+        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
+
+    def frozen(self, alpha: float, with_resolvent: bool = True) -> FrozenOperator:
+        """Detached multiply / resolvent maps, cached until a parameter changes."""
+        key = (self.parameter_state(), float(alpha), with_resolvent)
+        if self._frozen_cache is not None and self._frozen_cache[0] == key:
+            return self._frozen_cache[1]
+        with torch.no_grad():
+            weights = self.weights()
+            frozen = FrozenOperator(
+                multiply=lambda z: self.apply_weights(z, weights, transpose=False),
+                multiply_transpose=lambda z: self.apply_weights(z, weights, transpose=True),
+                resolvent=self.build_resolvent(weights, float(alpha)) if with_resolvent else None,
+                alpha=float(alpha),
+            )
+        self._frozen_cache = (key, frozen)
+        return frozen
+
+    def lipschitz(self, iterations: int = 50) -> float:
+        r"""Estimate :math:`L = \|I - W\|_2` by power iteration on :math:`(I-W)^\top(I-W)`."""
+        frozen = self.frozen(1.0, with_resolvent=False)
+        p = next(self.parameters())
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        v = torch.randn(1, self.features, generator=generator, dtype=p.dtype).to(p.device)
+        v = v / v.norm()
+        sigma = 0.0
+        with torch.no_grad():
+            for _ in range(iterations):
+                u = v - frozen.multiply(v)
+                w = u - frozen.multiply_transpose(u)
+                sigma = w.norm().item()
+                if sigma == 0:
+                    return 0.0
+                v = w / sigma
+        return sigma**0.5
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, m={self.m}"

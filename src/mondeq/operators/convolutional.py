@@ -1,0 +1,333 @@
+r"""Convolutional monotone operators: single convolution and multi-tier (multi-scale).
+
+The hidden state has one tier per resolution, tier :math:`i` of shape
+:math:`(c_i, s_i, s_i)` with :math:`s_{i+1} = s_i / 2`. :math:`A` is block lower-bidiagonal:
+:math:`A_{ii}` a circular convolution within tier :math:`i`, :math:`A_{i+1,i}` a stride-2
+circular convolution from tier :math:`i` to :math:`i+1`. :math:`B` is block diagonal, and
+
+.. math::
+    W = (1 - m) I - A^\top A + B - B^\top ,
+
+monotone for every parameter value. Each convolution kernel :math:`K` enters as
+:math:`g \, K / \|K\|_F` with a learned scalar :math:`g` (the paper's normalisation). Unlike
+the paper-era code, :math:`A^\top A`'s weight is :math:`g^2`, which cannot turn negative.
+
+**Resolvent.** With the unitary 2-D DFT per tier, circular convolutions become per-frequency
+:math:`c \times c` matrices (their symbols :math:`\hat K(f)`) and a stride-2 convolution maps the
+four fine frequencies that alias to coarse frequency :math:`g` onto :math:`g`:
+:math:`\widehat{A_{i+1,i} z}(g) = \tfrac12 \sum_{f \to g} \hat K(f) \hat z(f)`. Hence
+:math:`M = I + \alpha(I - W)` is block tridiagonal across tiers with blocks that are block
+diagonal over alias groups, and block (Schur-complement) elimination
+
+.. math::
+    S_0 = M_{00}, \qquad S_{i+1} = M_{i+1,i+1} - M_{i+1,i} S_i^{-1} M_{i,i+1}
+
+needs only inverses of :math:`4c_i \times 4c_i` matrices per alias group (:math:`c \times c`
+per frequency on the coarsest tier). A single tier uses the real FFT (half spectrum).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import MonotoneOperator, Resolvent
+
+__all__ = ["MultiConv", "SingleConv"]
+
+
+def circular_conv(x: Tensor, kernel: Tensor, stride: int = 1) -> Tensor:
+    """2-D convolution (cross-correlation) with circular padding that keeps the size / stride."""
+    pad = kernel.shape[-1] // 2
+    return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="circular"), kernel, stride=stride)
+
+
+def transpose_kernel(kernel: Tensor) -> Tensor:
+    """The kernel of the adjoint circular convolution (odd kernel sizes)."""
+    return kernel.transpose(0, 1).flip(2, 3)
+
+
+def symbol(kernel: Tensor, size: int) -> Tensor:
+    r"""Per-frequency matrices :math:`\hat K(f)` of a circular convolution: ``(size, size, out, in)``."""
+    out_c, in_c, k, _ = kernel.shape
+    placed = kernel.new_zeros(out_c, in_c, size, size)
+    placed[..., :k, :k] = kernel
+    placed = torch.roll(placed, shifts=(-(k // 2), -(k // 2)), dims=(2, 3))
+    return torch.fft.fft2(placed).conj().permute(2, 3, 0, 1)
+
+
+def group(x: Tensor) -> Tensor:
+    """``(s, s, c, r)`` per-frequency layout to ``(s/2, s/2, 4c, r)`` alias groups."""
+    s, _, c, r = x.shape
+    h = s // 2
+    return x.reshape(2, h, 2, h, c, r).permute(1, 3, 0, 2, 4, 5).reshape(h, h, 4 * c, r)
+
+
+def ungroup(x: Tensor) -> Tensor:
+    """Inverse of :func:`group`."""
+    h, _, c4, r = x.shape
+    c = c4 // 4
+    return x.reshape(h, h, 2, 2, c, r).permute(2, 0, 3, 1, 4, 5).reshape(2 * h, 2 * h, c, r)
+
+
+def group_block_diagonal(p: Tensor) -> Tensor:
+    """Per-frequency ``(s, s, c, c)`` matrices as block-diagonal ``(s/2, s/2, 4c, 4c)`` group matrices."""
+    s, _, c, _ = p.shape
+    h = s // 2
+    blocks = p.reshape(2, h, 2, h, c, c).permute(1, 3, 0, 2, 4, 5).reshape(h, h, 4, c, c)
+    out = p.new_zeros(h, h, 4, c, 4, c)
+    idx = torch.arange(4, device=p.device)
+    out[:, :, idx, :, idx, :] = blocks.permute(2, 0, 1, 3, 4)
+    return out.reshape(h, h, 4 * c, 4 * c)
+
+
+@dataclass
+class _TierWeights:
+    A: Tensor  # (c, c, k, k) within-tier
+    S: Tensor  # (c, c, k, k) skew part B - B^T as one kernel
+    down: Tensor | None  # (c_next, c, k, k) stride-2 to the next tier
+
+
+class MultiConv(MonotoneOperator):
+    r"""Multi-tier convolutional monotone operator.
+
+    Args:
+        in_channels: channels of the input image.
+        channels: channels per tier, e.g. ``(16, 32, 32)``.
+        image_size: side of the (square) input; tier :math:`i` has side ``image_size / 2**i``.
+        kernel_size: odd kernel size of every convolution.
+        m: monotonicity margin, :math:`m > 0`.
+
+    Shape:
+        - Input: :math:`(N, C_{in}, s, s)`.
+        - Hidden state: flat :math:`(N, \sum_i c_i s_i^2)`; :meth:`unflatten` gives the tuple
+          of tiers :math:`(N, c_i, s_i, s_i)`.
+
+    The input is injected into the first tier by a circular convolution ``U`` with bias.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: tuple[int, ...] | list[int],
+        image_size: int,
+        kernel_size: int = 3,
+        m: float = 0.1,
+    ) -> None:
+        super().__init__(m)
+        channels = tuple(int(c) for c in channels)
+        if not channels or min(channels) <= 0 or in_channels <= 0:
+            raise ValueError(f"channels must be positive, got in_channels={in_channels}, channels={channels}")
+        if kernel_size % 2 != 1 or kernel_size <= 0:
+            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+        sizes = [image_size // 2**i for i in range(len(channels))]
+        for i, s in enumerate(sizes):
+            if s < kernel_size or (i + 1 < len(sizes) and s % 2):
+                raise ValueError(
+                    f"image_size {image_size} does not support {len(channels)} tiers: tier {i} has "
+                    f"side {s}, which must be >= kernel_size {kernel_size} and even for every tier "
+                    "but the last"
+                )
+        self.in_channels = in_channels
+        self.channels = channels
+        self.image_size = image_size
+        self.sizes = tuple(sizes)
+        self.kernel_size = kernel_size
+        self.features = sum(c * s * s for c, s in zip(channels, sizes))
+        k = kernel_size
+        self.U = nn.Conv2d(in_channels, channels[0], k, bias=True)
+        self.A = nn.ParameterList([nn.Parameter(torch.empty(c, c, k, k)) for c in channels])
+        self.B = nn.ParameterList([nn.Parameter(torch.empty(c, c, k, k)) for c in channels])
+        self.down = nn.ParameterList(
+            [nn.Parameter(torch.empty(c1, c0, k, k)) for c0, c1 in zip(channels[:-1], channels[1:])]
+        )
+        self.A_scale = nn.Parameter(torch.ones(len(channels)))
+        self.B_scale = nn.Parameter(torch.ones(len(channels)))
+        self.down_scale = nn.Parameter(torch.ones(len(channels) - 1)) if len(channels) > 1 else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for p in [*self.A, *self.B, *self.down]:
+            nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+        for p in (self.A_scale, self.B_scale, self.down_scale):
+            if p is not None:
+                nn.init.ones_(p)
+        self.U.reset_parameters()
+
+    @property
+    def num_tiers(self) -> int:
+        return len(self.channels)
+
+    # -- structure ------------------------------------------------------------------------
+    def unflatten(self, z: Tensor) -> tuple[Tensor, ...]:
+        return self.tiers(z)
+
+    def tiers(self, z: Tensor) -> tuple[Tensor, ...]:
+        """Views of the tiers ``(N, c_i, s_i, s_i)`` of a flat hidden state."""
+        sections = [c * s * s for c, s in zip(self.channels, self.sizes)]
+        parts = torch.split(z, sections, dim=1)
+        return tuple(p.reshape(z.shape[0], c, s, s) for p, c, s in zip(parts, self.channels, self.sizes))
+
+    def flatten(self, z: Tensor | tuple[Tensor, ...]) -> Tensor:
+        tiers = (z,) if isinstance(z, Tensor) else z
+        return torch.cat([t.reshape(t.shape[0], -1) for t in tiers], dim=1)
+
+    def check_input(self, x: Tensor) -> None:
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"{type(self).__name__} expects input of shape (batch, {expected[0]}, {expected[1]}, "
+                f"{expected[2]}) (in_channels={self.in_channels}, image_size={self.image_size}), "
+                f"got {tuple(x.shape)}"
+            )
+
+    def inject(self, x: Tensor) -> Tensor:
+        first = circular_conv(x, self.U.weight) + self.U.bias[:, None, None]
+        flat = first.reshape(x.shape[0], -1)
+        if self.num_tiers == 1:
+            return flat
+        rest = flat.new_zeros(x.shape[0], self.features - flat.shape[1])
+        return torch.cat([flat, rest], dim=1)
+
+    # -- W --------------------------------------------------------------------------------
+    def weights(self) -> list[_TierWeights]:
+        def normalized(kernel: Tensor, scale: Tensor) -> Tensor:
+            return scale * kernel / kernel.norm()
+
+        tiers = []
+        for i in range(self.num_tiers):
+            b = normalized(self.B[i], self.B_scale[i])
+            tiers.append(
+                _TierWeights(
+                    A=normalized(self.A[i], self.A_scale[i]),
+                    S=b - transpose_kernel(b),
+                    down=normalized(self.down[i], self.down_scale[i]) if i + 1 < self.num_tiers else None,
+                )
+            )
+        return tiers
+
+    def apply_weights(self, z: Tensor, weights: list[_TierWeights], transpose: bool = False) -> Tensor:
+        tiers = self.tiers(z)
+        skew_sign = -1.0 if transpose else 1.0
+        rows, skews = [], []  # rows[i] = (A z)_i = A_ii z_i + A_{i,i-1} z_{i-1}
+        for i, (zi, w) in enumerate(zip(tiers, weights)):
+            c = self.channels[i]
+            both = circular_conv(zi, torch.cat([w.A, w.S], dim=0))
+            row, skew = both[:, :c], both[:, c:]
+            if i > 0:
+                row = row + circular_conv(tiers[i - 1], weights[i - 1].down, stride=2)
+            rows.append(row)
+            skews.append(skew)
+        out = []
+        for i, (zi, w) in enumerate(zip(tiers, weights)):
+            ata = circular_conv(rows[i], transpose_kernel(w.A))
+            if w.down is not None:
+                nxt = rows[i + 1]
+                up = nxt.new_zeros(nxt.shape[0], nxt.shape[1], self.sizes[i], self.sizes[i])
+                up[:, :, ::2, ::2] = nxt
+                ata = ata + circular_conv(up, transpose_kernel(w.down))
+            out.append((1 - self.m) * zi - ata + skew_sign * skews[i])
+        return self.flatten(tuple(out))
+
+    # -- resolvent ------------------------------------------------------------------------
+    def build_resolvent(self, weights: list[_TierWeights], alpha: float) -> Resolvent:
+        onesided = self.num_tiers == 1
+        scale = 1 + alpha * self.m
+        diag_inv, lower, upper = [], [], []
+        correction = None  # Q_i = M_{i,i-1} S_{i-1}^{-1} M_{i-1,i}
+        a_hat = symbol(weights[0].A, self.sizes[0])
+        for i, w in enumerate(weights):
+            c, s = self.channels[i], self.sizes[i]
+            eye = torch.eye(c, dtype=a_hat.dtype, device=a_hat.device)
+            per_freq = scale * eye + alpha * (a_hat.mH @ a_hat - symbol(w.S, s))
+            if correction is not None:
+                per_freq = per_freq - correction
+            if w.down is None:
+                if onesided:
+                    per_freq = per_freq[:, : s // 2 + 1]
+                diag_inv.append(torch.linalg.inv(per_freq))
+                break
+            down_hat = 0.5 * group(symbol(w.down, s).permute(0, 1, 3, 2)).transpose(-1, -2)
+            # down_hat: (h, h, c_next, 4c) maps an alias group of tier i to tier i+1.
+            schur = group_block_diagonal(per_freq) + alpha * down_hat.mH @ down_hat
+            schur_inv = torch.linalg.inv(schur)
+            a_hat = symbol(weights[i + 1].A, self.sizes[i + 1])
+            coupling = alpha * a_hat.mH @ down_hat  # M_{i+1,i}
+            lower.append(coupling @ schur_inv)
+            upper.append(schur_inv @ coupling.mH)
+            correction = lower[-1] @ coupling.mH
+            diag_inv.append(schur_inv)
+
+        def forward_transform(y: Tensor) -> list[Tensor]:
+            tiers = self.tiers(y)
+            fft = torch.fft.rfft2 if onesided else torch.fft.fft2
+            return [fft(t, norm="ortho").permute(2, 3, 1, 0) for t in tiers]
+
+        def inverse_transform(z_hat: list[Tensor]) -> Tensor:
+            if onesided:
+                s = self.sizes[0]
+                return torch.fft.irfft2(z_hat[0].permute(3, 2, 0, 1), s=(s, s), norm="ortho").reshape(
+                    z_hat[0].shape[-1], -1
+                )
+            tiers = tuple(torch.fft.ifft2(t.permute(3, 2, 0, 1), norm="ortho").real for t in z_hat)
+            return self.flatten(tiers)
+
+        def block_solve(y: Tensor, lo: list[Tensor], dinv: list[Tensor], up: list[Tensor]) -> Tensor:
+            y_hat = forward_transform(y)
+            eliminated = []
+            current = y_hat[0]
+            for i in range(len(lo)):
+                grouped = group(current)
+                eliminated.append(grouped)
+                current = y_hat[i + 1] - lo[i] @ grouped
+            z = dinv[-1] @ current
+            z_hat = [z]
+            for i in reversed(range(len(lo))):
+                z = ungroup(dinv[i] @ eliminated[i] - up[i] @ z)
+                z_hat.insert(0, z)
+            return inverse_transform(z_hat)
+
+        def solve(y: Tensor) -> Tensor:
+            return block_solve(y.to(diag_inv[0].real.dtype), lower, diag_inv, upper).to(y.dtype)
+
+        def solve_transpose(y: Tensor) -> Tensor:
+            lo = [u.mH for u in upper]
+            up = [lo_.mH for lo_ in lower]
+            dinv = [d.mH for d in diag_inv]
+            return block_solve(y.to(diag_inv[0].real.dtype), lo, dinv, up).to(y.dtype)
+
+        return Resolvent(solve, solve_transpose)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, channels={self.channels}, image_size={self.image_size}, "
+            f"kernel_size={self.kernel_size}, m={self.m}"
+        )
+
+
+class SingleConv(MultiConv):
+    r"""Single-convolution monotone operator: :class:`MultiConv` with one tier.
+
+    Args:
+        in_channels: channels of the input image.
+        channels: hidden channels :math:`c`.
+        image_size: side of the (square) input.
+        kernel_size: odd kernel size.
+        m: monotonicity margin.
+
+    Shape:
+        - Input: :math:`(N, C_{in}, s, s)`; hidden state flat :math:`(N, c s^2)`,
+          :meth:`unflatten` gives :math:`(N, c, s, s)`.
+
+    The resolvent solves a :math:`c \times c` system per frequency of the real FFT.
+    """
+
+    def __init__(self, in_channels: int, channels: int, image_size: int, kernel_size: int = 3, m: float = 0.1) -> None:
+        super().__init__(in_channels, (channels,), image_size, kernel_size=kernel_size, m=m)
+
+    def unflatten(self, z: Tensor) -> Tensor:  # type: ignore[override]
+        return self.tiers(z)[0]

@@ -1,0 +1,140 @@
+r"""The splitting problem, the one iteration loop shared by all methods, and its result.
+
+Every method finds :math:`z^\star = \operatorname{prox}_f(W z^\star + b)` (with
+:math:`\sigma = \operatorname{prox}_f`), i.e. a zero of :math:`F + G` where
+:math:`F(z) = (I - W)z - b` is strongly monotone and :math:`G = \partial f`. A method is a
+fixed-point map :math:`T` on a state :math:`u` plus a readout :math:`z = R(u)`; the loop
+stops on the *true* fixed-point residual
+
+.. math::
+    r_k = \frac{\|\sigma(W z_k + b) - z_k\|}{\|\sigma(W z_k + b)\| + \epsilon},
+
+never on the step size, and treats a non-finite residual as divergence.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+__all__ = ["SplittingProblem", "SplittingMethod", "SolverResult", "Status", "solve"]
+
+
+@dataclass
+class SplittingProblem:
+    r"""What a method sees of an equilibrium problem :math:`z = \sigma(Wz + b)`.
+
+    Attributes:
+        multiply: :math:`z \mapsto Wz`, flat ``(batch, n)`` tensors.
+        injection: :math:`b` (for a monDEQ :math:`Ux + b`), ``(batch, n)``.
+        activation: :math:`\sigma = \operatorname{prox}_f`.
+        prox: :math:`\operatorname{prox}_{\alpha f}`.
+        alpha: the step size :math:`\alpha > 0`.
+        resolvent: :math:`y \mapsto (I + \alpha(I - W))^{-1} y`, for methods that need it.
+    """
+
+    multiply: Callable[[Tensor], Tensor]
+    injection: Tensor
+    activation: Callable[[Tensor], Tensor]
+    prox: Callable[[Tensor], Tensor]
+    alpha: float
+    resolvent: Callable[[Tensor], Tensor] | None = None
+
+
+class Status(enum.Enum):
+    CONVERGED = "converged"
+    MAX_ITER = "reached max_iter before the tolerance"
+    DIVERGED = "diverged (non-finite residual)"
+
+
+@dataclass
+class SolverResult:
+    """Outcome of one solve. ``residuals[k]`` is the relative residual after ``k`` steps."""
+
+    z: Tensor
+    iterations: int
+    residual: float
+    status: Status
+    residuals: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def converged(self) -> bool:
+        return self.status is Status.CONVERGED
+
+
+class SplittingMethod:
+    """One operator-splitting method: a state, a fixed-point map on it, and a readout."""
+
+    name: str = ""
+    needs_resolvent: bool = False
+
+    def init(self, problem: SplittingProblem, z0: Tensor) -> Tensor:
+        """The initial state for the initial iterate ``z0``."""
+        return z0
+
+    def readout(self, problem: SplittingProblem, state: Tensor) -> Tensor:
+        """The equilibrium estimate ``z`` of a state."""
+        return state
+
+    def step(self, problem: SplittingProblem, state: Tensor, z: Tensor, pre: Tensor) -> Tensor:
+        """One application of the fixed-point map; ``z = readout(state)``, ``pre = Wz + b``."""
+        raise NotImplementedError
+
+
+def relative_residual(z: Tensor, fz: Tensor) -> float:
+    tiny = torch.finfo(z.dtype).tiny
+    return ((fz - z).norm() / (fz.norm() + tiny)).item()
+
+
+def solve(
+    method: SplittingMethod,
+    problem: SplittingProblem,
+    z0: Tensor,
+    tol: float,
+    max_iter: int,
+    accelerator: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> SolverResult:
+    """Iterate ``method`` from ``z0`` until the relative residual is ``<= tol`` or ``max_iter`` steps.
+
+    ``accelerator(state, mapped_state)``, when given (e.g. :class:`~mondeq.solvers.Anderson`),
+    replaces each new state by an extrapolated one.
+    """
+    if method.needs_resolvent and problem.resolvent is None:
+        raise ValueError(f"splitting method {method.name!r} needs the operator's resolvent")
+    start = time.perf_counter()
+    state = method.init(problem, z0)
+    z = method.readout(problem, state)
+    residuals: list[float] = []
+    status = Status.MAX_ITER
+    iterations = 0
+    while True:
+        pre = problem.multiply(z) + problem.injection
+        residual = relative_residual(z, problem.activation(pre))
+        residuals.append(residual)
+        if not math.isfinite(residual):
+            status = Status.DIVERGED
+            break
+        if residual <= tol:
+            status = Status.CONVERGED
+            break
+        if iterations >= max_iter:
+            break
+        mapped = method.step(problem, state, z, pre)
+        state = accelerator(state, mapped) if accelerator is not None else mapped
+        z = method.readout(problem, state)
+        iterations += 1
+    return SolverResult(
+        z=z,
+        iterations=iterations,
+        residual=residuals[-1],
+        status=status,
+        residuals=residuals,
+        seconds=time.perf_counter() - start,
+    )
