@@ -8,4 +8,4 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     "$PY" -m pip install --quiet torch==2.13.0 \
         || "$PY" -m pip install --quiet torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 fi
-"$PY" -m pip install --quiet -e ".[cli,dev]"
+"$PY" -m pip install --quiet -e ".[dev]"

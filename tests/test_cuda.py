@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from helpers import OPERATOR_NAMES, make_input, make_operator
 
+from helpers import OPERATOR_NAMES, make_input, make_operator
 from mondeq import MonDEQ
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -50,7 +50,7 @@ def test_multiply_and_transpose_match_dense(name):
 def test_single_conv_matches_explicit_circular_convolution():
     """W z built from torch's own circular-padded Conv2d, independent of our conv helpers."""
     op = make_operator("single")
-    w = op.weights()[0]
+    w = op.weights().tiers[0]
     z = torch.randn(2, op.features, dtype=torch.float64)
     img = op.unflatten(z)
 

@@ -1,17 +1,173 @@
-"""The ``mondeq`` command."""
+"""The ``mondeq`` command: train, eval, predict, plot, demo."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
+
+TRAIN_HELP = """Train a monDEQ classifier. Writes OUT/checkpoint.{safetensors,json}, OUT/metrics.csv
+(and OUT/tensorboard when tensorboard is installed). Ctrl-C saves a checkpoint; --resume continues it."""
 
 
-def demo(args: argparse.Namespace) -> int:
+def _model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and solver (default: the preset's)")
+    g.add_argument("--width", type=int, help="hidden units of the fc model")
+    g.add_argument("--channels", type=int, nargs="+", help="channels (one per tier for multi-conv)")
+    g.add_argument("--m", type=float, help="monotonicity margin m > 0 (preset 1.0)")
+    g.add_argument("--activation", help="relu, leaky_relu, tanh, sigmoid, softplus, hardtanh")
+    g.add_argument("--solver", choices=["fb", "pr", "dr"], help="splitting method (preset pr)")
+    g.add_argument("--alpha", type=float, help="splitting step size (preset 1.0, then tuned)")
+    g.add_argument("--tol", type=float, help="relative residual tolerance (preset 1e-2)")
+    g.add_argument("--max-iter", type=int, help="solver iteration cap (preset 300)")
+    g.add_argument("--anderson", type=int, help="Anderson acceleration memory (0: off)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--data-dir", help="folder with the data set files (default: $MONDEQ_DATA or ~/.cache/mondeq/data)")
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .data import DATASETS
+    from .distributed import init_from_environment, is_main
+    from .train import TrainConfig, Trainer
+
+    device = init_from_environment(args.device)
+    options = {
+        k: v
+        for k, v in vars(args).items()
+        if k in TrainConfig.__dataclass_fields__ and v is not None and k not in ("device",)
+    }
+    resume = args.resume
+    if resume:
+        out = Path(resume) if isinstance(resume, str) else Path(args.out or f"runs/{args.dataset}-{args.model}")
+        meta, _, _ = load_checkpoint(out)
+        stored = dict(meta["train"])
+        stored.update({k: v for k, v in options.items() if k in ("epochs", "threads", "data_dir")})
+        stored["out"] = str(out if out.is_dir() else out.parent)
+        config = TrainConfig.from_dict({**stored, "device": device})
+    else:
+        options.setdefault("out", f"runs/{args.dataset}-{args.model}")
+        if args.dataset not in DATASETS:
+            raise SystemExit(f"unknown dataset {args.dataset}")
+        config = TrainConfig(**{**options, "device": device})
+    trainer = Trainer(config, progress=not args.no_progress)
+    if resume:
+        trainer.resume()
+    try:
+        history = trainer.fit()
+    except KeyboardInterrupt:
+        if is_main():
+            print(f"\ninterrupted: checkpoint saved in {config.out}; continue with --resume", file=sys.stderr)
+        return 130
+    if is_main() and history:
+        last = history[-1]
+        print(f"test accuracy {last['test_accuracy']:.4f} after {last['epoch']} epoch(s); run saved in {config.out}")
+    return 0
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .train import evaluate, load_model
+
+    model, meta = load_model(args.checkpoint, args.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    for key in ("solver", "tol", "max_iter"):
+        value = getattr(args, key)
+        if value is not None:
+            from .solvers import get_solver
+
+            if key == "solver":
+                model.layer.method = get_solver(value)
+            else:
+                setattr(model.layer, key, value)
+    train_cfg = meta["train"]
+    test = load_dataset(train_cfg["dataset"], "test", args.data_dir or train_cfg.get("data_dir")).subset(args.limit)
+    result = evaluate(model, test, args.batch_size, args.device)
+    print(
+        json.dumps(
+            {
+                "dataset": train_cfg["dataset"],
+                "model": meta["model"]["kind"],
+                "examples": result.examples,
+                "test_accuracy": round(result.accuracy, 4),
+                "test_loss": round(result.loss, 4),
+                "forward_iterations": round(result.forward_iterations, 2),
+                "solver": model.layer.method.name,
+                "alpha": model.layer.alpha,
+                "tol": model.layer.tol,
+                "seconds": round(result.seconds, 2),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from .data import DATASETS, ImageDataset
+    from .train import load_model
+
+    model, meta = load_model(args.checkpoint, args.device)
+    info = DATASETS[meta["train"]["dataset"]]
+    arrays = []
+    for path in args.images:
+        try:
+            with Image.open(path) as image:
+                image = image.convert("L" if info.channels == 1 else "RGB").resize((info.image_size, info.image_size))
+                array = np.asarray(image, dtype=np.uint8)
+        except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
+            raise SystemExit(f"cannot read image {path}: {error}") from error
+        arrays.append(array[None] if info.channels == 1 else array.transpose(2, 0, 1))
+    images = torch.from_numpy(np.stack(arrays))
+    dataset = ImageDataset(images, torch.zeros(len(arrays), dtype=torch.long), info)
+    model.eval()
+    with torch.no_grad():
+        probs = torch.softmax(model(dataset.normalize(images).to(args.device)), dim=1).cpu()
+    for path, p in zip(args.images, probs):
+        k = int(p.argmax())
+        print(f"{path}: {info.classes[k]} (p={p[k]:.3f})")
+    return 0
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    from .data import Batches, load_dataset
+    from .plot import convergence_traces, plot_convergence, plot_training_curves
+    from .train import load_model
+
+    run = Path(args.run_dir)
+    out = Path(args.out) if args.out else run / "plots"
+    written = []
+    if (run / "metrics.csv").is_file():
+        written.append(plot_training_curves(run / "metrics.csv", out / "training_curves.png"))
+    model, meta = load_model(run, args.device)
+    train_cfg = meta["train"]
+    test = load_dataset(train_cfg["dataset"], "test", args.data_dir or train_cfg.get("data_dir"))
+    x, _ = next(iter(Batches(test, args.batch_size, device=args.device)))
+    traces = convergence_traces(model.layer, x, tol=args.tol, max_iter=args.max_iter)
+    title = f"{meta['model']['kind']} on {train_cfg['dataset']}, batch of {len(x)}"
+    written.append(plot_convergence(traces, out / "convergence.png", title))
+    for path in written:
+        print(path)
+    return 0
+
+
+def demo_command(args: argparse.Namespace) -> int:
     """Solve and differentiate a convolutional monDEQ equilibrium on random data; print stats."""
     import torch
 
-    from mondeq import MonDEQ, SingleConv
+    from . import MonDEQ, SingleConv
 
     torch.manual_seed(args.seed)
     layer = MonDEQ(SingleConv(1, 16, 28, m=0.5), solver=args.solver, alpha=args.alpha, tol=args.tol)
@@ -24,21 +180,98 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mondeq", description="Monotone operator equilibrium networks.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="mondeq",
+        description="Monotone operator equilibrium networks: train, evaluate and inspect monDEQ classifiers.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("train", help="train a classifier", description=TRAIN_HELP)
+    p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "mnist", "cifar10", "svhn"])
+    p.add_argument("--model", default="single-conv", choices=["fc", "single-conv", "multi-conv"])
+    p.add_argument("--epochs", type=int, help="epochs (default 1)")
+    p.add_argument("--batch-size", type=int, help="training batch size (default 128)")
+    p.add_argument("--test-batch-size", type=int, help="evaluation batch size (default 400)")
+    p.add_argument("--lr", type=float, help="(peak) learning rate (default 1e-3)")
+    p.add_argument("--lr-schedule", choices=["step", "one-cycle", "constant"], help="default step")
+    p.add_argument("--lr-step", type=int, help="epochs between 10x decays of the step schedule (default 10)")
+    p.add_argument(
+        "--no-tune-alpha",
+        dest="tune_alpha",
+        action="store_false",
+        default=None,
+        help="keep alpha fixed instead of the paper's tuning",
+    )
+    p.add_argument("--max-alpha", type=float, help="largest alpha tried when tuning (default 1.0)")
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random crop + flip (default: on for cifar10)",
+    )
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--out", help="run folder (default runs/DATASET-MODEL)")
+    p.add_argument("--train-limit", type=int, help="use only the first N training images")
+    p.add_argument("--test-limit", type=int, help="use only the first N test images")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the run in --out (or RUN_DIR) from its checkpoint",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _common(p)
+    _model_options(p)
+    p.set_defaults(func=train_command)
+
+    p = commands.add_parser("eval", help="test accuracy and solver statistics of a checkpoint")
+    p.add_argument("checkpoint", help="run folder or checkpoint file")
+    p.add_argument("--batch-size", type=int, default=400)
+    p.add_argument("--limit", type=int, help="evaluate only the first N test images")
+    p.add_argument("--solver", choices=["fb", "pr", "dr"], help="override the splitting method")
+    p.add_argument("--tol", type=float, help="override the tolerance")
+    p.add_argument("--max-iter", type=int, help="override the iteration cap")
+    _common(p)
+    p.set_defaults(func=eval_command)
+
+    p = commands.add_parser("predict", help="classify image files (PNG, JPEG, ...)")
+    p.add_argument("checkpoint", help="run folder or checkpoint file")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=predict_command)
+
+    p = commands.add_parser("plot", help="training curves and FB/PR/DR convergence plots of a run")
+    p.add_argument("run_dir", help="run folder")
+    p.add_argument("--out", help="folder for the PNGs (default RUN_DIR/plots)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument("--max-iter", type=int, default=300)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=plot_command)
+
     p = commands.add_parser("demo", help="solve and differentiate one equilibrium on random data")
     p.add_argument("--solver", default="pr", choices=["fb", "pr", "dr"])
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--tol", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=demo)
+    p.set_defaults(func=demo_command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (DataError, CheckpointError, ValueError) as error:
+        print(f"mondeq {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ class SolverStats:
 
     Keys: ``alpha`` (step size used), ``forward_iterations``, ``forward_residual`` (final
     relative fixed-point residual), ``forward_seconds``, ``forward_converged``,
-    ``forward_residuals`` (residual after each iteration), and the same ``backward_*``.
+    ``forward_residuals`` / ``forward_times`` (residual after each iteration, and when it was
+    reached), and ``backward_iterations``, ``backward_residual``, ``backward_seconds``,
+    ``backward_converged``.
     """
 
     alpha: float
@@ -32,6 +34,7 @@ class SolverStats:
     forward_seconds: float
     forward_converged: bool
     forward_residuals: list[float] = field(default_factory=list, repr=False)
+    forward_times: list[float] = field(default_factory=list, repr=False)
     backward_iterations: int | None = None
     backward_residual: float | None = None
     backward_seconds: float | None = None
@@ -40,6 +43,7 @@ class SolverStats:
     def as_dict(self) -> dict:
         out = asdict(self)
         out.pop("forward_residuals")
+        out.pop("forward_times")
         return out
 
 
@@ -196,6 +200,7 @@ class MonDEQ(nn.Module):
             forward_seconds=result.seconds,
             forward_converged=result.converged,
             forward_residuals=result.residuals,
+            forward_times=result.times,
         )
         self.stats = stats
         self._check(result, "forward", self.tol)

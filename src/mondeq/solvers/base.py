@@ -3,8 +3,8 @@ r"""The splitting problem, the one iteration loop shared by all methods, and its
 Every method finds :math:`z^\star = \operatorname{prox}_f(W z^\star + b)` (with
 :math:`\sigma = \operatorname{prox}_f`), i.e. a zero of :math:`F + G` where
 :math:`F(z) = (I - W)z - b` is strongly monotone and :math:`G = \partial f`. A method is a
-fixed-point map :math:`T` on a state :math:`u` plus a readout :math:`z = R(u)`; the loop
-stops on the *true* fixed-point residual
+fixed-point map :math:`T` on a state :math:`u` that also yields an estimate :math:`z_k`; the
+loop stops on the *true* fixed-point residual
 
 .. math::
     r_k = \frac{\|\sigma(W z_k + b) - z_k\|}{\|\sigma(W z_k + b)\| + \epsilon},
@@ -55,13 +55,15 @@ class Status(enum.Enum):
 
 @dataclass
 class SolverResult:
-    """Outcome of one solve. ``residuals[k]`` is the relative residual after ``k`` steps."""
+    """Outcome of one solve. ``residuals[k]`` is the relative residual of the estimate of step
+    ``k + 1``, reached ``times[k]`` seconds after the start."""
 
     z: Tensor
     iterations: int
     residual: float
     status: Status
     residuals: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -70,21 +72,23 @@ class SolverResult:
 
 
 class SplittingMethod:
-    """One operator-splitting method: a state, a fixed-point map on it, and a readout."""
+    """One operator-splitting method: a fixed-point map on a state, which also yields an estimate.
+
+    ``step(problem, u)`` returns ``(T(u), z, pre)``: the mapped state, an equilibrium estimate
+    ``z`` produced on the way, and ``pre = W z + b``. Methods that obtain ``pre`` without a
+    multiplication (from the resolvent identity) set ``exact_pre = False``; the loop then
+    confirms convergence with one explicit multiplication.
+    """
 
     name: str = ""
     needs_resolvent: bool = False
+    exact_pre: bool = True
 
     def init(self, problem: SplittingProblem, z0: Tensor) -> Tensor:
         """The initial state for the initial iterate ``z0``."""
         return z0
 
-    def readout(self, problem: SplittingProblem, state: Tensor) -> Tensor:
-        """The equilibrium estimate ``z`` of a state."""
-        return state
-
-    def step(self, problem: SplittingProblem, state: Tensor, z: Tensor, pre: Tensor) -> Tensor:
-        """One application of the fixed-point map; ``z = readout(state)``, ``pre = Wz + b``."""
+    def step(self, problem: SplittingProblem, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
 
 
@@ -110,14 +114,18 @@ def solve(
         raise ValueError(f"splitting method {method.name!r} needs the operator's resolvent")
     start = time.perf_counter()
     state = method.init(problem, z0)
-    z = method.readout(problem, state)
     residuals: list[float] = []
+    times: list[float] = []
     status = Status.MAX_ITER
     iterations = 0
     while True:
-        pre = problem.multiply(z) + problem.injection
+        mapped, z, pre = method.step(problem, state)
+        iterations += 1
         residual = relative_residual(z, problem.activation(pre))
+        if residual <= tol and not method.exact_pre:
+            residual = relative_residual(z, problem.activation(problem.multiply(z) + problem.injection))
         residuals.append(residual)
+        times.append(time.perf_counter() - start)
         if not math.isfinite(residual):
             status = Status.DIVERGED
             break
@@ -126,15 +134,13 @@ def solve(
             break
         if iterations >= max_iter:
             break
-        mapped = method.step(problem, state, z, pre)
         state = accelerator(state, mapped) if accelerator is not None else mapped
-        z = method.readout(problem, state)
-        iterations += 1
     return SolverResult(
         z=z,
         iterations=iterations,
         residual=residuals[-1],
         status=status,
         residuals=residuals,
+        times=times,
         seconds=time.perf_counter() - start,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .base import SplittingProblem
-from .peaceman_rachford import PeacemanRachford, reflected_resolvent_step
+from .peaceman_rachford import PeacemanRachford, resolvent_half_step
 
 
 class DouglasRachford(PeacemanRachford):
@@ -21,5 +21,6 @@ class DouglasRachford(PeacemanRachford):
 
     name = "dr"
 
-    def step(self, problem: SplittingProblem, state: Tensor, z: Tensor, pre: Tensor) -> Tensor:
-        return state + reflected_resolvent_step(problem, state, z) - z
+    def step(self, problem: SplittingProblem, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        z, z_half, pre = resolvent_half_step(problem, state)
+        return state + z_half - z, z_half, pre

@@ -13,6 +13,7 @@ class ForwardBackward(SplittingMethod):
     .. math::
         z_{k+1} = \operatorname{prox}_{\alpha f}\big((1 - \alpha) z_k + \alpha (W z_k + b)\big)
 
+    The multiplication :math:`W z_k` serves both the step and the residual of :math:`z_k`.
     Converges linearly for :math:`0 < \alpha < 2m / L^2`, :math:`L = \|I - W\|_2`, fastest
     near :math:`\alpha = m / L^2`. Needs no resolvent, but the bound on :math:`\alpha` makes it
     slow when :math:`m` is small relative to :math:`L` (the common case after training).
@@ -20,6 +21,7 @@ class ForwardBackward(SplittingMethod):
 
     name = "fb"
 
-    def step(self, problem: SplittingProblem, state: Tensor, z: Tensor, pre: Tensor) -> Tensor:
+    def step(self, problem: SplittingProblem, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         a = problem.alpha
-        return problem.prox((1 - a) * z + a * pre)
+        pre = problem.multiply(state) + problem.injection
+        return problem.prox((1 - a) * state + a * pre), state, pre

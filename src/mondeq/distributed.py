@@ -1,0 +1,90 @@
+"""Thin helpers over ``torch.distributed`` that are no-ops in a single process.
+
+``mondeq train`` under ``torchrun`` initialises the process group from the environment
+(gloo on CPU, nccl on CUDA); every helper here then acts across ranks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = [
+    "all_reduce_sum",
+    "broadcast_float",
+    "check_finite",
+    "init_from_environment",
+    "is_main",
+    "rank",
+    "world_size",
+    "wrap",
+]
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_environment(device: str) -> str:
+    """Join the process group when launched by ``torchrun``; returns the device to use."""
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1 or is_initialized():
+        return device
+    cuda = device.startswith("cuda")
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return device
+
+
+def wrap(model: nn.Module) -> nn.Module:
+    """``DistributedDataParallel(model)`` when running distributed, else ``model``."""
+    if world_size() <= 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if world_size() <= 1:
+        return tensor
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    reduced = tensor.to(device)
+    dist.all_reduce(reduced)
+    return reduced.to(tensor.device)
+
+
+def broadcast_float(value: float) -> float:
+    """Rank 0's ``value`` on every rank."""
+    if world_size() <= 1:
+        return value
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(tensor, src=0)
+    return tensor.item()
+
+
+def check_finite(loss: torch.Tensor, where: str) -> None:
+    """Raise on every rank if the loss is non-finite on any rank, so no rank hangs."""
+    bad = torch.tensor([0.0 if math.isfinite(loss.item()) else 1.0], dtype=torch.float64)
+    bad = all_reduce_sum(bad)
+    if bad.item() > 0:
+        raise FloatingPointError(f"non-finite training loss at {where} on {int(bad.item())} rank(s); stopping")
