@@ -38,9 +38,7 @@ def train_command(args: argparse.Namespace) -> int:
 
     device = init_from_environment(args.device)
     options = {
-        k: v
-        for k, v in vars(args).items()
-        if k in TrainConfig.__dataclass_fields__ and v is not None and k not in ("device",)
+        k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None and k not in ("device",)
     }
     resume = args.resume
     if resume:

@@ -66,9 +66,7 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     "fashion-mnist": DatasetInfo("fashion-mnist", 1, 28, FASHION_CLASSES, (0.2860,), (0.3530,)),
     "mnist": DatasetInfo("mnist", 1, 28, DIGITS, (0.1307,), (0.3081,)),
-    "cifar10": DatasetInfo(
-        "cifar10", 3, 32, CIFAR_CLASSES, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), augment=True
-    ),
+    "cifar10": DatasetInfo("cifar10", 3, 32, CIFAR_CLASSES, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), augment=True),
     "svhn": DatasetInfo("svhn", 3, 32, DIGITS, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
 }
 
@@ -229,9 +227,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     data = np.asarray(batch[b"data"], dtype=np.uint8)
     labels = np.asarray(batch[b"labels"], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
-        raise DataError(
-            f"{path}: CIFAR-10 data has shape {data.shape} for {labels.shape[0]} labels, expected (N, 3072)"
-        )
+        raise DataError(f"{path}: CIFAR-10 data has shape {data.shape} for {labels.shape[0]} labels, expected (N, 3072)")
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -261,9 +257,7 @@ def _find(name: str, data_dir: Path, filenames: list[str]) -> Path:
             if (folder / filename).is_file():
                 return folder / filename
     looked = ", ".join(str(f) for f in folders)
-    raise DataError(
-        f"{name}: none of {filenames} found; looked in {looked}. Pass --data-dir to the folder holding them."
-    )
+    raise DataError(f"{name}: none of {filenames} found; looked in {looked}. Pass --data-dir to the folder holding them.")
 
 
 def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None) -> ImageDataset:

@@ -64,9 +64,7 @@ class ModelConfig:
         return cls(**data)
 
 
-def preset_config(
-    kind: str, dataset: str, in_channels: int, image_size: int, num_classes: int, **overrides
-) -> ModelConfig:
+def preset_config(kind: str, dataset: str, in_channels: int, image_size: int, num_classes: int, **overrides) -> ModelConfig:
     """The paper's configuration of ``kind`` for ``dataset``, with ``overrides`` (``None`` ignored)."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model {kind!r}; choose one of {list(MODEL_KINDS)}")

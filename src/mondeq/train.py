@@ -160,16 +160,12 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(
-    model: MonDEQClassifier, dataset: ImageDataset, batch_size: int, device: str | torch.device = "cpu"
-) -> EvalResult:
+def evaluate(model: MonDEQClassifier, dataset: ImageDataset, batch_size: int, device: str | torch.device = "cpu") -> EvalResult:
     """Loss, accuracy and mean forward iterations over ``dataset`` (summed across ranks)."""
     model.eval()
     start = time.perf_counter()
     totals = torch.zeros(4, dtype=torch.float64)  # loss, correct, iterations, batches
-    shard = Batches(
-        dataset, batch_size, rank=distributed.rank(), world_size=distributed.world_size(), pad=False, device=device
-    )
+    shard = Batches(dataset, batch_size, rank=distributed.rank(), world_size=distributed.world_size(), pad=False, device=device)
     for x, y in shard:
         logits = model(x)
         totals += torch.tensor(
@@ -219,9 +215,7 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
-        self.train_set = (train_set or load_dataset(config.dataset, "train", config.data_dir)).subset(
-            config.train_limit
-        )
+        self.train_set = (train_set or load_dataset(config.dataset, "train", config.data_dir)).subset(config.train_limit)
         self.test_set = (test_set or load_dataset(config.dataset, "test", config.data_dir)).subset(config.test_limit)
         self.model = MonDEQClassifier(config.model_config()).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)

@@ -171,9 +171,7 @@ class MultiConv(MonotoneOperator):
         self.U = nn.Conv2d(in_channels, channels[0], k, bias=True)
         self.A = nn.ParameterList([nn.Parameter(torch.empty(c, c, k, k)) for c in channels])
         self.B = nn.ParameterList([nn.Parameter(torch.empty(c, c, k, k)) for c in channels])
-        self.down = nn.ParameterList(
-            [nn.Parameter(torch.empty(c1, c0, k, k)) for c0, c1 in zip(channels[:-1], channels[1:])]
-        )
+        self.down = nn.ParameterList([nn.Parameter(torch.empty(c1, c0, k, k)) for c0, c1 in zip(channels[:-1], channels[1:])])
         self.A_scale = nn.Parameter(torch.ones(len(channels)))
         self.B_scale = nn.Parameter(torch.ones(len(channels)))
         self.down_scale = nn.Parameter(torch.ones(len(channels) - 1)) if len(channels) > 1 else None
