@@ -1,0 +1,111 @@
+"""The ``mondeq`` command end to end, through its console entry point, on tiny data."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datafiles import write_mnist_like
+
+
+def mondeq(*args, check=True):
+    exe = shutil.which("mondeq")
+    command = [exe] if exe else [sys.executable, "-m", "mondeq"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"mondeq {args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = write_mnist_like(root / "data", train=64, test=32)
+    out = root / "run"
+    result = mondeq(
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        data,
+        "--model",
+        "single-conv",
+        "--channels",
+        4,
+        "--epochs",
+        1,
+        "--batch-size",
+        16,
+        "--out",
+        out,
+        "--tol",
+        1e-3,
+    )
+    return root, data, out, result
+
+
+def test_train_writes_run_and_reports_accuracy(run):
+    _, _, out, result = run
+    assert "test accuracy" in result.stdout
+    assert (out / "checkpoint.safetensors").is_file() and (out / "checkpoint.json").is_file()
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2
+    assert "batch" in result.stderr  # the progress bar
+
+
+def test_resume_extends_the_run(run, tmp_path):
+    _, data, out, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    mondeq("train", "--resume", copy, "--epochs", 2, "--data-dir", data, "--no-progress")
+    assert json.loads((copy / "checkpoint.json").read_text())["epoch"] == 2
+    assert len((copy / "metrics.csv").read_text().splitlines()) == 3
+
+
+def test_eval(run):
+    _, data, out, _ = run
+    report = json.loads(mondeq("eval", out, "--data-dir", data).stdout)
+    assert report["examples"] == 32 and 0 <= report["test_accuracy"] <= 1
+    assert report["forward_iterations"] > 0 and report["solver"] == "pr"
+
+
+def test_predict_png(run, tmp_path):
+    _, _, out, _ = run
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"image{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 30), dtype=np.uint8)).save(path)
+        paths.append(path)
+    lines = mondeq("predict", out, *paths).stdout.strip().splitlines()
+    assert len(lines) == 2 and all("(p=" in line for line in lines)
+    classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    assert all(line.split(": ", 1)[1].rsplit(" (", 1)[0] in classes for line in lines)
+
+
+def test_plot(run):
+    _, data, out, _ = run
+    written = mondeq("plot", out, "--data-dir", data, "--batch-size", 8, "--max-iter", 30).stdout.split()
+    assert {Path(p).name for p in written} == {"training_curves.png", "convergence.png"}
+    for p in written:
+        assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_errors_are_reported_not_traced(tmp_path):
+    result = mondeq("train", "--dataset", "mnist", "--data-dir", tmp_path, "--out", tmp_path / "r", check=False)
+    assert result.returncode == 2
+    assert "train-images-idx3-ubyte.gz" in result.stderr and "Traceback" not in result.stderr
+    result = mondeq("eval", tmp_path / "nothing", check=False)
+    assert result.returncode == 2 and "not found" in result.stderr
+
+
+def test_help_lists_commands():
+    text = mondeq("--help").stdout
+    for command in ("train", "eval", "predict", "plot"):
+        assert command in text
+    assert "--max-iter" in mondeq("train", "--help").stdout

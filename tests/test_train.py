@@ -1,0 +1,121 @@
+"""Training through the code path of ``mondeq train``: resume matches an uninterrupted run."""
+
+import json
+
+import pytest
+import torch
+
+from datafiles import write_mnist_like
+from mondeq.checkpoint import CheckpointError, checkpoint_paths, load_checkpoint
+from mondeq.data import load_dataset
+from mondeq.train import TrainConfig, Trainer, learning_rate, load_model
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = write_mnist_like(tmp_path_factory.mktemp("fashion"), train=96, test=40)
+    return load_dataset("fashion-mnist", "train", folder), load_dataset("fashion-mnist", "test", folder)
+
+
+def make_config(out, model="single-conv", **kw):
+    options = dict(
+        dataset="fashion-mnist",
+        model=model,
+        epochs=2,
+        batch_size=16,
+        test_batch_size=20,
+        lr=3e-3,
+        out=str(out),
+        channels=[4] if model != "fc" else None,
+        width=12 if model == "fc" else None,
+        tol=1e-4,
+        max_iter=100,
+    )
+    options.update(kw)
+    if model == "multi-conv":
+        options["channels"] = [2, 3, 3]
+    return TrainConfig(**options)
+
+
+@pytest.mark.parametrize("model", ["fc", "single-conv", "multi-conv"])
+def test_resume_matches_uninterrupted_run(tmp_path, data, model):
+    train, test = data
+    full = Trainer(make_config(tmp_path / "full", model), train, test, progress=False)
+    history = full.fit()
+    assert len(history) == 2
+
+    # stop in the middle of epoch 1 (after 9 of 12 batches), then resume in a new trainer
+    first = Trainer(make_config(tmp_path / "split", model), train, test, progress=False)
+    first.fit(stop_after_batches=9)
+    meta, _, _ = load_checkpoint(tmp_path / "split")
+    assert (meta["epoch"], meta["batch"]) == (1, 3)
+    resumed = Trainer(make_config(tmp_path / "split", model), train, test, progress=False)
+    resumed.resume()
+    resumed_history = resumed.fit()
+
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert resumed.model.layer.alpha == full.model.layer.alpha
+    assert resumed_history[-1]["test_accuracy"] == history[-1]["test_accuracy"]
+    assert resumed_history[-1]["train_loss"] == pytest.approx(history[-1]["train_loss"], rel=1e-12)
+
+
+def test_training_learns_and_logs(tmp_path, data):
+    train, test = data
+    trainer = Trainer(make_config(tmp_path, "fc", epochs=4, lr=1e-2), train, test, progress=False)
+    history = trainer.fit()
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["test_accuracy"] > 0.3  # labels are encoded as bright bars; chance is 0.1
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,train_loss,train_accuracy,test_loss,test_accuracy,forward_iterations")
+    assert all(row["forward_iterations"] > 0 and row["backward_iterations"] > 0 for row in history)
+    model, meta = load_model(tmp_path)
+    assert meta["epoch"] == 4
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trainer.model.state_dict().values()))
+
+
+def test_corrupt_checkpoints_give_clear_errors(tmp_path, data):
+    train, test = data
+    Trainer(make_config(tmp_path, "fc", epochs=1), train, test, progress=False).fit()
+    tensors, meta_path = checkpoint_paths(tmp_path)
+    original = tensors.read_bytes()
+
+    tensors.write_bytes(original[:-10])
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_model(tmp_path)
+
+    meta = json.loads(meta_path.read_text())
+    meta["tensors_sha256"] = __import__("hashlib").sha256(tensors.read_bytes()).hexdigest()
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="cannot read checkpoint tensors"):
+        load_model(tmp_path)
+
+    tensors.write_bytes(original)
+    meta_path.write_text("{not json")
+    with pytest.raises(CheckpointError, match="metadata .* is corrupt"):
+        load_model(tmp_path)
+
+    meta_path.unlink()
+    with pytest.raises(CheckpointError, match="checkpoint.json not found"):
+        load_model(tmp_path)
+
+
+def test_checkpoint_holds_no_pickle(tmp_path, data):
+    train, test = data
+    Trainer(make_config(tmp_path, "fc", epochs=1), train, test, progress=False).fit()
+    tensors, meta_path = checkpoint_paths(tmp_path)
+    assert tensors.read_bytes()[8:9] == b"{"  # safetensors: 8-byte length, then a JSON header
+    json.loads(meta_path.read_text())
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_learning_rate_schedules():
+    step = TrainConfig(lr=1e-3, lr_schedule="step", lr_step=10, epochs=40)
+    assert learning_rate(step, 9.9)[0] == pytest.approx(1e-3)
+    assert learning_rate(step, 10.0)[0] == pytest.approx(1e-4)
+    cycle = TrainConfig(lr=1e-2, lr_schedule="one-cycle", epochs=65)
+    assert learning_rate(cycle, 0) == pytest.approx((1e-3, 0.95))
+    assert learning_rate(cycle, 30) == pytest.approx((1e-2, 0.85))
+    assert learning_rate(cycle, 62) == pytest.approx((1e-3, 0.95))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="cosine")
