@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Install mondeq into the current Python. Puts the CPU build of torch 2.13.0 in place first
-# where no torch is installed (a bare `torch` requirement would pull a multi-GB CUDA build).
+# Install mondeq into the current Python.
+#   scripts/setup.sh            the package, its command and the test tools
+#   scripts/setup.sh --data     also Debian's Fashion-MNIST package where apt is available
+# Puts the CPU build of torch 2.13.0 in place first where no torch is installed (a bare
+# `torch` requirement would pull a multi-GB CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -9,3 +12,10 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
         || "$PY" -m pip install --quiet torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 fi
 "$PY" -m pip install --quiet -e ".[dev]"
+if [ "${1:-}" = "--data" ] && [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO=sudo
+    $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+        || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; } \
+        || echo "could not install dataset-fashion-mnist; pass --data-dir to mondeq train" >&2
+fi

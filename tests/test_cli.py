@@ -109,3 +109,24 @@ def test_help_lists_commands():
     for command in ("train", "eval", "predict", "plot"):
         assert command in text
     assert "--max-iter" in mondeq("train", "--help").stdout
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    import signal
+    import time
+
+    data = write_mnist_like(tmp_path / "data", train=64, test=16)
+    out = tmp_path / "run"
+    exe = shutil.which("mondeq")
+    command = [exe] if exe else [sys.executable, "-m", "mondeq"]
+    args = ["train", "--data-dir", data, "--model", "fc", "--width", 8, "--epochs", 100000, "--batch-size", 16, "--out", out]
+    process = subprocess.Popen([*command, *map(str, args), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.csv").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted: checkpoint saved" in stderr and "Traceback" not in stderr
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert meta["epoch"] >= 1

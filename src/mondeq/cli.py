@@ -260,11 +260,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tune_allocator() -> None:
+    """Keep freed solver buffers (tens of MB each) in the heap instead of returning them to the
+    OS after every iteration: glibc's default mmap threshold makes each one a fresh, page-faulting
+    mapping, which costs about 13% of a single-conv training step on 2 cores."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 * 1024 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 256 * 1024 * 1024)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .data import DataError
 
     args = build_parser().parse_args(argv)
+    _tune_allocator()
     try:
         return args.func(args)
     except (DataError, CheckpointError, ValueError) as error:

@@ -80,7 +80,7 @@ def plot_convergence(traces: dict, out: Path, title: str = "") -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for name, (residuals, times, alpha) in traces.items():
         label = f"{name.upper()} (alpha={alpha:.3g})"
-        axes[0].semilogy(range(len(residuals)), residuals, label=label)
+        axes[0].semilogy(range(1, len(residuals) + 1), residuals, label=label)
         axes[1].semilogy([1e3 * t for t in times], residuals, label=label)
     axes[0].set(xlabel="iteration", ylabel="relative residual", title=title or "forward solve")
     axes[1].set(xlabel="wall time (ms)", ylabel="relative residual")
