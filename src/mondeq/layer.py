@@ -24,8 +24,7 @@ class SolverStats:
     Keys: ``alpha`` (step size used), ``forward_iterations``, ``forward_residual`` (final
     relative fixed-point residual), ``forward_seconds``, ``forward_converged``,
     ``forward_residuals`` / ``forward_times`` (residual after each iteration, and when it was
-    reached), and ``backward_iterations``, ``backward_residual``, ``backward_seconds``,
-    ``backward_converged``.
+    reached), and the same ``backward_*`` keys for the implicit backward solve.
     """
 
     alpha: float
@@ -39,11 +38,13 @@ class SolverStats:
     backward_residual: float | None = None
     backward_seconds: float | None = None
     backward_converged: bool | None = None
+    backward_residuals: list[float] = field(default_factory=list, repr=False)
+    backward_times: list[float] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict:
         out = asdict(self)
-        out.pop("forward_residuals")
-        out.pop("forward_times")
+        for key in ("forward_residuals", "forward_times", "backward_residuals", "backward_times"):
+            out.pop(key)
         return out
 
 
@@ -234,6 +235,8 @@ class MonDEQ(nn.Module):
             stats.backward_residual = result.residual
             stats.backward_seconds = result.seconds
             stats.backward_converged = result.converged
+            stats.backward_residuals = result.residuals
+            stats.backward_times = result.times
             self._check(result, "backward", self.backward_tol)
             return frozen.multiply_transpose(result.z) + grad
 

@@ -276,9 +276,19 @@ class MultiConv(MonotoneOperator):
         return self.flatten(tuple(out))
 
     # -- resolvent ------------------------------------------------------------------------
-    def build_resolvent(self, conv_weights: _ConvWeights, alpha: float) -> Resolvent:
+    def resolvent_factors(
+        self, conv_weights: _ConvWeights, alpha: float, onesided: bool | None = None
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        r"""Block LDU factors of :math:`\hat M = I + \alpha(I - \hat W)` in the Fourier basis.
+
+        Returns ``(lower, diag_inv, upper)``: ``lower[i]`` :math:`= M_{i+1,i} S_i^{-1}`,
+        ``diag_inv[i]`` :math:`= S_i^{-1}` (per alias group of tier ``i``, per frequency on the
+        last tier), ``upper[i]`` :math:`= S_i^{-1} M_{i,i+1}`. By default a single tier keeps
+        only the frequencies of the real FFT (``onesided``).
+        """
         weights = conv_weights.tiers
-        onesided = self.num_tiers == 1
+        if onesided is None:
+            onesided = self.num_tiers == 1
         scale = 1 + alpha * self.m
         diag_inv, lower, upper = [], [], []
         correction = None  # Q_i = M_{i,i-1} S_{i-1}^{-1} M_{i-1,i}
@@ -304,6 +314,11 @@ class MultiConv(MonotoneOperator):
             upper.append(schur_inv @ coupling.mH)
             correction = lower[-1] @ coupling.mH
             diag_inv.append(schur_inv)
+        return lower, diag_inv, upper
+
+    def build_resolvent(self, conv_weights: _ConvWeights, alpha: float) -> Resolvent:
+        lower, diag_inv, upper = self.resolvent_factors(conv_weights, alpha)
+        onesided = self.num_tiers == 1
 
         def forward_transform(y: Tensor) -> list[Tensor]:
             return [to_fourier(t, onesided) for t in self.tiers(y)]

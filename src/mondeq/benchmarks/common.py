@@ -1,0 +1,103 @@
+"""Shared helpers: machine facts, timing, the paper-sized problems, data for the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..data import DataError, load_dataset
+from ..models import ModelConfig, MonDEQClassifier, preset_config
+from ..train import load_model
+
+KINDS = ("fc", "single-conv", "multi-conv")
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def measure(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+@dataclass
+class Scale:
+    """Problem sizes: the paper's (``full``) or a toy one for smoke tests (``tiny``)."""
+
+    batch: int
+    image_size: int
+    fc_width: int
+    single_channels: int
+    multi_channels: tuple[int, ...]
+    tiny: bool
+
+    @classmethod
+    def get(cls, tiny: bool) -> Scale:
+        if tiny:
+            return cls(batch=8, image_size=8, fc_width=16, single_channels=4, multi_channels=(2, 3), tiny=True)
+        return cls(batch=128, image_size=28, fc_width=87, single_channels=54, multi_channels=(16, 32, 32), tiny=False)
+
+    def config(self, kind: str, **overrides) -> ModelConfig:
+        sizes = {"fc": {"width": self.fc_width}, "single-conv": {"channels": [self.single_channels]}}
+        sizes["multi-conv"] = {"channels": list(self.multi_channels)}
+        config = preset_config(kind, "fashion-mnist", 1, 28, 10, **sizes[kind], **overrides)
+        config.image_size = self.image_size
+        return config
+
+
+def model_at(scale: Scale, kind: str, trained: bool = False, seed: int = 0, runs: Path = Path("runs")) -> MonDEQClassifier | None:
+    """A classifier at initialisation, or the one-epoch Fashion-MNIST model from ``runs/`` (None if absent)."""
+    if trained:
+        if scale.tiny:
+            return None
+        path = runs / f"fashion-mnist-{kind}"
+        if not (path / "checkpoint.json").is_file():
+            return None
+        return load_model(path)[0]
+    torch.manual_seed(seed)
+    return MonDEQClassifier(scale.config(kind))
+
+
+def batch(scale: Scale, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A test batch of Fashion-MNIST when available (random images otherwise, and at toy scale)."""
+    if not scale.tiny:
+        try:
+            test = load_dataset("fashion-mnist", "test")
+            generator = torch.Generator().manual_seed(seed)
+            index = torch.randperm(len(test), generator=generator)[: scale.batch]
+            return test.normalize(test.images[index]), test.labels[index]
+        except DataError:
+            pass
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(scale.batch, 1, scale.image_size, scale.image_size, generator=generator)
+    return x, torch.randint(0, 10, (scale.batch,), generator=generator)
