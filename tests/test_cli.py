@@ -120,7 +120,9 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     exe = shutil.which("mondeq")
     command = [exe] if exe else [sys.executable, "-m", "mondeq"]
     args = ["train", "--data-dir", data, "--model", "fc", "--width", 8, "--epochs", 100000, "--batch-size", 16, "--out", out]
-    process = subprocess.Popen([*command, *map(str, args), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*command, *map(str, args), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 120
     while not (out / "metrics.csv").exists() and time.time() < deadline:
         time.sleep(0.2)

@@ -161,6 +161,17 @@ def plot_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_command(args: argparse.Namespace) -> int:
+    from .benchmarks.report import run_all
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    print(run_all(args.only, tiny=args.tiny, out=Path(args.out)))
+    return 0
+
+
 def demo_command(args: argparse.Namespace) -> int:
     """Solve and differentiate a convolutional monDEQ equilibrium on random data; print stats."""
     import torch
@@ -249,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-dir")
     p.set_defaults(func=plot_command)
+
+    p = commands.add_parser("bench", help="run the benchmarks and write docs/benchmarks.md")
+    p.add_argument(
+        "--only", nargs="+", metavar="NAME", help="solvers, resolvent, training_step, peers, memory, scaling (default: all)"
+    )
+    p.add_argument("--tiny", action="store_true", help="toy sizes, seconds per benchmark (writes benchmarks-tiny.md)")
+    p.add_argument("--out", default="docs", help="folder for benchmarks.md and its plots (default docs)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=bench_command)
 
     p = commands.add_parser("demo", help="solve and differentiate one equilibrium on random data")
     p.add_argument("--solver", default="pr", choices=["fb", "pr", "dr"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import warnings
 
-import torch
 import torch.nn.functional as F
 
 from ..solvers import get_solver
@@ -103,5 +102,7 @@ def markdown(result: dict) -> str:
     ]
     for r in result["rows"]:
         cells = [cell(r[f"{d}_iters_{lv:g}"], r[f"{d}_seconds_{lv:g}"]) for d in ("forward", "backward") for lv in LEVELS]
-        lines.append(f"| {r['family']} | {r['state']} | {r['method']} | {'yes' if r['anderson'] else 'no'} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {r['family']} | {r['state']} | {r['method']} | {'yes' if r['anderson'] else 'no'} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines)

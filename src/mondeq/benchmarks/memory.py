@@ -1,0 +1,120 @@
+"""Peak memory of a training step against the number of solver iterations.
+
+mondeq's implicit gradients against backpropagation through the unrolled iterations (the same
+forward-backward iteration recorded on the autograd tape). Each configuration runs in a fresh
+process and reports the growth of its peak resident memory during one training step, and the
+bytes autograd saved for backward.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from .common import Scale, batch
+
+ITERATIONS = (5, 10, 20, 40, 80)
+
+
+def child(mode: str, iterations: int, tiny: bool) -> dict:
+    scale = Scale.get(tiny)
+    scale.batch = min(scale.batch, 32)
+    torch.manual_seed(0)
+    from ..models import MonDEQClassifier
+
+    model = MonDEQClassifier(scale.config("single-conv"))
+    x, y = batch(scale)
+    layer, op = model.layer, model.layer.linear
+    saved = 0
+
+    def pack(t):
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    def step():
+        model.zero_grad()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            if mode == "implicit":
+                layer.tol = layer.backward_tol = 1e-300  # run exactly `iterations` iterations
+                layer.max_iter = layer.backward_max_iter = iterations
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    logits = model(x)
+            else:
+                injection = op.inject(x)
+                alpha = 0.5 * op.m / layer.lipschitz() ** 2
+                z = torch.zeros_like(injection)
+                for _ in range(iterations):
+                    z = torch.relu((1 - alpha) * z + alpha * (op.multiply(z) + injection))
+                features = F.avg_pool2d(op.unflatten(z), model.config.pool)
+                logits = model.readout(features.reshape(len(x), -1))
+            loss = F.cross_entropy(logits, y)
+        loss.backward()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layer.lipschitz()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"mode": mode, "iterations": iterations, "peak_growth_mb": (after - before) / 1024, "saved_mb": saved / 2**20}
+
+
+def run(tiny: bool = False) -> dict:
+    iterations = (2, 4) if tiny else ITERATIONS
+    rows = []
+    for mode in ("implicit", "unrolled"):
+        for k in iterations:
+            command = [sys.executable, "-m", "mondeq.benchmarks.memory", mode, str(k), "tiny" if tiny else "full"]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+    return {"rows": rows, "batch": min(Scale.get(tiny).batch, 32)}
+
+
+def plot(result: dict, folder) -> list:
+    from ..plot import _pyplot
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for mode in ("implicit", "unrolled"):
+        rows = [r for r in result["rows"] if r["mode"] == mode]
+        its = [r["iterations"] for r in rows]
+        axes[0].plot(its, [r["peak_growth_mb"] for r in rows], "o-", label=mode)
+        axes[1].plot(its, [r["saved_mb"] for r in rows], "o-", label=mode)
+    axes[0].set(xlabel="solver iterations", ylabel="MB", title="peak memory growth of a training step")
+    axes[1].set(xlabel="solver iterations", ylabel="MB", title="tensors saved for backward")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = folder / "memory_vs_iterations.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def markdown(result: dict) -> str:
+    its = sorted({r["iterations"] for r in result["rows"]})
+    lines = [
+        f"single-conv at the paper's size, batch {result['batch']}: growth of the process's peak resident memory during "
+        "one training step (fresh process per cell), and the tensors autograd saved for backward.",
+        "",
+        "| gradients | " + " | ".join(f"{k} iterations" for k in its) + " |",
+        "|---|" + "---|" * len(its),
+    ]
+    for mode in ("implicit", "unrolled"):
+        rows = {r["iterations"]: r for r in result["rows"] if r["mode"] == mode}
+        cells = [f"{rows[k]['peak_growth_mb']:.0f} MB peak / {rows[k]['saved_mb']:.0f} MB saved" for k in its]
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(json.dumps(child(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "tiny")))
