@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
 import pickle
 from pathlib import Path
 
 import numpy as np
+
+from mondeq.data import write_synthetic_mnist
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -16,16 +17,7 @@ def idx_bytes(array: np.ndarray) -> bytes:
 
 def write_mnist_like(folder: Path, train: int = 64, test: int = 32, seed: int = 0) -> Path:
     """IDX .gz files as distributed for MNIST / Fashion-MNIST; images correlate with labels."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", train), ("t10k", test)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
-        for i, label in enumerate(labels):  # a bright bar whose row encodes the label
-            images[i, 2 + 2 * label : 4 + 2 * label, 4:24] = 250
-        (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images)))
-        (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
-    return folder
+    return write_synthetic_mnist(folder, train, test, seed)
 
 
 def write_cifar_like(folder: Path, per_batch: int = 20, seed: int = 0) -> Path:

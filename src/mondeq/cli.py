@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +23,12 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tol", type=float, help="relative residual tolerance (preset 1e-2)")
     g.add_argument("--max-iter", type=int, help="solver iteration cap (preset 300)")
     g.add_argument("--anderson", type=int, help="Anderson acceleration memory (0: off)")
+    g.add_argument(
+        "--input-norm",
+        type=float,
+        metavar="C",
+        help="keep ||U|| <= C (spectral normalisation); with a large --m it lowers the bound ||R|| ||U|| / m",
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -31,12 +38,31 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    from . import distributed
+
+    device = distributed.init_from_environment(args.device)
+    try:
+        return _train(args, device)
+    except KeyboardInterrupt:
+        if distributed.is_main():
+            print("\ninterrupted: checkpoint saved; continue with --resume", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if distributed.world_size() <= 1:
+            raise
+        # Name the failing rank and leave at once: torchrun then stops the other ranks
+        # instead of letting them wait in a collective.
+        print(f"mondeq train: rank {distributed.rank()} failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        os._exit(1)
+    finally:
+        distributed.shutdown()
+
+
+def _train(args: argparse.Namespace, device: str) -> int:
     from .checkpoint import load_checkpoint
-    from .data import DATASETS
-    from .distributed import init_from_environment, is_main
+    from .distributed import is_main
     from .train import TrainConfig, Trainer
 
-    device = init_from_environment(args.device)
     options = {
         k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None and k not in ("device",)
     }
@@ -50,18 +76,11 @@ def train_command(args: argparse.Namespace) -> int:
         config = TrainConfig.from_dict({**stored, "device": device})
     else:
         options.setdefault("out", f"runs/{args.dataset}-{args.model}")
-        if args.dataset not in DATASETS:
-            raise SystemExit(f"unknown dataset {args.dataset}")
         config = TrainConfig(**{**options, "device": device})
     trainer = Trainer(config, progress=not args.no_progress)
     if resume:
         trainer.resume()
-    try:
-        history = trainer.fit()
-    except KeyboardInterrupt:
-        if is_main():
-            print(f"\ninterrupted: checkpoint saved in {config.out}; continue with --resume", file=sys.stderr)
-        return 130
+    history = trainer.fit()
     if is_main() and history:
         last = history[-1]
         print(f"test accuracy {last['test_accuracy']:.4f} after {last['epoch']} epoch(s); run saved in {config.out}")
@@ -141,7 +160,7 @@ def predict_command(args: argparse.Namespace) -> int:
 
 def plot_command(args: argparse.Namespace) -> int:
     from .data import Batches, load_dataset
-    from .plot import convergence_traces, plot_convergence, plot_training_curves
+    from .plot import convergence_traces, plot_certified, plot_convergence, plot_training_curves
     from .train import load_model
 
     run = Path(args.run_dir)
@@ -149,6 +168,8 @@ def plot_command(args: argparse.Namespace) -> int:
     written = []
     if (run / "metrics.csv").is_file():
         written.append(plot_training_curves(run / "metrics.csv", out / "training_curves.png"))
+    if (run / "certify.json").is_file():
+        written.append(plot_certified(run / "certify.json", out / "certified_accuracy.png"))
     model, meta = load_model(run, args.device)
     train_cfg = meta["train"]
     test = load_dataset(train_cfg["dataset"], "test", args.data_dir or train_cfg.get("data_dir"))
@@ -158,6 +179,65 @@ def plot_command(args: argparse.Namespace) -> int:
     written.append(plot_convergence(traces, out / "convergence.png", title))
     for path in written:
         print(path)
+    return 0
+
+
+def certify_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import checkpoint_paths
+    from .data import Batches, load_dataset
+    from .robust import certify, lipschitz_bound, pgd_attack
+    from .train import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, meta = load_model(args.checkpoint)
+    model.eval()
+    if args.tol is not None:
+        model.layer.tol = model.layer.backward_tol = args.tol
+    bound = lipschitz_bound(model)
+    train_cfg = meta["train"]
+    test = load_dataset(train_cfg["dataset"], "test", args.data_dir or train_cfg.get("data_dir")).subset(args.limit)
+    eps = sorted(args.eps)
+    correct, certified, robust = 0, [0] * len(eps), [0] * len(eps)
+    for x, y in Batches(test, args.batch_size):
+        with torch.no_grad():
+            right = model(x).argmax(1) == y
+        radius = certify(model, x, y, bound.logits)
+        correct += right.sum().item()
+        for k, e in enumerate(eps):
+            certified[k] += (right & (radius >= e)).sum().item()
+            if args.pgd_steps:
+                adversarial = pgd_attack(model, x, y, e, steps=args.pgd_steps)
+                with torch.no_grad():
+                    robust[k] += (model(adversarial).argmax(1) == y).sum().item()
+    n = len(test)
+    report = {
+        "examples": n,
+        "m": bound.m,
+        "input_norm": bound.input_norm,
+        "readout_norm": bound.readout_norm,
+        "lipschitz_equilibrium": bound.equilibrium,
+        "lipschitz_logits": bound.logits,
+        "clean_accuracy": correct / n,
+        "eps": eps,
+        "certified_accuracy": [c / n for c in certified],
+        "pgd_accuracy": [r / n for r in robust] if args.pgd_steps else None,
+        "pgd_steps": args.pgd_steps,
+    }
+    print(
+        f"Lipschitz bound (l2): equilibrium {bound.equilibrium:.4g}, logits {bound.logits:.4g} "
+        f"(||U|| = {bound.input_norm:.4g}, ||R|| = {bound.readout_norm:.4g}, m = {bound.m:g})"
+    )
+    print(f"clean accuracy {report['clean_accuracy']:.4f} on {n} test images")
+    for k, e in enumerate(eps):
+        line = f"eps {e:g}: certified accuracy {report['certified_accuracy'][k]:.4f}"
+        if args.pgd_steps:
+            line += f", PGD ({args.pgd_steps} steps) accuracy {report['pgd_accuracy'][k]:.4f}"
+        print(line)
+    out = Path(args.out) if args.out else checkpoint_paths(args.checkpoint)[1].with_name("certify.json")
+    out.write_text(json.dumps(report, indent=2))
     return 0
 
 
@@ -260,6 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-dir")
     p.set_defaults(func=plot_command)
+
+    p = commands.add_parser("certify", help="Lipschitz bound, certified and PGD accuracy at each epsilon (l2)")
+    p.add_argument("checkpoint", help="run folder or checkpoint file")
+    p.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0], help="l2 radii (default 0.1 0.25 0.5 1)")
+    p.add_argument("--limit", type=int, default=1000, help="test images to certify (default 1000)")
+    p.add_argument("--pgd-steps", type=int, default=20, help="steps of the PGD attack (0: no attack)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--tol", type=float, help="solver tolerance for certification (default: the model's)")
+    p.add_argument("--out", help="JSON report (default: certify.json beside the checkpoint)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--data-dir")
+    p.set_defaults(func=certify_command)
 
     p = commands.add_parser("bench", help="run the benchmarks and write docs/benchmarks.md")
     p.add_argument(

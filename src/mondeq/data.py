@@ -30,6 +30,8 @@ __all__ = [
     "default_data_dir",
     "load_dataset",
     "read_idx",
+    "write_idx",
+    "write_synthetic_mnist",
 ]
 
 FASHION_CLASSES = [
@@ -197,6 +199,31 @@ def read_idx(path: Path, expected_ndim: int) -> np.ndarray:
     if len(data) != expected:
         raise DataError(f"{path} is truncated or padded: {len(data)} bytes, expected {expected} for shape {shape}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """Write ``uint8`` ``array`` as an IDX file (gzipped when ``path`` ends in ``.gz``); inverse of :func:`read_idx`."""
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.tobytes()
+    path = Path(path)
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    return path
+
+
+def write_synthetic_mnist(folder: Path, train: int = 64, test: int = 32, seed: int = 0) -> Path:
+    """MNIST-format files of synthetic 28x28 images whose label is drawn as a bright bar (for demos and tests)."""
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", train), ("t10k", test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 2 + 2 * label : 4 + 2 * label, 4:24] = 250
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
 
 
 class _ArrayUnpickler(pickle.Unpickler):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -20,6 +21,7 @@ __all__ = [
     "init_from_environment",
     "is_main",
     "rank",
+    "shutdown",
     "world_size",
     "wrap",
 ]
@@ -46,12 +48,19 @@ def init_from_environment(device: str) -> str:
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1 or is_initialized():
         return device
     cuda = device.startswith("cuda")
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    timeout = timedelta(seconds=float(os.environ.get("MONDEQ_DIST_TIMEOUT", 600)))
+    dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timeout)
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
         return f"cuda:{local}"
     return device
+
+
+def shutdown() -> None:
+    """Leave the process group (a no-op in one process)."""
+    if is_initialized():
+        dist.destroy_process_group()
 
 
 def wrap(model: nn.Module) -> nn.Module:

@@ -222,11 +222,13 @@ class MonDEQ(nn.Module):
         alpha = frozen.alpha
         d = derivative
         with torch.no_grad():
+            # prox of alpha * f for the linear "activation" y -> d * y: y -> d y / (d + alpha (1 - d))
+            shrink = d / (d + alpha * (1 - d))
             problem = SplittingProblem(
                 multiply=frozen.multiply_transpose,
                 injection=grad,
                 activation=lambda y: d * y,
-                prox=lambda y: d * y / (d + alpha * (1 - d)),
+                prox=lambda y: shrink * y,
                 alpha=alpha,
                 resolvent=frozen.resolvent.solve_transpose if frozen.resolvent is not None else None,
             )

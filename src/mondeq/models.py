@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .layer import MonDEQ
 from .operators import FullyConnected, MultiConv, SingleConv
 
-__all__ = ["ModelConfig", "MonDEQClassifier", "PRESET_SIZES", "MODEL_KINDS", "build_model", "preset_config"]
+__all__ = ["ModelConfig", "MonDEQClassifier", "SpectralBound", "PRESET_SIZES", "MODEL_KINDS", "build_model", "preset_config"]
 
 MODEL_KINDS = ("fc", "single-conv", "multi-conv")
 
@@ -51,6 +53,8 @@ class ModelConfig:
     tol: float = 1e-2
     max_iter: int = 300
     anderson: int = 0
+    #: Spectral bound on the input injection U (None: unconstrained); see :class:`SpectralBound`.
+    input_norm: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,6 +91,40 @@ def preset_config(kind: str, dataset: str, in_channels: int, image_size: int, nu
     return config
 
 
+class SpectralBound(nn.Module):
+    r"""Parametrization :math:`U \mapsto U \cdot \min(1, c / \hat\sigma(U))`, keeping :math:`\|U\| \le c`.
+
+    :math:`\hat\sigma` is the largest singular value of the weight reshaped to
+    ``(out, -1)``, tracked by one power-iteration step per training forward (as
+    ``torch.nn.utils.spectral_norm``). For a dense ``U`` that is its operator norm; for a
+    convolution it is a proxy. Since the Lipschitz bound of the follow-up paper is
+    :math:`\|R\|\|U\|/m`, bounding :math:`\|U\|` (with a large :math:`m`) trades accuracy for a
+    smaller bound. Certificates always use the true operator norm, never this estimate.
+    """
+
+    def __init__(self, bound: float, weight: Tensor) -> None:
+        super().__init__()
+        self.bound = float(bound)
+        matrix = weight.detach().reshape(weight.shape[0], -1)
+        generator = torch.Generator().manual_seed(0)
+        self.register_buffer("u", torch.randn(matrix.shape[0], generator=generator).to(matrix))
+        self.register_buffer("v", torch.randn(matrix.shape[1], generator=generator).to(matrix))
+        for _ in range(30):
+            self._power_step(matrix)
+
+    @torch.no_grad()
+    def _power_step(self, matrix: Tensor) -> None:
+        self.v.copy_(nn.functional.normalize(matrix.T @ self.u, dim=0))
+        self.u.copy_(nn.functional.normalize(matrix @ self.v, dim=0))
+
+    def forward(self, weight: Tensor) -> Tensor:
+        matrix = weight.reshape(weight.shape[0], -1)
+        if self.training:
+            self._power_step(matrix.detach())
+        sigma = self.u @ matrix @ self.v
+        return weight * (self.bound / torch.clamp(sigma, min=self.bound))
+
+
 class MonDEQClassifier(nn.Module):
     """A monDEQ layer and a readout to class logits.
 
@@ -120,6 +158,10 @@ class MonDEQClassifier(nn.Module):
             anderson=c.anderson,
         )
         self.readout = nn.Linear(features, c.num_classes)
+        if c.input_norm is not None:
+            if not c.input_norm > 0:
+                raise ValueError(f"input_norm must be > 0, got {c.input_norm}")
+            parametrize.register_parametrization(operator.U, "weight", SpectralBound(c.input_norm, operator.U.weight))
 
     def features(self, x: Tensor) -> Tensor:
         """The pooled equilibrium fed to the readout, ``(N, features)``."""

@@ -10,7 +10,28 @@ import torch
 
 from .solvers import get_solver
 
-__all__ = ["plot_training_curves", "plot_convergence", "convergence_traces"]
+__all__ = ["plot_training_curves", "plot_convergence", "convergence_traces", "plot_certified"]
+
+
+def plot_certified(report_json: Path, out: Path) -> Path:
+    """Certified (and PGD) accuracy against the l2 radius, from ``mondeq certify``'s report."""
+    import json
+
+    report = json.loads(Path(report_json).read_text())
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    eps = [0.0, *report["eps"]]
+    ax.plot(eps, [100 * report["clean_accuracy"], *[100 * a for a in report["certified_accuracy"]]], "o-", label="certified")
+    if report.get("pgd_accuracy"):
+        ax.plot(eps, [100 * report["clean_accuracy"], *[100 * a for a in report["pgd_accuracy"]]], "s--", label="under PGD")
+    ax.set(xlabel="l2 radius eps", ylabel="accuracy (%)", title=f"Lipschitz bound {report['lipschitz_logits']:.3g}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
 
 
 def _pyplot():

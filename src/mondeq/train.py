@@ -77,6 +77,7 @@ class TrainConfig:
     tol: float | None = None
     max_iter: int | None = None
     anderson: int | None = None
+    input_norm: float | None = None
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -92,7 +93,7 @@ class TrainConfig:
     def model_config(self) -> ModelConfig:
         info = DATASETS[self.dataset]
         overrides = {k: getattr(self, k) for k in ("width", "channels", "m", "activation", "solver", "alpha", "tol")}
-        overrides.update(max_iter=self.max_iter, anderson=self.anderson)
+        overrides.update(max_iter=self.max_iter, anderson=self.anderson, input_norm=self.input_norm)
         return preset_config(self.model, self.dataset, info.channels, info.image_size, len(info.classes), **overrides)
 
     @classmethod
@@ -235,6 +236,7 @@ class Trainer:
             "train": asdict(self.config),
             "epoch": self.epoch,
             "batch": self.batch,
+            "world_size": distributed.world_size(),
             "alpha": self.model.layer.alpha,
             "running": self.running.tolist(),
             "history": self.history,
@@ -253,6 +255,10 @@ class Trainer:
             self.optimizer.load_state_dict(optimizer_state)
         self.model.layer.alpha = meta["alpha"]
         self.epoch, self.batch = meta["epoch"], meta["batch"]
+        saved_world = meta.get("world_size", 1)
+        if self.batch and saved_world != distributed.world_size():
+            # Mid-epoch with another number of processes: skip as many examples as were seen.
+            self.batch = math.ceil(self.batch * saved_world / distributed.world_size())
         self.running = torch.tensor(meta["running"], dtype=torch.float64)
         self.history = meta["history"]
 

@@ -5,4 +5,4 @@ Run them all (writing ``docs/benchmarks.md``) with ``mondeq bench``, or one with
 seconds (what the smoke test does).
 """
 
-BENCHMARKS = ["solvers", "resolvent", "training_step", "peers", "memory", "scaling"]
+BENCHMARKS = ["solvers", "resolvent", "training_step", "peers", "memory", "scaling", "data_parallel"]

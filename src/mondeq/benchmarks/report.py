@@ -18,6 +18,7 @@ TITLES = {
     "peers": "4. Peers on the same problem",
     "memory": "5. Memory against solver iterations",
     "scaling": "6. Scaling",
+    "data_parallel": "7. Data-parallel training: 1 against 2 processes",
 }
 
 

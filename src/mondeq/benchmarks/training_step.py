@@ -134,11 +134,11 @@ def run(tiny: bool = False) -> dict:
         layer.tol = layer.backward_tol = 1e-4
         layer.max_iter = layer.backward_max_iter = 500
 
-        def mondeq_step():
+        def mondeq_step(model=model):
             model.zero_grad()
             F.cross_entropy(model(x), y).backward()
 
-        def reference_step():
+        def reference_step(model=model):
             model.zero_grad()
             F.cross_entropy(reference_forward(model, x), y).backward()
 
@@ -175,7 +175,8 @@ def markdown(result: dict) -> str:
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['family']} | {r['weights']} | {r['mondeq_ms']:.0f} ms | {r['reference_ms']:.0f} ms | **{r['speedup']:.1f}x** | "
+            f"| {r['family']} | {r['weights']} | {r['mondeq_ms']:.0f} ms | {r['reference_ms']:.0f} ms "
+            f"| **{r['speedup']:.1f}x** | "
             f"{r['forward_iterations']} / {r['backward_iterations']} | {r['gradient_difference']:.1e} |"
         )
     return "\n".join(lines)

@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -45,6 +46,11 @@ class SplittingProblem:
     prox: Callable[[Tensor], Tensor]
     alpha: float
     resolvent: Callable[[Tensor], Tensor] | None = None
+
+    @cached_property
+    def scaled_injection(self) -> Tensor:
+        r""":math:`\alpha b`, computed once per solve."""
+        return self.alpha * self.injection
 
 
 class Status(enum.Enum):
@@ -94,7 +100,7 @@ class SplittingMethod:
 
 def relative_residual(z: Tensor, fz: Tensor) -> float:
     tiny = torch.finfo(z.dtype).tiny
-    return ((fz - z).norm() / (fz.norm() + tiny)).item()
+    return (torch.dist(fz, z) / (fz.norm() + tiny)).item()
 
 
 def solve(

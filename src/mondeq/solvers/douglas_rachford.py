@@ -22,5 +22,5 @@ class DouglasRachford(PeacemanRachford):
     name = "dr"
 
     def step(self, problem: SplittingProblem, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        z, z_half, pre = resolvent_half_step(problem, state)
-        return state + z_half - z, z_half, pre
+        z, _, z_half, pre = resolvent_half_step(problem, state)
+        return (state + z_half).sub_(z), z_half, pre

@@ -2,6 +2,7 @@ r"""Forward-backward splitting."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .base import SplittingMethod, SplittingProblem
@@ -22,6 +23,5 @@ class ForwardBackward(SplittingMethod):
     name = "fb"
 
     def step(self, problem: SplittingProblem, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        a = problem.alpha
         pre = problem.multiply(state) + problem.injection
-        return problem.prox((1 - a) * state + a * pre), state, pre
+        return problem.prox(torch.lerp(state, pre, problem.alpha)), state, pre
