@@ -1,7 +1,6 @@
 """Data-parallel training on 2 CPU processes with gloo, against one process over the same global batch."""
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -92,34 +91,13 @@ def test_distributed_checkpoint_resumes_in_one_process(distributed_run):
     assert [row["epoch"] for row in history] == [1, 2]
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is installed with torch")
 def test_torchrun_launches_the_train_command(tmp_path):
     data = write_mnist_like(tmp_path / "data", train=32, test=16)
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        "torchrun",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        "29531",
-        "-m",
-        "mondeq",
-        "train",
-        "--data-dir",
-        str(data),
-        "--model",
-        "fc",
-        "--width",
-        "8",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    train = f"train --data-dir {data} --model fc --width 8 --epochs 1 --batch-size 8 --out {out} --no-progress"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mondeq"]
+    command += train.split()
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("test accuracy") == 1  # only rank 0 reports
