@@ -248,7 +248,7 @@ def bench_command(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    print(run_all(args.only, tiny=args.tiny, out=Path(args.out)))
+    print(run_all(args.only, tiny=args.tiny, out=Path(args.out), report_only=args.report_only))
     return 0
 
 
@@ -347,7 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=1000, help="test images to certify (default 1000)")
     p.add_argument("--pgd-steps", type=int, default=20, help="steps of the PGD attack (0: no attack)")
     p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--tol", type=float, help="solver tolerance for certification (default: the model's)")
+    p.add_argument(
+        "--tol",
+        type=float,
+        default=1e-4,
+        help="solver tolerance while certifying (default 1e-4: margins of the true equilibrium)",
+    )
     p.add_argument("--out", help="JSON report (default: certify.json beside the checkpoint)")
     p.add_argument("--threads", type=int)
     p.add_argument("--data-dir")
@@ -360,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="toy sizes, seconds per benchmark (writes benchmarks-tiny.md)")
     p.add_argument("--out", default="docs", help="folder for benchmarks.md and its plots (default docs)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--report-only", action="store_true", help="rewrite the page from stored results, run nothing")
     p.set_defaults(func=bench_command)
 
     p = commands.add_parser("demo", help="solve and differentiate one equilibrium on random data")

@@ -37,9 +37,12 @@ def load_notes(path: Path) -> dict[str, str]:
     return {k: v.strip() for k, v in notes.items()}
 
 
-def run_all(names: list[str] | None = None, tiny: bool = False, out: Path = Path("docs")) -> Path:
-    """Run ``names`` (default all) and write ``out/benchmarks.md`` (``benchmarks-tiny.md`` for ``tiny``)."""
-    names = names or BENCHMARKS
+def run_all(names: list[str] | None = None, tiny: bool = False, out: Path = Path("docs"), report_only: bool = False) -> Path:
+    """Run ``names`` (default all) and write ``out/benchmarks.md`` (``benchmarks-tiny.md`` for ``tiny``).
+
+    With ``report_only``, run nothing: rewrite the page from the stored ``results.json``.
+    """
+    names = [] if report_only else (names or BENCHMARKS)
     unknown = set(names) - set(BENCHMARKS)
     if unknown:
         raise ValueError(f"unknown benchmarks {sorted(unknown)}; choose from {BENCHMARKS}")
