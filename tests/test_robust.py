@@ -112,3 +112,26 @@ def test_certified_examples_survive_pgd_at_their_radius(kind):
 def test_spectral_norm_of_a_matrix():
     A = torch.randn(7, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert spectral_norm(lambda v: v @ A.T, (1, 5)) == pytest.approx(torch.linalg.matrix_norm(A, ord=2).item(), rel=1e-6)
+
+
+def test_weight_perturbation_bound_holds():
+    from mondeq.robust import weight_perturbation_bound
+
+    model = small_model("fc", m=1.0)
+    op = model.layer.linear
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with torch.no_grad():
+        z = op.flatten(model.layer(x))
+        W = op.to_dense()
+        U, b = op.U.weight.clone(), op.U.bias.clone()
+        for p in (op.A, op.B, op.U.weight, op.U.bias):
+            p.add_(0.05 * torch.randn_like(p))
+        z_new = op.flatten(model.layer(x))
+        dW = torch.linalg.matrix_norm(op.to_dense() - W, ord=2).item()
+        dU = torch.linalg.matrix_norm(op.U.weight - U, ord=2).item()
+        db = (op.U.bias - b).norm().item()
+    # The argument is symmetric in the two weight sets; the model now holds the perturbed ones.
+    bound_at_new = weight_perturbation_bound(model, x, dW, dU, db)
+    actual = (z_new - z).norm(dim=1)
+    assert (actual <= bound_at_new + 1e-9).all()
+    assert (actual > 0).all()

@@ -29,7 +29,15 @@ from torch import Tensor
 
 from .models import MonDEQClassifier
 
-__all__ = ["LipschitzBound", "lipschitz_bound", "spectral_norm", "certify", "pgd_attack", "logit_margin"]
+__all__ = [
+    "LipschitzBound",
+    "certify",
+    "lipschitz_bound",
+    "logit_margin",
+    "pgd_attack",
+    "spectral_norm",
+    "weight_perturbation_bound",
+]
 
 
 def spectral_norm(
@@ -102,6 +110,22 @@ def lipschitz_bound(model: MonDEQClassifier, slack: float = 0.01) -> LipschitzBo
 
     readout_norm = spectral_norm(read, (1, op.features))
     return LipschitzBound(input_norm=input_norm, readout_norm=readout_norm, m=op.m, slack=slack)
+
+
+@torch.no_grad()
+def weight_perturbation_bound(model: MonDEQClassifier, x: Tensor, weight: float, injection: float = 0.0,
+                              bias: float = 0.0) -> Tensor:
+    r"""Per-example bound on :math:`\|z^\star_{\theta'}(x) - z^\star_\theta(x)\|_2` for perturbed weights.
+
+    With :math:`\|W' - W\|_2 \le` ``weight``, :math:`\|U' - U\|_2 \le` ``injection`` and
+    :math:`\|b' - b\|_2 \le` ``bias``, the perturbed equilibrium solves the unperturbed system
+    with its injection shifted by :math:`e = (W - W')z^\star + (U - U')x + (b - b')`; the same
+    monotonicity argument as for inputs gives :math:`\|\Delta z\| \le \|e\| / m \le
+    (\text{weight} \|z^\star\| + \text{injection} \|x\| + \text{bias}) / m` (the perturbed
+    operator keeps margin :math:`m`, as every parameter value does).
+    """
+    z = model.layer.linear.flatten(model.layer(x))
+    return (weight * z.norm(dim=1) + injection * x.flatten(1).norm(dim=1) + bias) / model.layer.linear.m
 
 
 def _float64_copy(model: MonDEQClassifier) -> MonDEQClassifier:
