@@ -38,6 +38,16 @@ def machine_info() -> dict:
     }
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write (PNG) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def measure(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` in seconds."""
     for _ in range(warmup):

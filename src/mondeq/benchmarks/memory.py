@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .common import Scale, batch
+from .common import Scale, batch, save_figure
 
 ITERATIONS = (5, 10, 20, 40, 80)
 
@@ -121,11 +121,7 @@ def plot(result: dict, folder) -> list:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    path = folder / "memory_vs_iterations.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, folder / "memory_vs_iterations.png")]
 
 
 def markdown(result: dict) -> str:

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..data import DATASETS, Batches, DataError, ImageDataset, load_dataset
 from ..models import MonDEQClassifier, preset_config
-from .common import Scale, batch, model_at
+from .common import Scale, batch, model_at, save_figure
 
 
 def deq_peers(scale: Scale, tol: float = 1e-4, max_iter: int = 200) -> list[dict]:
@@ -212,11 +212,7 @@ def plot(result: dict, folder) -> list:
     ax.set(xlabel="training wall time (s)", ylabel="test accuracy (%)", title="Fashion-MNIST, equal training time")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = folder / "peers_accuracy_vs_time.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, folder / "peers_accuracy_vs_time.png")]
 
 
 def markdown(result: dict) -> str:

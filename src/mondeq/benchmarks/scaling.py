@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import MonDEQClassifier, preset_config
-from .common import measure
+from .common import measure, save_figure
 
 ITERATIONS = 5
 
@@ -66,11 +66,7 @@ def plot(result: dict, folder) -> list:
         ax.loglog(xs, [1e3 * y for y in ys], "o-")
         ax.set(title=f"{name}\nexponent {data['exponent']:.2f}", ylabel="ms per step")
         ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    path = folder / "scaling.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, folder / "scaling.png")]
 
 
 def markdown(result: dict) -> str:

@@ -12,7 +12,7 @@ import warnings
 import torch.nn.functional as F
 
 from ..solvers import get_solver
-from .common import KINDS, Scale, batch, model_at
+from .common import KINDS, Scale, batch, model_at, save_figure
 
 LEVELS = (1e-2, 1e-4, 1e-6)
 METHODS = [("fb", 0), ("fb", 5), ("pr", 0), ("pr", 5), ("dr", 0), ("dr", 5)]
@@ -80,11 +80,7 @@ def plot(result: dict, folder) -> list:
         for ax in axes:
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = folder / f"solvers_{name.replace(' ', '_').replace('(', '').replace(')', '')}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_figure(fig, folder / f"solvers_{name.replace(' ', '_').replace('(', '').replace(')', '')}.png"))
     return paths
 
 
