@@ -27,7 +27,7 @@ RUNS = {
     # name: (run folder, train options)
     "fc, m = 1": ("runs/fashion-mnist-fc", ["--model", "fc"]),
     "fc, m = 20": ("runs/fashion-mnist-fc-m20", ["--model", "fc", "--m", "20", "--epochs", "5", "--lr", "3e-3"]),
-    "fc, m = 20, ||U|| <= 10": (
+    "fc, m = 20, ‖U‖ ≤ 10": (
         "runs/fashion-mnist-fc-m20-u10",
         ["--model", "fc", "--m", "20", "--input-norm", "10", "--epochs", "5", "--lr", "3e-3"],
     ),
