@@ -132,3 +132,16 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert "interrupted: checkpoint saved" in stderr and "Traceback" not in stderr
     meta = json.loads((out / "checkpoint.json").read_text())
     assert meta["epoch"] >= 1
+
+
+def test_certify_and_its_plot(run, tmp_path):
+    _, data, out, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    text = mondeq("certify", copy, "--data-dir", data, "--limit", 16, "--pgd-steps", 2, "--eps", 0.1, 0.5).stdout
+    assert "Lipschitz bound (l2)" in text and "eps 0.5: certified accuracy" in text and "PGD (2 steps)" in text
+    report = json.loads((copy / "certify.json").read_text())
+    assert report["examples"] == 16 and report["lipschitz_logits"] > 0
+    assert all(c <= p for c, p in zip(report["certified_accuracy"], report["pgd_accuracy"]))
+    written = mondeq("plot", copy, "--data-dir", data, "--batch-size", 8, "--max-iter", 10).stdout.split()
+    assert "certified_accuracy.png" in {Path(p).name for p in written}
