@@ -113,8 +113,9 @@ def lipschitz_bound(model: MonDEQClassifier, slack: float = 0.01) -> LipschitzBo
 
 
 @torch.no_grad()
-def weight_perturbation_bound(model: MonDEQClassifier, x: Tensor, weight: float, injection: float = 0.0,
-                              bias: float = 0.0) -> Tensor:
+def weight_perturbation_bound(
+    model: MonDEQClassifier, x: Tensor, weight: float, injection: float = 0.0, bias: float = 0.0
+) -> Tensor:
     r"""Per-example bound on :math:`\|z^\star_{\theta'}(x) - z^\star_\theta(x)\|_2` for perturbed weights.
 
     With :math:`\|W' - W\|_2 \le` ``weight``, :math:`\|U' - U\|_2 \le` ``injection`` and
