@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .linalg import largest_singular_value
 from .models import MonDEQClassifier
 
 __all__ = [
@@ -53,21 +54,16 @@ def spectral_norm(
     The adjoint is taken by autograd, so ``linear`` may be any differentiable linear function.
     """
     generator = torch.Generator().manual_seed(seed)
-    v = torch.randn(shape, generator=generator, dtype=dtype)
-    v = v / v.norm()
-    sigma = 0.0
-    for _ in range(iterations):
-        x = v.clone().requires_grad_(True)
-        y = linear(x)
-        (w,) = torch.autograd.grad(y, x, y)  # A^T A v
-        norm = w.norm().item()
-        if norm == 0:
-            return 0.0
-        v = (w / norm).detach()
-        previous, sigma = sigma, norm**0.5
-        if abs(sigma - previous) <= tol * sigma:
-            break
-    return sigma
+    start = torch.randn(shape, generator=generator, dtype=dtype)
+
+    def gram(v: Tensor) -> Tensor:
+        with torch.enable_grad():
+            x = v.clone().requires_grad_(True)
+            y = linear(x)
+            (w,) = torch.autograd.grad(y, x, y)  # A^T A v
+        return w
+
+    return largest_singular_value(gram, start, iterations, tol)
 
 
 @dataclass

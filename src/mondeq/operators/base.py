@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..linalg import largest_singular_value
+
 __all__ = ["MonotoneOperator", "Resolvent", "FrozenOperator"]
 
 
@@ -142,18 +144,13 @@ class MonotoneOperator(nn.Module):
         frozen = self.frozen(1.0, with_resolvent=False)
         p = next(self.parameters())
         generator = torch.Generator(device="cpu").manual_seed(0)
-        v = torch.randn(1, self.features, generator=generator, dtype=p.dtype).to(p.device)
-        v = v / v.norm()
-        sigma = 0.0
-        with torch.no_grad():
-            for _ in range(iterations):
-                u = v - frozen.multiply(v)
-                w = u - frozen.multiply_transpose(u)
-                sigma = w.norm().item()
-                if sigma == 0:
-                    return 0.0
-                v = w / sigma
-        return sigma**0.5
+        start = torch.randn(1, self.features, generator=generator, dtype=p.dtype).to(p.device)
+
+        def gram(v: Tensor) -> Tensor:
+            u = v - frozen.multiply(v)
+            return u - frozen.multiply_transpose(u)
+
+        return largest_singular_value(gram, start, iterations, tol=1e-6)
 
     def extra_repr(self) -> str:
         return f"features={self.features}, m={self.m}"
