@@ -344,10 +344,14 @@ class MultiConv(MonotoneOperator):
         def solve(y: Tensor) -> Tensor:
             return block_solve(y.to(diag_inv[0].real.dtype), lower, diag_inv, upper).to(y.dtype)
 
+        adjoints: list[list[Tensor]] = []
+
         def solve_transpose(y: Tensor) -> Tensor:
-            lo = [u.mH for u in upper]
-            up = [lo_.mH for lo_ in lower]
-            dinv = [d.mH for d in diag_inv]
+            # M^T in the unitary Fourier basis is M^H = U^H D^H L^H. Materialise the adjoint
+            # factors once: batched products with conjugate-transposed views copy every matrix.
+            if not adjoints:
+                adjoints.extend([[m.mH.resolve_conj().contiguous() for m in f] for f in (upper, diag_inv, lower)])
+            lo, dinv, up = adjoints
             return block_solve(y.to(diag_inv[0].real.dtype), lo, dinv, up).to(y.dtype)
 
         return Resolvent(solve, solve_transpose)
