@@ -125,7 +125,7 @@ def reference_forward(model, x: Tensor) -> Tensor:
 def run(tiny: bool = False) -> dict:
     scale = Scale.get(tiny)
     x, y = batch(scale)
-    repeat = 2 if tiny else 3
+    repeat = 2 if tiny else 5
     rows = []
     for kind in KINDS:
         model = model_at(scale, kind, trained=not tiny) or model_at(scale, kind)
