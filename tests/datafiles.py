@@ -10,11 +10,6 @@ import numpy as np
 from mondeq.data import write_synthetic_mnist
 
 
-def idx_bytes(array: np.ndarray) -> bytes:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
 def write_mnist_like(folder: Path, train: int = 64, test: int = 32, seed: int = 0) -> Path:
     """IDX .gz files as distributed for MNIST / Fashion-MNIST; images correlate with labels."""
     return write_synthetic_mnist(folder, train, test, seed)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from datafiles import idx_bytes, write_cifar_like, write_mnist_like, write_svhn_like
-from mondeq.data import Batches, DataError, augment_batch, load_dataset, read_idx
+from datafiles import write_cifar_like, write_mnist_like, write_svhn_like
+from mondeq.data import Batches, DataError, augment_batch, load_dataset, read_idx, write_idx
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
@@ -52,7 +52,7 @@ def test_idx_wrong_magic(tmp_path):
     path.write_bytes(b"\x12\x34\x08\x03" + bytes(20))
     with pytest.raises(DataError, match="bad magic number 12340803"):
         read_idx(path, 3)
-    path.write_bytes(idx_bytes(np.zeros((2, 3), np.uint8)))
+    write_idx(path, np.zeros((2, 3), np.uint8))
     with pytest.raises(DataError, match="2 dimensions, expected 3"):
         read_idx(path, 3)
 
