@@ -138,3 +138,15 @@ def test_anderson_rejects_bad_memory():
 def test_unknown_solver_is_named():
     with pytest.raises(ValueError, match="unknown solver 'newton'"):
         get_solver("newton")
+
+
+def test_final_residual_is_explicit_when_stopping_at_max_iter():
+    """PR/DR derive W z from the resolvent identity; the reported final residual must not."""
+    op = make_operator("single", scale=0.4)
+    x = make_input(op)
+    layer = MonDEQ(op, solver="pr", alpha=0.01, tol=1e-14, max_iter=3)
+    with pytest.warns(ConvergenceWarning), torch.no_grad():
+        z = op.flatten(layer(x))
+    fz = torch.relu(z @ op.to_dense().T + op.inject(x))
+    explicit = ((fz - z).norm() / fz.norm()).item()
+    assert layer.stats.forward_residual == pytest.approx(explicit, rel=1e-9)
