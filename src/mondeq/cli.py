@@ -37,6 +37,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="folder with the data set files (default: $MONDEQ_DATA or ~/.cache/mondeq/data)")
 
 
+def _checkpoint_test_set(meta: dict, data_dir: str | None, limit: int | None = None):
+    """The test split of the data set a checkpoint was trained on (``--data-dir`` overrides its folder)."""
+    from .data import load_dataset
+
+    train_cfg = meta["train"]
+    return load_dataset(train_cfg["dataset"], "test", data_dir or train_cfg.get("data_dir")).subset(limit)
+
+
 def train_command(args: argparse.Namespace) -> int:
     from . import distributed
 
@@ -88,7 +96,6 @@ def _train(args: argparse.Namespace, device: str) -> int:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from .data import load_dataset
     from .train import evaluate, load_model
 
     model, meta = load_model(args.checkpoint, args.device)
@@ -105,13 +112,12 @@ def eval_command(args: argparse.Namespace) -> int:
                 model.layer.method = get_solver(value)
             else:
                 setattr(model.layer, key, value)
-    train_cfg = meta["train"]
-    test = load_dataset(train_cfg["dataset"], "test", args.data_dir or train_cfg.get("data_dir")).subset(args.limit)
+    test = _checkpoint_test_set(meta, args.data_dir, args.limit)
     result = evaluate(model, test, args.batch_size, args.device)
     print(
         json.dumps(
             {
-                "dataset": train_cfg["dataset"],
+                "dataset": meta["train"]["dataset"],
                 "model": meta["model"]["kind"],
                 "examples": result.examples,
                 "test_accuracy": round(result.accuracy, 4),
@@ -133,7 +139,7 @@ def predict_command(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image, UnidentifiedImageError
 
-    from .data import DATASETS, ImageDataset
+    from .data import DATASETS
     from .train import load_model
 
     model, meta = load_model(args.checkpoint, args.device)
@@ -148,10 +154,9 @@ def predict_command(args: argparse.Namespace) -> int:
             raise SystemExit(f"cannot read image {path}: {error}") from error
         arrays.append(array[None] if info.channels == 1 else array.transpose(2, 0, 1))
     images = torch.from_numpy(np.stack(arrays))
-    dataset = ImageDataset(images, torch.zeros(len(arrays), dtype=torch.long), info)
     model.eval()
     with torch.no_grad():
-        probs = torch.softmax(model(dataset.normalize(images).to(args.device)), dim=1).cpu()
+        probs = torch.softmax(model(info.normalize(images).to(args.device)), dim=1).cpu()
     for path, p in zip(args.images, probs):
         k = int(p.argmax())
         print(f"{path}: {info.classes[k]} (p={p[k]:.3f})")
@@ -159,7 +164,7 @@ def predict_command(args: argparse.Namespace) -> int:
 
 
 def plot_command(args: argparse.Namespace) -> int:
-    from .data import Batches, load_dataset
+    from .data import Batches
     from .plot import convergence_traces, plot_certified, plot_convergence, plot_training_curves
     from .train import load_model
 
@@ -171,11 +176,10 @@ def plot_command(args: argparse.Namespace) -> int:
     if (run / "certify.json").is_file():
         written.append(plot_certified(run / "certify.json", out / "certified_accuracy.png"))
     model, meta = load_model(run, args.device)
-    train_cfg = meta["train"]
-    test = load_dataset(train_cfg["dataset"], "test", args.data_dir or train_cfg.get("data_dir"))
+    test = _checkpoint_test_set(meta, args.data_dir)
     x, _ = next(iter(Batches(test, args.batch_size, device=args.device)))
     traces = convergence_traces(model.layer, x, tol=args.tol, max_iter=args.max_iter)
-    title = f"{meta['model']['kind']} on {train_cfg['dataset']}, batch of {len(x)}"
+    title = f"{meta['model']['kind']} on {meta['train']['dataset']}, batch of {len(x)}"
     written.append(plot_convergence(traces, out / "convergence.png", title))
     for path in written:
         print(path)
@@ -186,7 +190,7 @@ def certify_command(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import checkpoint_paths
-    from .data import Batches, load_dataset
+    from .data import Batches
     from .robust import certify, lipschitz_bound, pgd_attack
     from .train import load_model
 
@@ -197,8 +201,7 @@ def certify_command(args: argparse.Namespace) -> int:
     if args.tol is not None:
         model.layer.tol = model.layer.backward_tol = args.tol
     bound = lipschitz_bound(model)
-    train_cfg = meta["train"]
-    test = load_dataset(train_cfg["dataset"], "test", args.data_dir or train_cfg.get("data_dir")).subset(args.limit)
+    test = _checkpoint_test_set(meta, args.data_dir, args.limit)
     eps = sorted(args.eps)
     correct, certified, robust = 0, [0] * len(eps), [0] * len(eps)
     for x, y in Batches(test, args.batch_size):

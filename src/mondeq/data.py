@@ -64,6 +64,12 @@ class DatasetInfo:
     std: tuple[float, ...]
     augment: bool = False  # whether training uses crop + flip augmentation by default
 
+    def normalize(self, images: Tensor) -> Tensor:
+        """``uint8`` images ``(N, C, H, W)`` to floats normalised with this data set's mean and std."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
 
 DATASETS: dict[str, DatasetInfo] = {
     "fashion-mnist": DatasetInfo("fashion-mnist", 1, 28, FASHION_CLASSES, (0.2860,), (0.3530,)),
@@ -94,9 +100,7 @@ class ImageDataset:
 
     def normalize(self, images: Tensor) -> Tensor:
         """``uint8`` images to normalised floats."""
-        mean = torch.tensor(self.info.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.info.std, device=images.device).view(1, -1, 1, 1)
-        return (images.float() / 255.0 - mean) / std
+        return self.info.normalize(images)
 
     def subset(self, count: int | None) -> ImageDataset:
         """The first ``count`` examples (all when ``None``)."""
