@@ -165,7 +165,13 @@ class MonDEQClassifier(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """The pooled equilibrium fed to the readout, ``(N, features)``."""
-        z = self.layer(x)
+        return self.pool(self.layer(x))
+
+    def pool(self, z: Tensor | tuple[Tensor, ...]) -> Tensor:
+        """Readout features ``(N, features)`` of a hidden state (flat or structured): 4x4 average
+        pooling for single-conv, the coarsest tier for multi-conv, as is for fc."""
+        if isinstance(z, Tensor) and z.dim() == 2:
+            z = self.layer.linear.unflatten(z)
         if self.config.kind == "single-conv":
             z = F.avg_pool2d(z, self.config.pool)
         elif self.config.kind == "multi-conv":

@@ -97,12 +97,7 @@ def lipschitz_bound(model: MonDEQClassifier, slack: float = 0.01) -> LipschitzBo
     readout = model.readout
 
     def read(z: Tensor) -> Tensor:
-        features = op.unflatten(z)
-        if c.kind == "single-conv":
-            features = F.avg_pool2d(features, c.pool)
-        elif c.kind == "multi-conv":
-            features = features[-1]
-        return F.linear(features.reshape(z.shape[0], -1), readout.weight)
+        return F.linear(model.pool(z), readout.weight)
 
     readout_norm = spectral_norm(read, (1, op.features))
     return LipschitzBound(input_norm=input_norm, readout_norm=readout_norm, m=op.m, slack=slack)

@@ -54,8 +54,7 @@ def child(mode: str, iterations: int, tiny: bool) -> dict:
                 z = torch.zeros_like(injection)
                 for _ in range(iterations):
                     z = torch.relu((1 - alpha) * z + alpha * (op.multiply(z) + injection))
-                features = F.avg_pool2d(op.unflatten(z), model.config.pool)
-                logits = model.readout(features.reshape(len(x), -1))
+                logits = model.readout(model.pool(z))
             loss = F.cross_entropy(logits, y)
         loss.backward()
 

@@ -70,8 +70,7 @@ def deq_peers(scale: Scale, tol: float = 1e-4, max_iter: int = 200) -> list[dict
         z_out, info = deq(f, z0)
         forward = time.perf_counter() - start
         z = z_out[-1]
-        features = op.unflatten(z)
-        logits = model.readout(F.avg_pool2d(features, model.config.pool).reshape(len(x), -1))
+        logits = model.readout(model.pool(z))
         start = time.perf_counter()
         F.cross_entropy(logits, y).backward()
         backward = time.perf_counter() - start

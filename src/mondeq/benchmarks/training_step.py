@@ -114,12 +114,7 @@ def reference_forward(model, x: Tensor) -> Tensor:
             return reference_multiply(op, w, transpose=True) + grad
 
     out.register_hook(backward_hook)
-    features = op.unflatten(out)
-    if model.config.kind == "single-conv":
-        features = F.avg_pool2d(features, model.config.pool)
-    elif model.config.kind == "multi-conv":
-        features = features[-1]
-    return model.readout(features.reshape(features.shape[0], -1))
+    return model.readout(model.pool(out))
 
 
 def run(tiny: bool = False) -> dict:
