@@ -22,7 +22,7 @@ from torch.nn.utils import parametrize
 from .layer import MonDEQ
 from .operators import FullyConnected, MultiConv, SingleConv
 
-__all__ = ["ModelConfig", "MonDEQClassifier", "SpectralBound", "PRESET_SIZES", "MODEL_KINDS", "build_model", "preset_config"]
+__all__ = ["ModelConfig", "MonDEQClassifier", "SpectralBound", "PRESET_SIZES", "MODEL_KINDS", "preset_config"]
 
 MODEL_KINDS = ("fc", "single-conv", "multi-conv")
 
@@ -180,7 +180,3 @@ class MonDEQClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.readout(self.features(x))
-
-
-def build_model(config: ModelConfig) -> MonDEQClassifier:
-    return MonDEQClassifier(config)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -263,9 +262,7 @@ class Trainer:
         self.history = meta["history"]
 
     # -- loop -----------------------------------------------------------------------------
-    def fit(
-        self, on_epoch: Callable[[dict[str, float]], None] | None = None, stop_after_batches: int | None = None
-    ) -> list[dict[str, float]]:
+    def fit(self, stop_after_batches: int | None = None) -> list[dict[str, float]]:
         """Train until ``config.epochs``; Ctrl-C saves a checkpoint and re-raises.
 
         ``stop_after_batches`` stops (after saving) once that many batches ran in this call, to
@@ -315,8 +312,6 @@ class Trainer:
                 if writer is not None:
                     for key, value in row.items():
                         writer.add_scalar(key, value, row["epoch"])
-                if on_epoch is not None:
-                    on_epoch(row)
         except KeyboardInterrupt:
             self.save()
             raise
