@@ -141,14 +141,15 @@ class MonotoneOperator(nn.Module):
 
     def lipschitz(self, iterations: int = 50) -> float:
         r"""Estimate :math:`L = \|I - W\|_2` by power iteration on :math:`(I-W)^\top(I-W)`."""
-        frozen = self.frozen(1.0, with_resolvent=False)
+        with torch.no_grad():  # not through frozen(): that would evict the solver's cached maps
+            weights = self.weights()
         p = next(self.parameters())
         generator = torch.Generator(device="cpu").manual_seed(0)
         start = torch.randn(1, self.features, generator=generator, dtype=p.dtype).to(p.device)
 
         def gram(v: Tensor) -> Tensor:
-            u = v - frozen.multiply(v)
-            return u - frozen.multiply_transpose(u)
+            u = v - self.apply_weights(v, weights)
+            return u - self.apply_weights(u, weights, transpose=True)
 
         return largest_singular_value(gram, start, iterations, tol=1e-6)
 
