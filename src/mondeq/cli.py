@@ -50,10 +50,11 @@ def train_command(args: argparse.Namespace) -> int:
 
     device = distributed.init_from_environment(args.device)
     try:
-        return _train(args, device)
+        code = _train(args, device)
     except KeyboardInterrupt:
         if distributed.is_main():
             print("\ninterrupted: checkpoint saved; continue with --resume", file=sys.stderr)
+        distributed.shutdown(synchronize=False)
         return 130
     except Exception as error:
         if distributed.world_size() <= 1:
@@ -62,8 +63,8 @@ def train_command(args: argparse.Namespace) -> int:
         # instead of letting them wait in a collective.
         print(f"mondeq train: rank {distributed.rank()} failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         os._exit(1)
-    finally:
-        distributed.shutdown()
+    distributed.shutdown()
+    return code
 
 
 def _train(args: argparse.Namespace, device: str) -> int:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 from datetime import timedelta
@@ -57,10 +58,20 @@ def init_from_environment(device: str) -> str:
     return device
 
 
-def shutdown() -> None:
-    """Leave the process group (a no-op in one process)."""
-    if is_initialized():
-        dist.destroy_process_group()
+def shutdown(synchronize: bool = True) -> None:
+    """Leave the process group (a no-op in one process).
+
+    The model's DistributedDataParallel wrapper may still be alive in a reference cycle (the
+    operators cache closures over themselves); collecting it first and meeting the other ranks
+    at a barrier keeps gloo from tearing down a group a reducer or a peer still uses, which
+    intermittently aborted successful runs ("terminate called without an active exception").
+    """
+    if not is_initialized():
+        return
+    gc.collect()
+    if synchronize:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def wrap(model: nn.Module) -> nn.Module:
