@@ -10,7 +10,7 @@ from .activations import (
     Tanh,
     get_activation,
 )
-from .errors import ConvergenceError, ConvergenceWarning
+from .errors import ConvergenceError, ConvergenceWarning, DoubleBackwardError
 from .layer import MonDEQ, SolverStats
 from .operators import FullyConnected, MonotoneOperator, MultiConv, Resolvent, SingleConv
 from .solvers import Anderson, DouglasRachford, ForwardBackward, PeacemanRachford, get_solver
@@ -21,6 +21,7 @@ __all__ = [
     "Anderson",
     "ConvergenceError",
     "ConvergenceWarning",
+    "DoubleBackwardError",
     "DouglasRachford",
     "ForwardBackward",
     "FullyConnected",

@@ -7,3 +7,11 @@ class ConvergenceWarning(RuntimeWarning):
 
 class ConvergenceError(RuntimeError):
     """A splitting solver failed to converge and the layer is in strict mode."""
+
+
+class DoubleBackwardError(RuntimeError):
+    """A second-order gradient (``create_graph=True``) was requested through a monDEQ layer.
+
+    The implicit backward pass is itself an equilibrium solve run without an autograd tape,
+    so it has no derivative of its own; differentiating it would silently give wrong values.
+    """

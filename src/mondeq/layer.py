@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import ProximalActivation, get_activation
-from .errors import ConvergenceError, ConvergenceWarning
+from .errors import ConvergenceError, ConvergenceWarning, DoubleBackwardError
 from .operators.base import FrozenOperator, MonotoneOperator
 from .solvers import Anderson, SolverResult, SplittingMethod, SplittingProblem, get_solver, solve
 
@@ -60,7 +60,10 @@ class MonDEQ(nn.Module):
 
     with the same splitting method (:math:`D` is the prox of a convex quadratic), then
     propagates :math:`w` as the gradient of the pre-activation :math:`Wz^\star + Ux + b`.
-    Memory therefore does not grow with the number of iterations.
+    Memory therefore does not grow with the number of iterations. That solve runs without an
+    autograd tape, so second-order gradients of the layer are not supported: a backward pass
+    with ``create_graph=True`` that reaches the layer raises
+    :class:`~mondeq.errors.DoubleBackwardError` instead of returning wrong values.
 
     Args:
         linear: a :class:`~mondeq.operators.MonotoneOperator` holding :math:`W, U, b`.
@@ -219,6 +222,12 @@ class MonDEQ(nn.Module):
         r"""Turn :math:`g = \partial L / \partial z` into :math:`(I - W^\top D)^{-1} g`."""
         if grad is None:  # an undefined gradient stays undefined
             return grad
+        if torch.is_grad_enabled():  # inside backward, grad mode is on exactly when create_graph=True
+            raise DoubleBackwardError(
+                "second-order gradients of the implicit monDEQ layer are not supported: its backward "
+                "pass is an equilibrium solve without an autograd tape, so create_graph=True would "
+                "give silently wrong higher derivatives; differentiate once (create_graph=False)"
+            )
         alpha = frozen.alpha
         d = derivative
         with torch.no_grad():
