@@ -1,57 +1,93 @@
 """Checkpoints: weights and optimizer tensors in safetensors, everything else in JSON.
 
-A checkpoint ``NAME`` is the pair ``NAME.safetensors`` / ``NAME.json``. Both are written to a
-temporary file and renamed into place, the JSON last, and the JSON records the SHA-256 of the
-tensors file, so a reader never sees a half-written or mismatched pair. Loading never
-unpickles anything.
+A checkpoint ``NAME`` is the JSON file ``NAME.json`` and the tensors file it names,
+``NAME-<hash>.safetensors``, whose name carries the first digits of its SHA-256. Saving writes
+the new tensors file under its own name, then replaces the JSON (the single commit point),
+then deletes tensors files no JSON names any more. Each file is written to a temporary file,
+fsynced and renamed, so a crash at any moment leaves the previous checkpoint or the new one,
+never neither. Loading reads the tensors file once, checks its hash on those bytes and never
+unpickles anything. Checkpoints written before content-addressed names (``NAME.safetensors``
+beside the JSON) still load.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as serialize_tensors
+
+from .files import remove_stray_temporaries, write_atomic
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "checkpoint_paths"]
 
 FORMAT_VERSION = 1
+_READ_ATTEMPTS = 5  # a reader racing a writer may find the tensors it was pointed at just replaced
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or inconsistent."""
 
 
-def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
-    """``(tensors, json)`` paths for a checkpoint given as a run folder, stem, or either file."""
+def _json_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint"
     if path.suffix in (".safetensors", ".json"):
         path = path.with_suffix("")
-    return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
+    return path.with_name(path.name + ".json")
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def _read_meta(json_path: Path) -> dict[str, Any]:
+    if not json_path.is_file():
+        raise CheckpointError(f"checkpoint file {json_path} not found")
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        meta = json.loads(json_path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"checkpoint metadata {json_path} is corrupt: {error}") from error
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{json_path} is not a mondeq checkpoint (format {FORMAT_VERSION})")
+    return meta
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _tensors_path(json_path: Path, meta: dict[str, Any]) -> Path:
+    name = meta.get("tensors", json_path.with_suffix(".safetensors").name)
+    if not isinstance(name, str) or Path(name).name != name:
+        raise CheckpointError(f"{json_path} names an invalid tensors file {name!r}")
+    return json_path.with_name(name)
+
+
+def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
+    """``(tensors, json)`` of a checkpoint given as a run folder, stem, or either file.
+
+    The tensors file is the one the JSON names (the legacy ``NAME.safetensors`` when there is no JSON).
+    """
+    json_path = _json_path(path)
+    try:
+        return _tensors_path(json_path, _read_meta(json_path)), json_path
+    except CheckpointError:
+        return json_path.with_suffix(".safetensors"), json_path
+
+
+def _state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[dict, dict | None]:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if optimizer is None:
+        return tensors, None
+    state = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
 def save_checkpoint(
@@ -60,58 +96,78 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     meta: dict[str, Any],
 ) -> Path:
-    """Write model weights, optimizer state and ``meta`` (JSON-serialisable) atomically."""
-    tensors_path, json_path = checkpoint_paths(path)
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    optimizer_meta = None
-    if optimizer is not None:
-        state = optimizer.state_dict()
-        scalars: dict[str, dict[str, Any]] = {}
-        for index, values in state["state"].items():
-            for key, value in values.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
-                else:
-                    scalars.setdefault(str(index), {})[key] = value
-        optimizer_meta = {"param_groups": state["param_groups"], "scalars": scalars}
-    _atomic_write(tensors_path, lambda tmp: save_file(tensors, tmp))
-    document = {
-        "format": FORMAT_VERSION,
-        "tensors_sha256": _sha256(tensors_path),
-        "optimizer": optimizer_meta,
-        **meta,
-    }
-    _atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(document, indent=2)))
+    """Write model weights, optimizer state and ``meta`` (JSON-serialisable) atomically; returns the JSON path."""
+    json_path = _json_path(path)
+    tensors, optimizer_meta = _state_tensors(model, optimizer)
+    payload = serialize_tensors(tensors)
+    digest = hashlib.sha256(payload).hexdigest()
+    stem = json_path.with_suffix("").name
+    tensors_path = json_path.with_name(f"{stem}-{digest[:16]}.safetensors")
+    write_atomic(tensors_path, payload)
+    document = {"format": FORMAT_VERSION, "tensors": tensors_path.name, "tensors_sha256": digest}
+    document.update(optimizer=optimizer_meta, **meta)
+    write_atomic(json_path, json.dumps(document, indent=2))  # the commit point
+    ours = re.compile(re.escape(stem) + r"(-[0-9a-f]{16})?\.safetensors")  # legacy and content-addressed names
+    for old in json_path.parent.glob(f"{stem}*.safetensors"):
+        if old != tensors_path and ours.fullmatch(old.name):
+            old.unlink()
+    remove_stray_temporaries(json_path.parent, stem)
     return json_path
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
-    """``(meta, model_state, optimizer_state)`` of a checkpoint, verified against its hash."""
-    tensors_path, json_path = checkpoint_paths(path)
-    for p in (json_path, tensors_path):
-        if not p.is_file():
-            raise CheckpointError(f"checkpoint file {p} not found")
-    try:
-        meta = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"checkpoint metadata {json_path} is corrupt: {error}") from error
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{json_path} is not a mondeq checkpoint (format {FORMAT_VERSION})")
-    if _sha256(tensors_path) != meta.get("tensors_sha256"):
+def _read_consistent(json_path: Path) -> tuple[dict[str, Any], Path, bytes]:
+    """The metadata, and the bytes of the tensors file it names, read once and checked against its hash."""
+    for attempt in range(_READ_ATTEMPTS):
+        meta = _read_meta(json_path)
+        tensors_path = _tensors_path(json_path, meta)
+        try:
+            payload = tensors_path.read_bytes()
+        except FileNotFoundError:
+            if attempt + 1 < _READ_ATTEMPTS and _read_meta(json_path) != meta:
+                continue  # a writer committed a newer checkpoint and removed these tensors: read again
+            raise CheckpointError(f"checkpoint file {tensors_path} not found") from None
+        if hashlib.sha256(payload).hexdigest() == meta.get("tensors_sha256"):
+            return meta, tensors_path, payload
+        if attempt + 1 < _READ_ATTEMPTS and _read_meta(json_path) != meta:
+            continue
         raise CheckpointError(f"{tensors_path} does not match {json_path} (corrupt or from another checkpoint)")
+    raise CheckpointError(f"{json_path} keeps changing while being read")
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
+    """``(meta, model_state, optimizer_state)`` of a checkpoint, verified against its hash.
+
+    Raises :class:`CheckpointError` when files are missing, corrupt, mismatched, or hold
+    non-finite weights.
+    """
+    json_path = _json_path(path)
+    meta, tensors_path, payload = _read_consistent(json_path)
     try:
-        tensors = load_file(str(tensors_path))
+        tensors = load_tensors(payload)
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"cannot read checkpoint tensors {tensors_path}: {error}") from error
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    for name, value in model_state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"checkpoint {json_path} holds NaN or Inf values in weight {name!r}")
     optimizer_state = None
-    if meta.get("optimizer") is not None:
-        state: dict[int, dict[str, Any]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optimizer."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
-        for index, values in meta["optimizer"]["scalars"].items():
-            state.setdefault(int(index), {}).update(values)
-        optimizer_state = {"state": state, "param_groups": meta["optimizer"]["param_groups"]}
+    try:
+        if meta.get("optimizer") is not None:
+            state: dict[int, dict[str, Any]] = {}
+            for key, value in tensors.items():
+                if key.startswith("optimizer."):
+                    _, index, name = key.split(".", 2)
+                    state.setdefault(int(index), {})[name] = value
+            for index, values in meta["optimizer"]["scalars"].items():
+                state.setdefault(int(index), {}).update(values)
+            optimizer_state = {"state": state, "param_groups": meta["optimizer"]["param_groups"]}
+    except (KeyError, ValueError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"checkpoint {json_path} has malformed optimizer state: {error!r}") from error
     return meta, model_state, optimizer_state
+
+
+def require(meta: dict[str, Any], *keys: str, where: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` naming the first of ``keys`` missing from ``meta``."""
+    for key in keys:
+        if key not in meta:
+            raise CheckpointError(f"{where} lacks the entry {key!r} (written by another program or damaged)")

@@ -17,10 +17,12 @@ from torch import nn
 
 __all__ = [
     "all_reduce_sum",
+    "any_rank",
     "broadcast_float",
     "check_finite",
     "init_from_environment",
     "is_main",
+    "lost_contact",
     "rank",
     "shutdown",
     "world_size",
@@ -74,6 +76,20 @@ def shutdown(synchronize: bool = True) -> None:
     dist.destroy_process_group()
 
 
+#: Seconds a rank that lost contact with a peer waits before leaving, so that torchrun sees the
+#: peer's failure first and names it as the root cause.
+LOST_CONTACT_GRACE = 3.0
+
+_LOST_CONTACT = ("connection reset", "connection closed", "broken pipe", "connection refused", "socket closed", "timed out")
+
+
+def lost_contact(error: BaseException) -> bool:
+    """Whether ``error`` says a collective lost its connection to another rank (rather than failing here)."""
+    backend_errors = tuple(getattr(dist, name) for name in ("DistBackendError", "DistNetworkError") if hasattr(dist, name))
+    text = str(error).lower()
+    return isinstance(error, backend_errors) or (isinstance(error, RuntimeError) and any(s in text for s in _LOST_CONTACT))
+
+
 def wrap(model: nn.Module) -> nn.Module:
     """``DistributedDataParallel(model)`` when running distributed, else ``model``."""
     if world_size() <= 1:
@@ -108,3 +124,10 @@ def check_finite(loss: torch.Tensor, where: str) -> None:
     bad = all_reduce_sum(bad)
     if bad.item() > 0:
         raise FloatingPointError(f"non-finite training loss at {where} on {int(bad.item())} rank(s); stopping")
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any rank."""
+    if world_size() <= 1:
+        return flag
+    return all_reduce_sum(torch.tensor([float(flag)], dtype=torch.float64)).item() > 0

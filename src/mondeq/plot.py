@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .files import write_atomic
 from .solvers import get_solver
 
 __all__ = ["plot_training_curves", "plot_convergence", "convergence_traces", "plot_certified"]
@@ -28,10 +29,14 @@ def plot_certified(report_json: Path, out: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    _save(fig, out)
     return out
+
+
+def _save(fig, out: Path) -> None:
+    """Write ``fig`` as a PNG that replaces ``out`` atomically (never through a symlink), and close it."""
+    write_atomic(out, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    _pyplot().close(fig)
 
 
 def _pyplot():
@@ -66,9 +71,7 @@ def plot_training_curves(metrics_csv: Path, out: Path) -> Path:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    _save(fig, out)
     return out
 
 
@@ -109,7 +112,5 @@ def plot_convergence(traces: dict, out: Path, title: str = "") -> Path:
         ax.legend()
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    _save(fig, out)
     return out

@@ -11,8 +11,13 @@ position inside an epoch.
 from __future__ import annotations
 
 import csv
+import io
 import math
+import signal
+import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -22,11 +27,25 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, require, save_checkpoint
 from .data import DATASETS, Batches, ImageDataset, load_dataset
-from .models import ModelConfig, MonDEQClassifier, preset_config
+from .files import check_writable, output_dir, write_atomic
+from .models import MODEL_KINDS, ModelConfig, MonDEQClassifier, preset_config
 
-__all__ = ["TrainConfig", "Trainer", "evaluate", "load_model", "tune_alpha", "learning_rate"]
+__all__ = [
+    "RESUMABLE_OPTIONS",
+    "TrainConfig",
+    "Trainer",
+    "TrainingInterrupted",
+    "evaluate",
+    "learning_rate",
+    "load_model",
+    "resolve_device",
+    "tune_alpha",
+]
+
+#: Options that may differ from a run's stored configuration when it is resumed.
+RESUMABLE_OPTIONS = ("epochs", "threads", "data_dir", "device", "checkpoint_every")
 
 METRIC_FIELDS = [
     "epoch",
@@ -66,6 +85,7 @@ class TrainConfig:
     threads: int | None = None
     train_limit: int | None = None
     test_limit: int | None = None
+    checkpoint_every: float = 10.0  # minutes between mid-epoch checkpoints (0: only at epoch ends)
     # model overrides
     width: int | None = None
     channels: list[int] | None = None
@@ -81,13 +101,23 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}")
+        if self.model not in MODEL_KINDS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {list(MODEL_KINDS)}")
         if self.lr_schedule not in ("step", "one-cycle", "constant"):
             raise ValueError(f"lr_schedule must be step, one-cycle or constant, got {self.lr_schedule!r}")
-        for name in ("epochs", "batch_size", "test_batch_size", "lr_step"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("epochs", "batch_size", "test_batch_size", "lr_step", "threads", "train_limit", "test_limit"):
+            _check_number(name, getattr(self, name), minimum=1, integer=True)
+        for name in ("width", "max_iter"):
+            _check_number(name, getattr(self, name), minimum=1, integer=True)
+        _check_number("anderson", self.anderson, minimum=0, integer=True)
+        for name in ("lr", "max_alpha", "m", "alpha", "tol", "input_norm"):
+            _check_number(name, getattr(self, name), positive=True)
+        _check_number("checkpoint_every", self.checkpoint_every, minimum=0)
+        if self.channels is not None:
+            if not self.channels:
+                raise ValueError("channels must list at least one channel count")
+            for count in self.channels:
+                _check_number("channels", count, minimum=1, integer=True)
 
     def model_config(self) -> ModelConfig:
         info = DATASETS[self.dataset]
@@ -99,6 +129,36 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _check_number(name: str, value, minimum: float | None = None, positive: bool = False, integer: bool = False) -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is ``None`` or a finite number within bounds."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``torch.device(name)``, with a one-line ``ValueError`` for unknown or unavailable devices."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but no CUDA GPU is available (torch {torch.__version__})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+    elif device.type != "cpu":
+        raise ValueError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+    return device
 
 
 def learning_rate(config: TrainConfig, t: float) -> tuple[float, float | None]:
@@ -150,6 +210,58 @@ def tune_alpha(model: MonDEQClassifier, x: torch.Tensor, max_alpha: float) -> fl
     return layer.alpha
 
 
+class TrainingInterrupted(Exception):
+    """Training stopped between two batches on SIGINT or SIGTERM; the checkpoint holds the position.
+
+    Attributes:
+        signal: the signal number that asked for the stop.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signal = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+class _StopRequests:
+    """While active, SIGINT and SIGTERM only record that a stop was asked for.
+
+    The training loop honours the request between batches, so a step, the position in the
+    epoch and the running totals always change together. A second SIGINT raises
+    ``KeyboardInterrupt`` at once (the last checkpoint on disk stays intact).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, announce: bool) -> None:
+        self.signum: int | None = None
+        self.announce = announce
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = self.signum or signum
+        if self.announce:
+            print(
+                f"\n{signal.Signals(signum).name}: saving a checkpoint after this batch (Ctrl-C again to stop without saving)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def requested(self) -> bool:
+        """Whether any rank was asked to stop (every rank gets the same answer)."""
+        return distributed.any_rank(self.signum is not None)
+
+
 @dataclass
 class EvalResult:
     loss: float
@@ -160,13 +272,25 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: MonDEQClassifier, dataset: ImageDataset, batch_size: int, device: str | torch.device = "cpu") -> EvalResult:
-    """Loss, accuracy and mean forward iterations over ``dataset`` (summed across ranks)."""
+def evaluate(
+    model: MonDEQClassifier,
+    dataset: ImageDataset,
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    stop: Callable[[], bool] | None = None,
+) -> EvalResult | None:
+    """Loss, accuracy and mean forward iterations over ``dataset`` (summed across ranks).
+
+    ``stop`` is asked between batches; when it answers true the evaluation is abandoned and
+    ``None`` returned.
+    """
     model.eval()
     start = time.perf_counter()
     totals = torch.zeros(4, dtype=torch.float64)  # loss, correct, iterations, batches
     shard = Batches(dataset, batch_size, rank=distributed.rank(), world_size=distributed.world_size(), pad=False, device=device)
     for x, y in shard:
+        if stop is not None and stop():
+            return None
         logits = model(x)
         totals += torch.tensor(
             [
@@ -191,17 +315,32 @@ def evaluate(model: MonDEQClassifier, dataset: ImageDataset, batch_size: int, de
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MonDEQClassifier, dict[str, Any]]:
     """A classifier and its checkpoint metadata."""
     meta, state, _ = load_checkpoint(path)
+    require(meta, "model", "train", where=f"checkpoint {path}")
     try:
         model = MonDEQClassifier(ModelConfig.from_dict(meta["model"]))
         model.load_state_dict(state)
     except (KeyError, ValueError, TypeError, RuntimeError) as error:
-        raise CheckpointError(f"checkpoint {path} does not describe a valid model: {error}") from error
-    model.layer.alpha = meta.get("alpha", model.layer.alpha)
-    return model.to(device), meta
+        raise CheckpointError(f"checkpoint {path} does not describe a valid model: {_first_line(error)}") from error
+    alpha = meta.get("alpha", model.layer.alpha)
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        raise CheckpointError(f"checkpoint {path} holds an invalid step size alpha={alpha!r}")
+    model.layer.alpha = alpha
+    return model.to(resolve_device(device)), meta
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 class Trainer:
-    """Runs ``config`` to completion, writing checkpoints, ``metrics.csv`` and TensorBoard logs to ``config.out``."""
+    """Runs ``config`` to completion, writing checkpoints, ``metrics.csv`` and TensorBoard logs to ``config.out``.
+
+    Nothing is lost to an interruption: SIGINT and SIGTERM stop the loop between two batches
+    (or during the epoch's evaluation) and save a checkpoint of that exact position, then
+    :meth:`fit` raises :class:`TrainingInterrupted`; a checkpoint is also written every
+    ``config.checkpoint_every`` minutes, so even ``kill -9`` loses at most that much work.
+    Resuming reproduces an uninterrupted run bit for bit.
+    """
 
     def __init__(
         self,
@@ -211,7 +350,10 @@ class Trainer:
         progress: bool = True,
     ) -> None:
         self.config = config
-        self.device = torch.device(config.device)
+        self.device = resolve_device(config.device)
+        self.out = Path(config.out)
+        if distributed.is_main():
+            check_writable(self.out)
         if config.threads:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
@@ -219,15 +361,45 @@ class Trainer:
         self.test_set = (test_set or load_dataset(config.dataset, "test", config.data_dir)).subset(config.test_limit)
         self.model = MonDEQClassifier(config.model_config()).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.out = Path(config.out)
         self.epoch, self.batch = 0, 0
         self.running = torch.zeros(7, dtype=torch.float64)  # loss, correct, n, fwd it, bwd it, fwd s, bwd s
         self.progress = progress and distributed.is_main()
         self.history: list[dict[str, float]] = []
         self.wrapped = distributed.wrap(self.model)
+        self._last_save = time.monotonic()
+
+    @classmethod
+    def resume_run(cls, run: str | Path, options: dict[str, Any] | None = None, progress: bool = True, **datasets) -> Trainer:
+        """A trainer that continues the run in folder ``run`` with its stored configuration.
+
+        ``options`` may change only :data:`RESUMABLE_OPTIONS`; any other option whose value
+        differs from the stored one is refused with a ``ValueError`` naming it.
+        """
+        run = Path(run)
+        meta, _, _ = load_checkpoint(run)
+        require(meta, "train", where=f"checkpoint {run}")
+        stored = dict(meta["train"], out=str(run if run.is_dir() else run.parent))
+        changed = sorted(
+            k for k, v in (options or {}).items() if k not in RESUMABLE_OPTIONS and v is not None and stored.get(k) != v
+        )
+        if changed:
+            flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+            raise ValueError(
+                f"{flags} would change the stored run {run}; a resumed run keeps its options "
+                f"(only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_OPTIONS)} may change)"
+            )
+        stored.update({k: v for k, v in (options or {}).items() if k in RESUMABLE_OPTIONS and v is not None})
+        try:
+            config = TrainConfig.from_dict(stored)
+        except TypeError as error:
+            raise CheckpointError(f"checkpoint {run} holds an invalid training configuration: {error}") from error
+        trainer = cls(config, progress=progress, **datasets)
+        trainer.resume()
+        return trainer
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self) -> Path | None:
+        self._last_save = time.monotonic()
         if not distributed.is_main():
             return None
         meta = {
@@ -244,81 +416,107 @@ class Trainer:
 
     def resume(self, path: str | Path | None = None) -> None:
         """Continue from a checkpoint (default: the one in ``config.out``)."""
-        meta, state, optimizer_state = load_checkpoint(path or self.out)
+        path = path or self.out
+        meta, state, optimizer_state = load_checkpoint(path)
+        require(meta, "model", "alpha", "epoch", "batch", "running", "history", where=f"checkpoint {path}")
         if meta["model"] != self.model.config.to_dict():
             raise CheckpointError(
                 f"checkpoint model {meta['model']} differs from the requested model {self.model.config.to_dict()}"
             )
-        self.model.load_state_dict(state)
-        if optimizer_state is not None:
-            self.optimizer.load_state_dict(optimizer_state)
-        self.model.layer.alpha = meta["alpha"]
-        self.epoch, self.batch = meta["epoch"], meta["batch"]
+        try:
+            self.model.load_state_dict(state)
+            if optimizer_state is not None:
+                self.optimizer.load_state_dict(optimizer_state)
+            running = torch.tensor(meta["running"], dtype=torch.float64)
+            if running.shape != self.running.shape:
+                raise ValueError(f"running totals have shape {tuple(running.shape)}")
+            epoch, batch = int(meta["epoch"]), int(meta["batch"])
+            self.model.layer.alpha = meta["alpha"]
+        except (RuntimeError, ValueError, TypeError, KeyError) as error:
+            raise CheckpointError(f"cannot resume from checkpoint {path}: {_first_line(error)}") from error
+        self.epoch, self.batch, self.running = epoch, batch, running
         saved_world = meta.get("world_size", 1)
         if self.batch and saved_world != distributed.world_size():
             # Mid-epoch with another number of processes: skip as many examples as were seen.
             self.batch = math.ceil(self.batch * saved_world / distributed.world_size())
-        self.running = torch.tensor(meta["running"], dtype=torch.float64)
         self.history = meta["history"]
+        self._last_save = time.monotonic()
 
     # -- loop -----------------------------------------------------------------------------
     def fit(self, stop_after_batches: int | None = None) -> list[dict[str, float]]:
-        """Train until ``config.epochs``; Ctrl-C saves a checkpoint and re-raises.
+        """Train until ``config.epochs``.
 
-        ``stop_after_batches`` stops (after saving) once that many batches ran in this call, to
-        simulate an interruption.
+        Raises :class:`TrainingInterrupted` after saving when SIGINT or SIGTERM arrives.
+        ``stop_after_batches`` stops (after saving, without raising) once that many batches ran
+        in this call, to simulate an interruption.
         """
         cfg = self.config
         ran = 0
         writer = self._tensorboard()
         try:
-            while self.epoch < cfg.epochs:
-                augment = DATASETS[cfg.dataset].augment if cfg.augment is None else cfg.augment
-                batches = Batches(
-                    self.train_set,
-                    cfg.batch_size,
-                    shuffle=True,
-                    augment=augment,
-                    seed=cfg.seed,
-                    epoch=self.epoch,
-                    rank=distributed.rank(),
-                    world_size=distributed.world_size(),
-                    device=self.device,
-                )
-                epoch_start = time.perf_counter()
-                bar = self._bar(len(batches))
-                for index, (x, y) in enumerate(batches):
-                    if index < self.batch:
-                        continue
-                    if stop_after_batches is not None and ran >= stop_after_batches:
-                        self.save()
-                        return self.history
-                    self._train_step(x, y, index, len(batches))
-                    self.batch = index + 1
-                    ran += 1
+            with _StopRequests(announce=distributed.is_main()) as stops:
+                while self.epoch < cfg.epochs:
+                    batches = self._batches()
+                    epoch_start = time.perf_counter()
+                    bar = self._bar(len(batches))
+                    for index, (x, y) in enumerate(batches):
+                        if index < self.batch:
+                            continue
+                        if stop_after_batches is not None and ran >= stop_after_batches:
+                            self.save()
+                            return self.history
+                        self._between_batches(stops)
+                        self._train_step(x, y, index, len(batches))
+                        self.batch = index + 1
+                        ran += 1
+                        self._show(bar)
                     if bar is not None:
-                        r = self.running
-                        bar.update(1)
-                        bar.set_postfix(
-                            loss=f"{r[0] / r[2]:.3f}",
-                            acc=f"{r[1] / r[2]:.3f}",
-                            fwd=f"{r[3] / max(self.batch, 1):.1f}",
-                            bwd=f"{r[4] / max(self.batch, 1):.1f}",
-                            alpha=f"{self.model.layer.alpha:g}",
-                        )
-                if bar is not None:
-                    bar.close()
-                row = self._end_epoch(len(batches), time.perf_counter() - epoch_start)
-                if writer is not None:
-                    for key, value in row.items():
-                        writer.add_scalar(key, value, row["epoch"])
-        except KeyboardInterrupt:
-            self.save()
-            raise
+                        bar.close()
+                    self._between_batches(stops)
+                    row = self._end_epoch(len(batches), time.perf_counter() - epoch_start, stops)
+                    if writer is not None:
+                        for key, value in row.items():
+                            writer.add_scalar(key, value, row["epoch"])
         finally:
             if writer is not None:
                 writer.close()
         return self.history
+
+    def _batches(self) -> Batches:
+        cfg = self.config
+        return Batches(
+            self.train_set,
+            cfg.batch_size,
+            shuffle=True,
+            augment=DATASETS[cfg.dataset].augment if cfg.augment is None else cfg.augment,
+            seed=cfg.seed,
+            epoch=self.epoch,
+            rank=distributed.rank(),
+            world_size=distributed.world_size(),
+            device=self.device,
+        )
+
+    def _between_batches(self, stops: _StopRequests) -> None:
+        """Honour a stop request, or write the periodic checkpoint when it is due."""
+        if stops.requested():
+            self.save()
+            raise TrainingInterrupted(stops.signum or signal.SIGTERM)
+        every = self.config.checkpoint_every
+        if every and time.monotonic() - self._last_save >= 60 * every:
+            self.save()
+
+    def _show(self, bar) -> None:
+        if bar is None:
+            return
+        r = self.running
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{r[0] / r[2]:.3f}",
+            acc=f"{r[1] / r[2]:.3f}",
+            fwd=f"{r[3] / max(self.batch, 1):.1f}",
+            bwd=f"{r[4] / max(self.batch, 1):.1f}",
+            alpha=f"{self.model.layer.alpha:g}",
+        )
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, index: int, num_batches: int) -> None:
         cfg = self.config
@@ -351,10 +549,14 @@ class Trainer:
             dtype=torch.float64,
         )
 
-    def _end_epoch(self, num_batches: int, seconds: float) -> dict[str, float]:
+    def _end_epoch(self, num_batches: int, seconds: float, stops: _StopRequests) -> dict[str, float]:
+        """Evaluate, then advance epoch, position, totals and history together and save."""
         cfg = self.config
         totals = distributed.all_reduce_sum(self.running.clone())
-        evaluation = evaluate(self.model, self.test_set, cfg.test_batch_size, self.device)
+        evaluation = evaluate(self.model, self.test_set, cfg.test_batch_size, self.device, stop=stops.requested)
+        if evaluation is None:  # stopped during evaluation: the position is "all batches done"
+            self.save()
+            raise TrainingInterrupted(stops.signum or signal.SIGTERM)
         batches = num_batches * distributed.world_size()
         row = {
             "epoch": self.epoch + 1,
@@ -370,10 +572,9 @@ class Trainer:
             "alpha": self.model.layer.alpha,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
-        self.history.append(row)
-        self.epoch += 1
-        self.batch = 0
-        self.running.zero_()
+        self.history, self.epoch, self.batch = [*self.history, row], self.epoch + 1, 0
+        self.running = torch.zeros_like(self.running)
+        self.save()
         if distributed.is_main():
             self._write_csv()
             print(
@@ -382,15 +583,14 @@ class Trainer:
                 f"bwd {row['backward_iterations']:.1f} iters | {seconds:.1f}s",
                 flush=True,
             )
-        self.save()
         return row
 
     def _write_csv(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / "metrics.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
-            writer.writeheader()
-            writer.writerows(self.history)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(self.history)
+        write_atomic(self.out / "metrics.csv", text.getvalue())
 
     def _bar(self, total: int):
         if not self.progress:
@@ -406,4 +606,4 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             return None
-        return SummaryWriter(str(self.out / "tensorboard"))
+        return SummaryWriter(str(output_dir(self.out / "tensorboard")))
