@@ -1,5 +1,9 @@
 """The layer refuses or handles, never silently mis-handles, unusual uses (issue 9)."""
 
+import copy
+import io
+import pickle
+
 import pytest
 import torch
 
@@ -37,3 +41,98 @@ def test_first_order_grad_without_create_graph_still_works():
     (gx,) = torch.autograd.grad(layer(x).pow(2).sum(), x)
     assert torch.isfinite(gx).all() and gx.abs().sum() > 0
     assert layer.stats.backward_converged
+
+
+def _edit_data_mul(p: torch.Tensor) -> None:
+    p.data.mul_(0.5)
+
+
+def _edit_data_copy(p: torch.Tensor) -> None:
+    p.data.copy_(0.5 * p.detach())
+
+
+def _edit_no_grad_mul(p: torch.Tensor) -> None:
+    with torch.no_grad():
+        p.mul_(0.5)
+
+
+def _edit_replace_data(p: torch.Tensor) -> None:
+    p.data = 0.5 * p.detach().clone()
+
+
+EDITS = [_edit_data_mul, _edit_data_copy, _edit_no_grad_mul, _edit_replace_data]
+
+
+def _fresh_copy(op):
+    """A newly built operator of the same kind with the same parameter values."""
+    fresh = make_operator(OPERATOR_OF[type(op).__name__], m=op.m)
+    fresh.load_state_dict(op.state_dict())
+    return fresh
+
+
+OPERATOR_OF = {"FullyConnected": "fc", "SingleConv": "single", "MultiConv": "multi2"}
+
+
+@pytest.mark.filterwarnings("ignore:forward-backward step size")
+@pytest.mark.parametrize("edit", EDITS, ids=lambda f: f.__name__[6:])
+@pytest.mark.parametrize("name", ["fc", "single", "multi2"])
+@pytest.mark.parametrize("solver", ["pr", "fb"])
+def test_caches_follow_parameter_edits(edit, name, solver):
+    op = make_operator(name, m=1.0, scale=0.4)
+    options = {"solver": solver, "alpha": 10.0 if solver == "fb" else 0.8, "tol": 1e-11, "max_iter": 5000}
+    layer = MonDEQ(op, **options)
+    x = make_input(op)
+    layer(x)  # fills the caches
+    step, lipschitz = layer.step_size(), layer.lipschitz()
+    edit(op.A if name == "fc" else op.A_scale)  # conv kernels enter normalised: scale their gain
+    fresh = MonDEQ(_fresh_copy(op), **options)
+    assert layer.lipschitz() == fresh.lipschitz() != lipschitz
+    assert layer.step_size() == fresh.step_size()
+    if solver == "fb":
+        assert layer.step_size() != step  # alpha is clamped to m / L^2, which follows L
+    got, expected = op.flatten(layer(x)), fresh.linear.flatten(fresh(x))
+    assert torch.allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_clear_cache_rebuilds_the_maps():
+    op = make_operator("single", m=1.0, scale=0.4)
+    layer = MonDEQ(op, solver="fb", alpha=0.01)
+    first, lipschitz = op.frozen(0.8), layer.lipschitz()
+    assert op.frozen(0.8) is first
+    layer.clear_cache()
+    assert op.frozen(0.8) is not first
+    assert layer._lipschitz_cache is None and layer.lipschitz() == lipschitz
+    op.clear_cache()
+    assert op._frozen_cache is None
+
+
+def _torch_save_load(layer: MonDEQ) -> MonDEQ:
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+COPIES = {
+    "pickle": lambda layer: pickle.loads(pickle.dumps(layer)),
+    "torch.save": _torch_save_load,
+    "deepcopy": copy.deepcopy,
+}
+
+
+@pytest.mark.parametrize("how", COPIES)
+@pytest.mark.parametrize("name", ["fc", "single", "multi2"])
+@pytest.mark.parametrize("solver", ["pr", "fb"])
+def test_copies_after_a_forward_give_the_same_output(how, name, solver):
+    op = make_operator(name, m=1.0, scale=0.4)
+    layer = MonDEQ(op, solver=solver, alpha=0.05 if solver == "fb" else 0.8, tol=1e-11, max_iter=5000)
+    x = make_input(op)
+    expected = op.flatten(layer(x))
+    layer.lipschitz()
+    clone = COPIES[how](layer)
+    assert clone.linear._frozen_cache is None and clone._lipschitz_cache is None
+    assert torch.equal(clone.linear.flatten(clone(x)), expected)
+    # the copy owns its parameters: editing them leaves the original's output alone
+    clone.linear.U.bias.data.add_(1.0)
+    assert not torch.allclose(clone.linear.flatten(clone(x)), expected)
+    assert torch.equal(op.flatten(layer(x)), expected)

@@ -87,6 +87,11 @@ class MonDEQ(nn.Module):
     Attributes:
         stats: :class:`SolverStats` of the last call.
 
+    Maps derived from the parameters (the resolvent, the Lipschitz constant for ``fb``) are
+    cached and rebuilt when a parameter's value changes, however it was changed (also in place
+    through ``.data``, as EMA or weight-clipping code does); :meth:`clear_cache` drops them.
+    Caches are dropped when the layer is pickled or deep-copied.
+
     Examples::
 
         >>> from mondeq import MonDEQ, FullyConnected
@@ -123,7 +128,7 @@ class MonDEQ(nn.Module):
         self.anderson = anderson
         self.strict = strict
         self.stats: SolverStats | None = None
-        self._lipschitz_cache: tuple[tuple, float] | None = None
+        self._lipschitz_cache: tuple[int, float] | None = None
 
     def __setattr__(self, name: str, value) -> None:
         if name in ("alpha", "tol", "backward_tol"):
@@ -136,10 +141,20 @@ class MonDEQ(nn.Module):
             raise ValueError(f"anderson (memory) must be a non-negative integer, got {value!r}")
         super().__setattr__(name, value)
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_lipschitz_cache"] = None
+        return state
+
+    def clear_cache(self) -> None:
+        """Drop the cached Lipschitz constant and the operator's cached maps (:meth:`MonotoneOperator.clear_cache`)."""
+        self._lipschitz_cache = None
+        self.linear.clear_cache()
+
     # -- step size ------------------------------------------------------------------------
     def lipschitz(self) -> float:
-        r""":math:`L = \|I - W\|_2` by power iteration, cached until a parameter changes."""
-        key = self.linear.parameter_state()
+        r""":math:`L = \|I - W\|_2` by power iteration, cached until ``m`` or a parameter's value changes."""
+        key = self.linear.generation()
         if self._lipschitz_cache is None or self._lipschitz_cache[0] != key:
             self._lipschitz_cache = (key, self.linear.lipschitz())
         return self._lipschitz_cache[1]

@@ -12,6 +12,9 @@ Subclasses implement :meth:`weights` (the effective, differentiable weights),
 
 from __future__ import annotations
 
+import itertools
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +25,9 @@ from torch import Tensor, nn
 from ..linalg import largest_singular_value
 
 __all__ = ["MonotoneOperator", "Resolvent", "FrozenOperator"]
+
+#: Source of cache generations: unique across all operators of the process.
+_generations = itertools.count(1)
 
 
 class Resolvent:
@@ -50,11 +56,32 @@ class FrozenOperator:
     alpha: float
 
 
+class _Snapshot:
+    """The parameters (and ``m``) of an operator at one moment, to detect any later change.
+
+    A cheap key (data pointers, version counters, ``m``) catches replaced or tracked in-place
+    updates; comparing the values with a detached copy catches in-place edits through ``.data``,
+    which bump no version counter.
+    """
+
+    def __init__(self, op: MonotoneOperator) -> None:
+        self.key = op.parameter_state()
+        self.values = [p.detach().clone() for p in op.parameters()]
+        self.generation = next(_generations)
+
+    def matches(self, op: MonotoneOperator) -> bool:
+        return op.parameter_state() == self.key and all(torch.equal(p, v) for p, v in zip(op.parameters(), self.values))
+
+
 class MonotoneOperator(nn.Module):
     r"""Base class of :math:`W` with :math:`I - W \succeq mI` for all parameter values.
 
+    Maps derived from the parameters (:meth:`frozen`) are cached and rebuilt whenever a
+    parameter's value or ``m`` changes, also by in-place edits through ``.data``;
+    :meth:`clear_cache` drops them explicitly. Caches are not pickled or deep-copied.
+
     Attributes:
-        m: the monotonicity margin, :math:`m > 0`.
+        m: the monotonicity margin, a finite :math:`m > 0`.
         features: hidden units per sample, :math:`n`.
     """
 
@@ -62,10 +89,23 @@ class MonotoneOperator(nn.Module):
 
     def __init__(self, m: float) -> None:
         super().__init__()
-        if not isinstance(m, (int, float)) or not m > 0:
-            raise ValueError(f"monotonicity parameter m must be > 0, got {m!r}")
-        self.m = float(m)
-        self._frozen_cache: tuple[Any, FrozenOperator] | None = None
+        self.m = m
+        self._snapshot: _Snapshot | None = None
+        self._frozen_cache: tuple[tuple[int, float, bool], FrozenOperator] | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "m":
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"monotonicity parameter m must be a real number, got {type(value).__name__}")
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"monotonicity parameter m must be > 0 and finite, got {value!r}")
+            value = float(value)
+        super().__setattr__(name, value)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update(_snapshot=None, _frozen_cache=None)  # closures and stale copies
+        return state
 
     # -- to implement -------------------------------------------------------------------
     def weights(self) -> Any:
@@ -120,12 +160,27 @@ class MonotoneOperator(nn.Module):
             return self.multiply(eye).T.contiguous()
 
     def parameter_state(self) -> tuple:
-        """A key that changes whenever any parameter is modified in place or replaced."""
-        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
+        """A cheap key that changes when ``m`` changes or a parameter is replaced or modified
+        in place by a tracked operation (edits through ``.data`` are missed: see :meth:`generation`)."""
+        return (self.m, *((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters()))
+
+    def generation(self) -> int:
+        """A number, unique in the process, that changes whenever ``m`` or a parameter's value changes.
+
+        Compares the parameters with a copy kept from the previous call (one pass over them).
+        """
+        if self._snapshot is None or not self._snapshot.matches(self):
+            self._snapshot = _Snapshot(self)
+        return self._snapshot.generation
+
+    def clear_cache(self) -> None:
+        """Drop the cached :meth:`frozen` maps; the next call rebuilds them from the parameters."""
+        self._snapshot = None
+        self._frozen_cache = None
 
     def frozen(self, alpha: float, with_resolvent: bool = True) -> FrozenOperator:
-        """Detached multiply / resolvent maps, cached until a parameter changes."""
-        key = (self.parameter_state(), float(alpha), with_resolvent)
+        """Detached multiply / resolvent maps, cached until ``m`` or a parameter's value changes."""
+        key = (self.generation(), float(alpha), with_resolvent)
         if self._frozen_cache is not None and self._frozen_cache[0] == key:
             return self._frozen_cache[1]
         with torch.no_grad():
