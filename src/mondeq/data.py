@@ -1,20 +1,24 @@
 """Image data sets from their standard distribution files, without torchvision.
 
 Supported: Fashion-MNIST and MNIST (IDX, optionally gzipped), CIFAR-10 (the python pickle
-batches, read by a restricted unpickler that only rebuilds numpy arrays) and SVHN (the
-``*_32x32.mat`` files, read by scipy). Images are kept as ``uint8`` tensors
-``(N, C, H, W)`` and normalised per batch; CIFAR-10 augmentation (random crop with 4-pixel
-padding, horizontal flip) is done with torch ops on batches.
+batches, read by a restricted unpickler that only rebuilds numeric numpy arrays no larger than
+the file can hold) and SVHN (the ``*_32x32.mat`` files, read by scipy). Images are kept as
+``uint8`` tensors ``(N, C, H, W)`` and normalised per batch; CIFAR-10 augmentation (random crop
+with 4-pixel padding, horizontal flip) is done with torch ops on batches. :func:`read_image`
+reads one image file (PNG, JPEG, TIFF, ... of any bit depth) for prediction.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
+import pickletools
+import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +34,7 @@ __all__ = [
     "default_data_dir",
     "load_dataset",
     "read_idx",
+    "read_image",
     "write_idx",
     "write_synthetic_mnist",
 ]
@@ -103,7 +108,9 @@ class ImageDataset:
         return self.info.normalize(images)
 
     def subset(self, count: int | None) -> ImageDataset:
-        """The first ``count`` examples (all when ``None``)."""
+        """The first ``count`` examples (all when ``None``); ``count`` must be at least 1."""
+        if count is not None and count < 1:
+            raise ValueError(f"count must be at least 1 (or None for all examples), got {count}")
         if count is None or count >= len(self):
             return self
         return ImageDataset(self.images[:count], self.labels[:count], self.info)
@@ -230,91 +237,279 @@ def write_synthetic_mnist(folder: Path, train: int = 64, test: int = 32, seed: i
     return folder
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles only plain containers and numpy arrays; anything else is refused."""
+def _reason(error: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
-    }
+
+_NDARRAY = object()  # stands for numpy.ndarray in a pickle: only _ArrayUnpickler._reconstruct takes it
+
+
+class _DtypeName:
+    """A numpy dtype as a pickle names it; numpy's ``dtype.__setstate__`` never sees the pickled state."""
+
+    def __init__(self, name: object, *flags: object) -> None:
+        self.name = name
+        self.byteorder: object = "="
+
+    def __setstate__(self, state: object) -> None:
+        self.byteorder = state[1] if isinstance(state, tuple) and len(state) > 1 else "="
+
+
+def _plain_dtype(spec: object) -> np.dtype:
+    """A numeric, unstructured dtype from a pickled name (``_DtypeName``, ``str`` or ``bytes``)."""
+    byteorder: object = "="
+    if isinstance(spec, _DtypeName):
+        spec, byteorder = spec.name, spec.byteorder
+    if isinstance(byteorder, bytes):  # Python 2 pickles read with encoding="bytes"
+        byteorder = byteorder.decode("latin1")
+    if not isinstance(spec, (str, bytes)) or byteorder not in ("=", "|", "<", ">"):
+        raise pickle.UnpicklingError(f"refusing numpy dtype {spec!r}")
+    dtype = np.dtype(spec)
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise pickle.UnpicklingError(f"refusing numpy dtype {dtype}")
+    return dtype.newbyteorder(byteorder) if byteorder in "<>" else dtype
+
+
+def _shape(shape: object) -> tuple[int, ...]:
+    if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape):
+        raise pickle.UnpicklingError(f"refusing array shape {shape!r}")
+    return shape
+
+
+class _GuardedArray(np.ndarray):
+    """An array being unpickled: its state must be plain bytes of exactly the size its shape says."""
+
+    charge: Callable[[int], None]
+
+    def __setstate__(self, state: object) -> None:
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise pickle.UnpicklingError("refusing an array state that is not (version, shape, dtype, fortran, data)")
+        version, shape, dtype, fortran, raw = state
+        shape, dtype = _shape(shape), _plain_dtype(dtype)
+        raw = raw.encode("latin1") if isinstance(raw, str) else raw
+        nbytes = math.prod(shape) * dtype.itemsize
+        if not isinstance(raw, bytes) or len(raw) != nbytes:
+            raise pickle.UnpicklingError(f"array data does not match shape {shape} of {dtype}")
+        self.charge(nbytes)
+        super().__setstate__((version, shape, dtype, bool(fortran), raw))
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers and numeric numpy arrays; anything else is refused.
+
+    The arrays and byte strings built may take at most a few times the pickle's own size in
+    all, so a small file cannot ask for a huge allocation.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data), encoding="bytes")
+        self.data = data
+        self.size = len(data)
+        self.budget = 4 * len(data) + (1 << 20)
+
+    def load(self) -> object:
+        for opcode, arg, _ in pickletools.genops(self.data):  # the C unpickler sizes its memo by the index
+            if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= arg < self.size:
+                raise pickle.UnpicklingError(f"refusing memo index {arg} in a {self.size}-byte file")
+        return super().load()
 
     def find_class(self, module: str, name: str):
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
+        allowed = {
+            ("numpy.core.multiarray", "_reconstruct"): self._reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): self._reconstruct,
+            ("numpy", "ndarray"): _NDARRAY,
+            ("numpy", "dtype"): _DtypeName,
+            ("numpy.core.multiarray", "scalar"): self._scalar,
+            ("numpy._core.multiarray", "scalar"): self._scalar,
+            ("_codecs", "encode"): self._encode,  # how protocol-2 pickles written by Python 3 store bytes
+        }
+        if (module, name) in allowed:
+            return allowed[module, name]
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+    def _charge(self, nbytes: int) -> None:
+        self.budget -= nbytes
+        if self.budget < 0:
+            raise pickle.UnpicklingError(f"refusing a {nbytes}-byte array: more than a {self.size}-byte file can hold")
+
+    def _reconstruct(self, subtype: object, shape: object, dtype: object) -> np.ndarray:
+        if subtype is not _NDARRAY:
+            raise pickle.UnpicklingError(f"refusing to reconstruct {subtype!r}")
+        shape, dtype = _shape(shape), _plain_dtype(dtype)
+        self._charge(math.prod(shape) * dtype.itemsize)
+        array = _GuardedArray(shape, dtype)
+        array.charge = self._charge
+        return array
+
+    def _scalar(self, dtype: object, raw: object) -> np.generic:
+        dtype = _plain_dtype(dtype)
+        raw = raw.encode("latin1") if isinstance(raw, str) else raw
+        if not isinstance(raw, bytes) or len(raw) != dtype.itemsize:
+            raise pickle.UnpicklingError(f"scalar data does not match {dtype}")
+        return np.frombuffer(raw, dtype)[0]
+
+    def _encode(self, text: object, encoding: object = "utf-8") -> bytes:
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+            raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
+        self._charge(len(text))
+        return text.encode("latin1")
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
-        batch = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError) as error:
-        raise DataError(f"cannot read CIFAR-10 batch {path}: {error} (truncated or not a CIFAR batch)") from error
+        batch = _ArrayUnpickler(path.read_bytes()).load()
+    except Exception as error:  # a crafted or corrupt pickle can raise nearly anything
+        raise DataError(f"cannot read CIFAR-10 batch {path}: {_reason(error)} (truncated or not a CIFAR batch)") from error
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise DataError(f"{path} is not a CIFAR-10 batch: missing 'data' or 'labels'")
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
-        raise DataError(f"{path}: CIFAR-10 data has shape {data.shape} for {labels.shape[0]} labels, expected (N, 3072)")
-    return data.reshape(-1, 3, 32, 32), labels
+    data, labels = batch[b"data"], batch[b"labels"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        found = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path}: CIFAR-10 data is a {found}, expected a uint8 array (N, 3072)")
+    if isinstance(labels, list) and all(type(v) is int and 0 <= v < 2**63 for v in labels):
+        labels = np.array(labels, dtype=np.int64)
+    elif isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        labels = np.asarray(labels).astype(np.int64)
+    else:
+        raise DataError(f"{path}: CIFAR-10 labels are not a list of non-negative integers")
+    if data.shape[0] != labels.shape[0]:
+        raise DataError(f"{path}: CIFAR-10 data has {data.shape[0]} images for {labels.shape[0]} labels")
+    return np.asarray(data).reshape(-1, 3, 32, 32), labels
 
 
 def _read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from scipy.io import loadmat
+    from scipy.io import loadmat
 
+    try:
         mat = loadmat(str(path))
-    except (ValueError, OSError, TypeError) as error:
-        raise DataError(f"cannot read SVHN file {path}: {error} (truncated or not a .mat file)") from error
+    except NotImplementedError as error:  # scipy's answer to MATLAB v7.3 files
+        raise DataError(
+            f"{path} is a MATLAB v7.3 (HDF5) file, which cannot be read; use the official {path.name} from "
+            "ufldl.stanford.edu/housenumbers or re-save it in MATLAB with save(..., '-v7')"
+        ) from error
+    except Exception as error:  # scipy's reader given a corrupt file can raise nearly anything
+        raise DataError(f"cannot read SVHN file {path}: {_reason(error)} (truncated or not a .mat file)") from error
     if "X" not in mat or "y" not in mat:
         raise DataError(f"{path} is not an SVHN file: missing 'X' or 'y'")
-    images = np.ascontiguousarray(np.transpose(mat["X"], (3, 2, 0, 1)), dtype=np.uint8)
-    labels = mat["y"].reshape(-1).astype(np.int64) % 10  # SVHN labels the digit 0 as 10
-    if images.shape[1:] != (3, 32, 32) or images.shape[0] != labels.shape[0]:
-        raise DataError(f"{path}: SVHN images have shape {images.shape} for {labels.shape[0]} labels")
-    return images, labels
+    X, y = mat["X"], mat["y"]
+    if X.dtype != np.uint8 or X.ndim != 4 or X.shape[:3] != (32, 32, 3):
+        raise DataError(f"{path}: SVHN images X are a {X.dtype} array of shape {X.shape}, expected uint8 (32, 32, 3, N)")
+    if y.dtype.kind not in "iuf" or y.size != X.shape[3]:
+        raise DataError(f"{path}: SVHN labels y are a {y.dtype} array of {y.size} values for {X.shape[3]} images")
+    y = y.reshape(-1)
+    if not np.all((y >= 0) & (y <= 10) & (y == np.round(y))):
+        raise DataError(f"{path}: SVHN labels y span {y.min()}..{y.max()}, expected digits 1..10 (10 for the digit 0)")
+    images = np.ascontiguousarray(np.transpose(X, (3, 2, 0, 1)))
+    return images, y.astype(np.int64) % 10
 
 
-def _find(name: str, data_dir: Path, filenames: list[str]) -> Path:
-    """The first existing candidate among ``filenames`` in the usual folders."""
-    folders = [data_dir, data_dir / name, data_dir / name / "raw", *SYSTEM_DIRS.get(name, [])]
+def _find(name: str, root: Path, filenames: list[str], system: bool, subfolder: str = "") -> Path:
+    """The first existing ``folder / subfolder / filename``, folders under ``root`` first, then (with ``system``) SYSTEM_DIRS."""
+    folders = [root, root / name, root / name / "raw"]
     if name in ("mnist", "fashion-mnist"):
-        folders.append(data_dir / {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[name] / "raw")
-    for folder in folders:
-        for filename in filenames:
-            if (folder / filename).is_file():
-                return folder / filename
-    looked = ", ".join(str(f) for f in folders)
-    raise DataError(f"{name}: none of {filenames} found; looked in {looked}. Pass --data-dir to the folder holding them.")
+        folders.append(root / {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[name] / "raw")
+    if system:
+        folders += SYSTEM_DIRS.get(name, [])
+    tried = [folder / subfolder / filename for folder in folders for filename in filenames]
+    for path in tried:
+        if path.is_file():
+            return path
+    looked = ", ".join(str(path) for path in tried)
+    raise DataError(f"{name}: {' or '.join(filenames)} not found; looked for {looked}. Pass --data-dir to the folder with them.")
 
 
 def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None) -> ImageDataset:
-    """Load ``split`` (``"train"`` or ``"test"``) of a data set in :data:`DATASETS`."""
+    """Load ``split`` (``"train"`` or ``"test"``) of a data set in :data:`DATASETS`.
+
+    Files are looked for under ``data_dir``, which must exist; without it, under
+    :func:`default_data_dir` and then in the system folders of :data:`SYSTEM_DIRS`.
+    """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     info = DATASETS[name]
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    system = data_dir is None  # an explicit folder is the only place looked in
+    root = default_data_dir() if system else Path(data_dir)
+    if not system and not root.is_dir():
+        raise DataError(f"data folder {root} {'is not a folder' if root.exists() else 'does not exist'}")
     if name in ("mnist", "fashion-mnist"):
         prefix = "train" if split == "train" else "t10k"
-        image_file = _find(name, root, [f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-images-idx3-ubyte"])
-        label_file = _find(name, root, [f"{prefix}-labels-idx1-ubyte.gz", f"{prefix}-labels-idx1-ubyte"])
+        image_file = _find(name, root, [f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-images-idx3-ubyte"], system)
+        label_file = _find(name, root, [f"{prefix}-labels-idx1-ubyte.gz", f"{prefix}-labels-idx1-ubyte"], system)
         images = read_idx(image_file, 3)[:, None]
         labels = read_idx(label_file, 1).astype(np.int64)
         if images.shape[0] != labels.shape[0]:
             raise DataError(f"{image_file} has {images.shape[0]} images but {label_file} has {labels.shape[0]} labels")
     elif name == "cifar10":
         files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-        parts = [_read_cifar_batch(_find(name, root / "cifar-10-batches-py", [f])) for f in files]
+        parts = [_read_cifar_batch(_find(name, root, [f], system, "cifar-10-batches-py")) for f in files]
         images = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
     else:
-        images, labels = _read_svhn(_find(name, root, [f"{split}_32x32.mat"]))
+        images, labels = _read_svhn(_find(name, root, [f"{split}_32x32.mat"], system))
+    if len(labels) == 0:
+        raise DataError(f"{name} {split}: the files hold no examples")
+    expected = (info.channels, info.image_size, info.image_size)
+    if images.shape[1:] != expected:
+        raise DataError(f"{name} {split}: images have shape {images.shape[1:]}, expected {expected}")
     if labels.min() < 0 or labels.max() >= len(info.classes):
-        raise DataError(f"{name} {split}: labels outside 0..{len(info.classes) - 1}")
+        raise DataError(f"{name} {split}: labels span {labels.min()}..{labels.max()}, outside 0..{len(info.classes) - 1}")
     return ImageDataset(torch.from_numpy(np.array(images)), torch.from_numpy(labels), info)
+
+
+def read_image(path: str | Path, channels: int, size: int) -> np.ndarray:
+    """One image file as ``uint8`` ``(channels, size, size)``: grey (1) or RGB (3 channels), resized.
+
+    Alpha is dropped; 16-bit and 32-bit integer images are scaled from 0..65535, float images
+    from 0..1 (or taken as they are when within 0..255). Raises :class:`DataError` for a missing
+    or unreadable file, an image with more pixels than PIL's ``Image.MAX_IMAGE_PIXELS`` (a
+    decompression bomb) and values outside those ranges.
+    """
+    from PIL import Image, ImageOps
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if size < 1:
+        raise ValueError(f"size must be at least 1, got {size}")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image {path} {'is not a file' if path.exists() else 'not found'}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with open(path, "rb") as file, Image.open(file) as image:
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                if image.mode == "F" or image.mode.startswith("I"):
+                    grey = _scaled_grey(np.asarray(image, dtype=np.float64), image.mode, path)
+                    resized = np.asarray(Image.fromarray(grey).resize((size, size)))
+                    return np.repeat(np.clip(np.rint(resized), 0, 255).astype(np.uint8)[None], channels, axis=0)
+                if image.mode in ("P", "PA"):
+                    image = image.convert("RGBA")  # palette transparency, then dropped with the alpha band
+                array = np.asarray(image.convert("L" if channels == 1 else "RGB").resize((size, size)), dtype=np.uint8)
+                return array[None] if channels == 1 else np.ascontiguousarray(array.transpose(2, 0, 1))
+    except DataError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise DataError(f"image {path} refused: {_reason(error)}") from error
+    except Image.UnidentifiedImageError as error:
+        raise DataError(f"cannot read image {path}: not an image file PIL can read, or a corrupt one") from error
+    except Exception as error:  # PIL given a corrupt file can raise nearly anything
+        raise DataError(f"cannot read image {path}: {_reason(error)}") from error
+
+
+def _scaled_grey(values: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """Pixels ``(H, W)`` of an integer (``I*``) or float (``F``) image as ``float32`` in 0..255."""
+    if np.isnan(values).any():
+        found = "include NaN"
+    else:
+        low, high = float(values.min()), float(values.max())
+        found = f"span {low:g}..{high:g}"
+        if mode == "F" and low >= 0 and high <= 255:
+            return (values * (255.0 if high <= 1 else 1.0)).astype(np.float32)
+        if mode != "F" and low >= 0 and high <= 65535:
+            return (values / 257.0).astype(np.float32)
+    expected = "0..1 or 0..255" if mode == "F" else "0..65535"
+    raise DataError(f"image {path}: {mode} pixel values {found}, expected values within {expected}")
