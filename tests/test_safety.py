@@ -136,3 +136,23 @@ def test_copies_after_a_forward_give_the_same_output(how, name, solver):
     clone.linear.U.bias.data.add_(1.0)
     assert not torch.allclose(clone.linear.flatten(clone(x)), expected)
     assert torch.equal(op.flatten(layer(x)), expected)
+
+
+@pytest.mark.parametrize("batch", [0, 1])
+@pytest.mark.parametrize("anderson", [0, 3])
+@pytest.mark.parametrize("solver", ["pr", "dr", "fb"])
+@pytest.mark.parametrize("name", ["fc", "single", "multi2"])
+def test_empty_and_single_sample_batches(name, solver, anderson, batch):
+    op = make_operator(name, m=1.0, scale=0.4)
+    alpha = 0.05 if solver == "fb" else 0.8
+    layer = MonDEQ(op, solver=solver, alpha=alpha, anderson=anderson, tol=1e-9, max_iter=5000)
+    x = make_input(op, batch=batch).requires_grad_(True)
+    out = layer(x)
+    tiers = out if isinstance(out, tuple) else (out,)
+    expected = [(c, s, s) for c, s in zip(op.channels, op.sizes)] if name != "fc" else [(op.features,)]
+    assert [tuple(t.shape) for t in tiers] == [(batch, *shape) for shape in expected]
+    assert layer.stats.forward_converged
+    sum(t.pow(2).sum() for t in tiers).backward()
+    assert x.grad.shape == x.shape and torch.isfinite(x.grad).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in op.parameters())
+    assert layer.stats.backward_converged

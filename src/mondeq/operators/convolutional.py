@@ -29,7 +29,9 @@ per frequency on the coarsest tier). A single tier uses the real FFT (half spect
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +66,16 @@ def symbol(kernel: Tensor, size: int, onesided: bool = False) -> Tensor:
     return fft(placed).conj().permute(2, 3, 0, 1).resolve_conj().contiguous()
 
 
+def batched_fft(transform: Callable[..., Tensor], x: Tensor, **kwargs: Any) -> Tensor:
+    """``transform(x, dim=(0, 1), norm="ortho", **kwargs)`` for ``x`` with the batch last.
+
+    FFT libraries reject an empty batch: it is padded with one zero sample, dropped again.
+    """
+    if x.shape[-1] == 0:
+        return transform(F.pad(x, (0, 1)), dim=(0, 1), norm="ortho", **kwargs)[..., :0]
+    return transform(x, dim=(0, 1), norm="ortho", **kwargs)
+
+
 def to_fourier(image: Tensor, onesided: bool) -> Tensor:
     """Unitary 2-D DFT of ``(B, c, s, s)`` images in the layout ``(s, s or s//2+1, c, B)``.
 
@@ -72,13 +84,13 @@ def to_fourier(image: Tensor, onesided: bool) -> Tensor:
     """
     fft = torch.fft.rfft2 if onesided else torch.fft.fft2
     # contiguous: batched complex matmul on a strided spectrum is about twice as slow
-    return fft(image.permute(2, 3, 1, 0), dim=(0, 1), norm="ortho").contiguous()
+    return batched_fft(fft, image.permute(2, 3, 1, 0)).contiguous()
 
 
 def from_fourier(spectrum: Tensor, size: int) -> Tensor:
     """Inverse of :func:`to_fourier` for spectra of real images (full or one-sided): ``(B, c, s, s)``."""
     half = spectrum[:, : size // 2 + 1]
-    return torch.fft.irfft2(half, s=(size, size), dim=(0, 1), norm="ortho").permute(3, 2, 0, 1)
+    return batched_fft(torch.fft.irfft2, half, s=(size, size)).permute(3, 2, 0, 1)
 
 
 def group(x: Tensor) -> Tensor:
@@ -202,8 +214,8 @@ class MultiConv(MonotoneOperator):
     def flatten(self, z: Tensor | tuple[Tensor, ...]) -> Tensor:
         tiers = (z,) if isinstance(z, Tensor) else z
         if len(tiers) == 1:
-            return tiers[0].reshape(tiers[0].shape[0], -1)
-        return torch.cat([t.reshape(t.shape[0], -1) for t in tiers], dim=1)
+            return tiers[0].flatten(1)
+        return torch.cat([t.flatten(1) for t in tiers], dim=1)
 
     def check_input(self, x: Tensor) -> None:
         expected = (self.in_channels, self.image_size, self.image_size)
@@ -216,7 +228,7 @@ class MultiConv(MonotoneOperator):
 
     def inject(self, x: Tensor) -> Tensor:
         first = circular_conv(x, self.U.weight) + self.U.bias[:, None, None]
-        flat = first.reshape(x.shape[0], -1)
+        flat = first.flatten(1)
         if self.num_tiers == 1:
             return flat
         rest = flat.new_zeros(x.shape[0], self.features - flat.shape[1])
@@ -249,7 +261,7 @@ class MultiConv(MonotoneOperator):
         if weights.fourier is not None:
             w_hat = weights.fourier.mH if transpose else weights.fourier
             size = self.sizes[0]
-            return from_fourier(w_hat @ to_fourier(self.tiers(z)[0], onesided=True), size).reshape(z.shape[0], -1)
+            return from_fourier(w_hat @ to_fourier(self.tiers(z)[0], onesided=True), size).flatten(1)
         return self._apply_convolutions(z, weights.tiers, transpose)
 
     def _apply_convolutions(self, z: Tensor, weights: list[_TierWeights], transpose: bool) -> Tensor:

@@ -66,10 +66,10 @@ class FullyConnected(MonotoneOperator):
         return Resolvent(lambda y: y @ inverse_t, lambda y: y @ inverse)
 
     def inject(self, x: Tensor) -> Tensor:
-        return self.U(x.reshape(x.shape[0], -1))
+        return self.U(x.reshape(x.shape[0], self.in_features))
 
     def check_input(self, x: Tensor) -> None:
-        if x.dim() < 2 or x[0].numel() != self.in_features:
+        if x.dim() < 2 or math.prod(x.shape[1:]) != self.in_features:
             raise ValueError(
                 f"FullyConnected expects input of shape (batch, {self.in_features}) or "
                 f"(batch, ...) with {self.in_features} features per sample, got {tuple(x.shape)}"
