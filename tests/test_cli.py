@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,7 @@ def run(tmp_path_factory):
 def test_train_writes_run_and_reports_accuracy(run):
     _, _, out, result = run
     assert "test accuracy" in result.stdout
-    assert (out / "checkpoint.safetensors").is_file() and (out / "checkpoint.json").is_file()
+    assert len(list(out.glob("checkpoint-*.safetensors"))) == 1 and (out / "checkpoint.json").is_file()
     assert len((out / "metrics.csv").read_text().splitlines()) == 2
     assert "batch" in result.stderr  # the progress bar
 
@@ -111,8 +112,8 @@ def test_help_lists_commands():
     assert "--max-iter" in mondeq("train", "--help").stdout
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
-    import signal
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, signum):
     import time
 
     data = write_mnist_like(tmp_path / "data", train=64, test=16)
@@ -126,10 +127,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     deadline = time.time() + 120
     while not (out / "metrics.csv").exists() and time.time() < deadline:
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
-    assert "interrupted: checkpoint saved" in stderr and "Traceback" not in stderr
+    assert process.returncode == 128 + signum, stderr
+    assert f"stopped by {signum.name}: checkpoint saved" in stderr and "Traceback" not in stderr
     meta = json.loads((out / "checkpoint.json").read_text())
     assert meta["epoch"] >= 1
 

@@ -4,9 +4,39 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``mondeq train: error: ...``), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, minimum: float, strict: bool = False):
+    """An argparse type: a finite ``kind`` value >= ``minimum`` (> when ``strict``), else a one-line error."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"{text} must be finite and {'>' if strict else '>='} {minimum:g}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT = _number(int, 1)
+COUNT = _number(int, 0)
+POSITIVE = _number(float, 0, strict=True)
+NON_NEGATIVE = _number(float, 0)
 
 TRAIN_HELP = """Train a monDEQ classifier. Writes OUT/checkpoint.{safetensors,json}, OUT/metrics.csv
 (and OUT/tensorboard when tensorboard is installed). Ctrl-C saves a checkpoint; --resume continues it."""
@@ -14,27 +44,39 @@ TRAIN_HELP = """Train a monDEQ classifier. Writes OUT/checkpoint.{safetensors,js
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and solver (default: the preset's)")
-    g.add_argument("--width", type=int, help="hidden units of the fc model")
-    g.add_argument("--channels", type=int, nargs="+", help="channels (one per tier for multi-conv)")
-    g.add_argument("--m", type=float, help="monotonicity margin m > 0 (preset 1.0)")
+    g.add_argument("--width", type=POSITIVE_INT, help="hidden units of the fc model")
+    g.add_argument("--channels", type=POSITIVE_INT, nargs="+", help="channels (one per tier for multi-conv)")
+    g.add_argument("--m", type=POSITIVE, help="monotonicity margin m > 0 (preset 1.0)")
     g.add_argument("--activation", help="relu, leaky_relu, tanh, sigmoid, softplus, hardtanh")
     g.add_argument("--solver", choices=["fb", "pr", "dr"], help="splitting method (preset pr)")
-    g.add_argument("--alpha", type=float, help="splitting step size (preset 1.0, then tuned)")
-    g.add_argument("--tol", type=float, help="relative residual tolerance (preset 1e-2)")
-    g.add_argument("--max-iter", type=int, help="solver iteration cap (preset 300)")
-    g.add_argument("--anderson", type=int, help="Anderson acceleration memory (0: off)")
+    g.add_argument("--alpha", type=POSITIVE, help="splitting step size (preset 1.0, then tuned)")
+    g.add_argument("--tol", type=POSITIVE, help="relative residual tolerance (preset 1e-2)")
+    g.add_argument("--max-iter", type=POSITIVE_INT, help="solver iteration cap (preset 300)")
+    g.add_argument("--anderson", type=COUNT, help="Anderson acceleration memory (0: off)")
     g.add_argument(
         "--input-norm",
-        type=float,
+        type=POSITIVE,
         metavar="C",
         help="keep ||U|| <= C (spectral normalisation); with a large --m it lowers the bound ||R|| ||U|| / m",
     )
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--data-dir", help="folder with the data set files (default: $MONDEQ_DATA or ~/.cache/mondeq/data)")
+    p.add_argument("--threads", type=POSITIVE_INT, help="torch CPU threads")
+    if data:
+        p.add_argument("--data-dir", help="folder with the data set files (default: $MONDEQ_DATA or ~/.cache/mondeq/data)")
+
+
+def _set_up(args: argparse.Namespace) -> str:
+    """Apply the options every command shares: check ``--device``, set ``--threads``; returns the device."""
+    from .train import resolve_device
+
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return str(resolve_device(getattr(args, "device", "cpu")))
 
 
 def _checkpoint_test_set(meta: dict, data_dir: str | None, limit: int | None = None):
@@ -47,63 +89,81 @@ def _checkpoint_test_set(meta: dict, data_dir: str | None, limit: int | None = N
 
 def train_command(args: argparse.Namespace) -> int:
     from . import distributed
+    from .train import TrainingInterrupted
 
-    device = distributed.init_from_environment(args.device)
+    device = distributed.init_from_environment(_set_up(args))
     try:
         code = _train(args, device)
+    except TrainingInterrupted as stop:
+        if distributed.is_main():
+            print(f"\nmondeq train: {stop}: checkpoint saved; continue with --resume", file=sys.stderr)
+        distributed.shutdown(synchronize=False)
+        return 128 + stop.signal
     except KeyboardInterrupt:
         if distributed.is_main():
-            print("\ninterrupted: checkpoint saved; continue with --resume", file=sys.stderr)
+            print("\nmondeq train: interrupted before saving; the last checkpoint on disk is intact", file=sys.stderr)
         distributed.shutdown(synchronize=False)
         return 130
     except Exception as error:
         if distributed.world_size() <= 1:
             raise
-        # Name the failing rank and leave at once: torchrun then stops the other ranks
-        # instead of letting them wait in a collective.
-        print(f"mondeq train: rank {distributed.rank()} failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
-        os._exit(1)
+        _leave_distributed_run(error)
     distributed.shutdown()
     return code
 
 
+def _leave_distributed_run(error: Exception) -> None:
+    """Name this rank's failure and leave at once, so torchrun stops the other ranks instead of
+    letting them wait in a collective. A lost connection means another rank died first: say so,
+    and leave a moment later, so that torchrun's summary names that rank as the root cause."""
+    import time
+
+    from . import distributed
+
+    if distributed.lost_contact(error):
+        print(
+            f"mondeq train: rank {distributed.rank()} lost contact with another rank ({type(error).__name__}: "
+            f"{_first_line(error)}); that rank stopped first: see torchrun's summary for its cause",
+            file=sys.stderr,
+            flush=True,
+        )
+        time.sleep(distributed.LOST_CONTACT_GRACE)
+    else:
+        print(f"mondeq train: rank {distributed.rank()} failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _train(args: argparse.Namespace, device: str) -> int:
-    from .checkpoint import load_checkpoint
     from .distributed import is_main
     from .train import TrainConfig, Trainer
 
-    options = {
-        k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and v is not None and k not in ("device",)
-    }
-    resume = args.resume
-    if resume:
-        out = Path(resume) if isinstance(resume, str) else Path(args.out or f"runs/{args.dataset}-{args.model}")
-        meta, _, _ = load_checkpoint(out)
-        stored = dict(meta["train"])
-        stored.update({k: v for k, v in options.items() if k in ("epochs", "threads", "data_dir")})
-        stored["out"] = str(out if out.is_dir() else out.parent)
-        config = TrainConfig.from_dict({**stored, "device": device})
+    fields = TrainConfig.__dataclass_fields__
+    options = {k: v for k, v in vars(args).items() if k in fields and v is not None and k != "device"}
+    default_out = f"runs/{options.get('dataset', fields['dataset'].default)}-{options.get('model', fields['model'].default)}"
+    if args.resume:
+        run = Path(args.resume) if isinstance(args.resume, str) else Path(options.get("out", default_out))
+        options["device"] = device
+        trainer = Trainer.resume_run(run, options, progress=not args.no_progress)
     else:
-        options.setdefault("out", f"runs/{args.dataset}-{args.model}")
-        config = TrainConfig(**{**options, "device": device})
-    trainer = Trainer(config, progress=not args.no_progress)
-    if resume:
-        trainer.resume()
+        options.setdefault("out", default_out)
+        trainer = Trainer(TrainConfig(**options, device=device), progress=not args.no_progress)
     history = trainer.fit()
     if is_main() and history:
         last = history[-1]
-        print(f"test accuracy {last['test_accuracy']:.4f} after {last['epoch']} epoch(s); run saved in {config.out}")
+        print(f"test accuracy {last['test_accuracy']:.4f} after {last['epoch']} epoch(s); run saved in {trainer.config.out}")
     return 0
 
 
 def eval_command(args: argparse.Namespace) -> int:
     from .train import evaluate, load_model
 
-    model, meta = load_model(args.checkpoint, args.device)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    device = _set_up(args)
+    model, meta = load_model(args.checkpoint, device)
     for key in ("solver", "tol", "max_iter"):
         value = getattr(args, key)
         if value is not None:
@@ -114,7 +174,7 @@ def eval_command(args: argparse.Namespace) -> int:
             else:
                 setattr(model.layer, key, value)
     test = _checkpoint_test_set(meta, args.data_dir, args.limit)
-    result = evaluate(model, test, args.batch_size, args.device)
+    result = evaluate(model, test, args.batch_size, device)
     print(
         json.dumps(
             {
@@ -138,26 +198,17 @@ def eval_command(args: argparse.Namespace) -> int:
 def predict_command(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
 
-    from .data import DATASETS
+    from .data import DATASETS, read_image
     from .train import load_model
 
-    model, meta = load_model(args.checkpoint, args.device)
+    device = _set_up(args)
+    model, meta = load_model(args.checkpoint, device)
     info = DATASETS[meta["train"]["dataset"]]
-    arrays = []
-    for path in args.images:
-        try:
-            with Image.open(path) as image:
-                image = image.convert("L" if info.channels == 1 else "RGB").resize((info.image_size, info.image_size))
-                array = np.asarray(image, dtype=np.uint8)
-        except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
-            raise SystemExit(f"cannot read image {path}: {error}") from error
-        arrays.append(array[None] if info.channels == 1 else array.transpose(2, 0, 1))
-    images = torch.from_numpy(np.stack(arrays))
+    images = torch.from_numpy(np.stack([read_image(path, info.channels, info.image_size) for path in args.images]))
     model.eval()
     with torch.no_grad():
-        probs = torch.softmax(model(info.normalize(images).to(args.device)), dim=1).cpu()
+        probs = torch.softmax(model(info.normalize(images).to(device)), dim=1).cpu()
     for path, p in zip(args.images, probs):
         k = int(p.argmax())
         print(f"{path}: {info.classes[k]} (p={p[k]:.3f})")
@@ -166,19 +217,21 @@ def predict_command(args: argparse.Namespace) -> int:
 
 def plot_command(args: argparse.Namespace) -> int:
     from .data import Batches
+    from .files import output_dir
     from .plot import convergence_traces, plot_certified, plot_convergence, plot_training_curves
     from .train import load_model
 
+    device = _set_up(args)
     run = Path(args.run_dir)
-    out = Path(args.out) if args.out else run / "plots"
+    out = output_dir(Path(args.out) if args.out else run / "plots")
     written = []
     if (run / "metrics.csv").is_file():
         written.append(plot_training_curves(run / "metrics.csv", out / "training_curves.png"))
     if (run / "certify.json").is_file():
         written.append(plot_certified(run / "certify.json", out / "certified_accuracy.png"))
-    model, meta = load_model(run, args.device)
+    model, meta = load_model(run, device)
     test = _checkpoint_test_set(meta, args.data_dir)
-    x, _ = next(iter(Batches(test, args.batch_size, device=args.device)))
+    x, _ = next(iter(Batches(test, args.batch_size, device=device)))
     traces = convergence_traces(model.layer, x, tol=args.tol, max_iter=args.max_iter)
     title = f"{meta['model']['kind']} on {meta['train']['dataset']}, batch of {len(x)}"
     written.append(plot_convergence(traces, out / "convergence.png", title))
@@ -192,12 +245,12 @@ def certify_command(args: argparse.Namespace) -> int:
 
     from .checkpoint import checkpoint_paths
     from .data import Batches
+    from .files import write_atomic
     from .robust import certify, lipschitz_bound, pgd_attack
     from .train import load_model
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, meta = load_model(args.checkpoint)
+    device = _set_up(args)
+    model, meta = load_model(args.checkpoint, device)
     model.eval()
     if args.tol is not None:
         model.layer.tol = model.layer.backward_tol = args.tol
@@ -205,7 +258,7 @@ def certify_command(args: argparse.Namespace) -> int:
     test = _checkpoint_test_set(meta, args.data_dir, args.limit)
     eps = sorted(args.eps)
     correct, certified, robust = 0, [0] * len(eps), [0] * len(eps)
-    for x, y in Batches(test, args.batch_size):
+    for x, y in Batches(test, args.batch_size, device=device):
         with torch.no_grad():
             right = model(x).argmax(1) == y
         radius = certify(model, x, y, bound.logits)
@@ -241,17 +294,14 @@ def certify_command(args: argparse.Namespace) -> int:
             line += f", PGD ({args.pgd_steps} steps) accuracy {report['pgd_accuracy'][k]:.4f}"
         print(line)
     out = Path(args.out) if args.out else checkpoint_paths(args.checkpoint)[1].with_name("certify.json")
-    out.write_text(json.dumps(report, indent=2))
+    write_atomic(out, json.dumps(report, indent=2))
     return 0
 
 
 def bench_command(args: argparse.Namespace) -> int:
     from .benchmarks.report import run_all
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_up(args)
     print(run_all(args.only, tiny=args.tiny, out=Path(args.out), report_only=args.report_only))
     return 0
 
@@ -262,9 +312,10 @@ def demo_command(args: argparse.Namespace) -> int:
 
     from . import MonDEQ, SingleConv
 
+    device = _set_up(args)
     torch.manual_seed(args.seed)
-    layer = MonDEQ(SingleConv(1, 16, 28, m=0.5), solver=args.solver, alpha=args.alpha, tol=args.tol)
-    x = torch.randn(args.batch_size, 1, 28, 28, requires_grad=True)
+    layer = MonDEQ(SingleConv(1, 16, 28, m=0.5), solver=args.solver, alpha=args.alpha, tol=args.tol).to(device)
+    x = torch.randn(args.batch_size, 1, 28, 28, device=device, requires_grad=True)
     z = layer(x)
     z.pow(2).mean().backward()
     print(f"equilibrium shape {tuple(z.shape)}, |dL/dx| = {x.grad.norm():.4g}")
@@ -273,21 +324,22 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mondeq",
         description="Monotone operator equilibrium networks: train, evaluate and inspect monDEQ classifiers.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("train", help="train a classifier", description=TRAIN_HELP)
-    p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "mnist", "cifar10", "svhn"])
-    p.add_argument("--model", default="single-conv", choices=["fc", "single-conv", "multi-conv"])
-    p.add_argument("--epochs", type=int, help="epochs (default 1)")
-    p.add_argument("--batch-size", type=int, help="training batch size (default 128)")
-    p.add_argument("--test-batch-size", type=int, help="evaluation batch size (default 400)")
-    p.add_argument("--lr", type=float, help="(peak) learning rate (default 1e-3)")
+    p.add_argument("--dataset", choices=["fashion-mnist", "mnist", "cifar10", "svhn"], help="default fashion-mnist")
+    p.add_argument("--model", choices=["fc", "single-conv", "multi-conv"], help="default single-conv")
+    p.add_argument("--epochs", type=POSITIVE_INT, help="epochs (default 1)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, help="training batch size (default 128)")
+    p.add_argument("--test-batch-size", type=POSITIVE_INT, help="evaluation batch size (default 400)")
+    p.add_argument("--lr", type=POSITIVE, help="(peak) learning rate (default 1e-3)")
     p.add_argument("--lr-schedule", choices=["step", "one-cycle", "constant"], help="default step")
-    p.add_argument("--lr-step", type=int, help="epochs between 10x decays of the step schedule (default 10)")
+    p.add_argument("--lr-step", type=POSITIVE_INT, help="epochs between 10x decays of the step schedule (default 10)")
     p.add_argument(
         "--no-tune-alpha",
         dest="tune_alpha",
@@ -295,17 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="keep alpha fixed instead of the paper's tuning",
     )
-    p.add_argument("--max-alpha", type=float, help="largest alpha tried when tuning (default 1.0)")
+    p.add_argument("--max-alpha", type=POSITIVE, help="largest alpha tried when tuning (default 1.0)")
     p.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="random crop + flip (default: on for cifar10)",
     )
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--seed", type=COUNT, help="random seed (default 0)")
     p.add_argument("--out", help="run folder (default runs/DATASET-MODEL)")
-    p.add_argument("--train-limit", type=int, help="use only the first N training images")
-    p.add_argument("--test-limit", type=int, help="use only the first N test images")
+    p.add_argument("--train-limit", type=POSITIVE_INT, help="use only the first N training images")
+    p.add_argument("--test-limit", type=POSITIVE_INT, help="use only the first N test images")
     p.add_argument(
         "--resume",
         nargs="?",
@@ -314,6 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="continue the run in --out (or RUN_DIR) from its checkpoint",
     )
+    p.add_argument(
+        "--checkpoint-every",
+        type=NON_NEGATIVE,
+        metavar="MINUTES",
+        help="also save a checkpoint inside an epoch this often (default 10; 0: only at epoch ends)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(p)
     _model_options(p)
@@ -321,45 +379,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("eval", help="test accuracy and solver statistics of a checkpoint")
     p.add_argument("checkpoint", help="run folder or checkpoint file")
-    p.add_argument("--batch-size", type=int, default=400)
-    p.add_argument("--limit", type=int, help="evaluate only the first N test images")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=400)
+    p.add_argument("--limit", type=POSITIVE_INT, help="evaluate only the first N test images")
     p.add_argument("--solver", choices=["fb", "pr", "dr"], help="override the splitting method")
-    p.add_argument("--tol", type=float, help="override the tolerance")
-    p.add_argument("--max-iter", type=int, help="override the iteration cap")
+    p.add_argument("--tol", type=POSITIVE, help="override the tolerance")
+    p.add_argument("--max-iter", type=POSITIVE_INT, help="override the iteration cap")
     _common(p)
     p.set_defaults(func=eval_command)
 
     p = commands.add_parser("predict", help="classify image files (PNG, JPEG, ...)")
     p.add_argument("checkpoint", help="run folder or checkpoint file")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--device", default="cpu")
+    _common(p, data=False)
     p.set_defaults(func=predict_command)
 
     p = commands.add_parser("plot", help="training curves and FB/PR/DR convergence plots of a run")
     p.add_argument("run_dir", help="run folder")
     p.add_argument("--out", help="folder for the PNGs (default RUN_DIR/plots)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--tol", type=float, default=1e-6)
-    p.add_argument("--max-iter", type=int, default=300)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--data-dir")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=128)
+    p.add_argument("--tol", type=POSITIVE, default=1e-6)
+    p.add_argument("--max-iter", type=POSITIVE_INT, default=300)
+    _common(p)
     p.set_defaults(func=plot_command)
 
     p = commands.add_parser("certify", help="Lipschitz bound, certified and PGD accuracy at each epsilon (l2)")
     p.add_argument("checkpoint", help="run folder or checkpoint file")
-    p.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0], help="l2 radii (default 0.1 0.25 0.5 1)")
-    p.add_argument("--limit", type=int, default=1000, help="test images to certify (default 1000)")
-    p.add_argument("--pgd-steps", type=int, default=20, help="steps of the PGD attack (0: no attack)")
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--eps", type=POSITIVE, nargs="+", default=[0.1, 0.25, 0.5, 1.0], help="l2 radii (default 0.1 0.25 0.5 1)")
+    p.add_argument("--limit", type=POSITIVE_INT, default=1000, help="test images to certify (default 1000)")
+    p.add_argument("--pgd-steps", type=COUNT, default=20, help="steps of the PGD attack (0: no attack)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=250)
     p.add_argument(
         "--tol",
-        type=float,
+        type=POSITIVE,
         default=1e-4,
         help="solver tolerance while certifying (default 1e-4: margins of the true equilibrium)",
     )
     p.add_argument("--out", help="JSON report (default: certify.json beside the checkpoint)")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--data-dir")
+    _common(p)
     p.set_defaults(func=certify_command)
 
     p = commands.add_parser("bench", help="run the benchmarks and write docs/benchmarks.md")
@@ -368,16 +424,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tiny", action="store_true", help="toy sizes, seconds per benchmark (writes benchmarks-tiny.md)")
     p.add_argument("--out", default="docs", help="folder for benchmarks.md and its plots (default docs)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    _common(p, data=False)
     p.add_argument("--report-only", action="store_true", help="rewrite the page from stored results, run nothing")
     p.set_defaults(func=bench_command)
 
     p = commands.add_parser("demo", help="solve and differentiate one equilibrium on random data")
     p.add_argument("--solver", default="pr", choices=["fb", "pr", "dr"])
-    p.add_argument("--alpha", type=float, default=1.0)
-    p.add_argument("--tol", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alpha", type=POSITIVE, default=1.0)
+    p.add_argument("--tol", type=POSITIVE, default=1e-4)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=32)
+    p.add_argument("--seed", type=COUNT, default=0)
+    _common(p, data=False)
     p.set_defaults(func=demo_command)
     return parser
 
@@ -397,15 +454,19 @@ def _tune_allocator() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; an error in what was asked (options, files, data) is one line on stderr and exit code 2."""
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .errors import ConvergenceError
 
     args = build_parser().parse_args(argv)
     _tune_allocator()
     try:
         return args.func(args)
-    except (DataError, CheckpointError, ValueError) as error:
-        print(f"mondeq {args.command}: error: {error}", file=sys.stderr)
+    except (DataError, CheckpointError, ConvergenceError, ValueError, TypeError, OSError) as error:
+        if args.debug:
+            raise
+        print(f"mondeq {args.command}: error: {_first_line(error)}", file=sys.stderr)
         return 2
 
 
