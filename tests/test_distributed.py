@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +138,39 @@ def test_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     for rank in (0, 1):
         text = (out / f"error{rank}.txt").read_text()
         assert "non-finite training loss at epoch 0 batch 0 on 1 rank(s)" in text
+
+
+def _pid_of_rank(rank: int, marker: str) -> int | None:
+    """The process of ``rank`` whose command line contains ``marker`` (read from /proc)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and marker.encode() in cmdline and b"torch.distributed.run" not in cmdline:
+            return int(pid)
+    return None
+
+
+def test_a_killed_rank_is_named_as_the_root_cause(tmp_path):
+    import signal
+    import time
+
+    data = write_mnist_like(tmp_path / "data", train=64, test=16)
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    train = f"train --data-dir {data} --model fc --width 8 --epochs 100000 --batch-size 8 --out {out} --no-progress"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mondeq"]
+    process = subprocess.Popen([*command, *train.split()], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not (out / "metrics.csv").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    pid = _pid_of_rank(1, str(out))
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "rank 0 lost contact with another rank" in stderr
+    root_cause = stderr.split("Root Cause")[1]
+    assert "rank      : 1" in root_cause and "SIGKILL" in root_cause

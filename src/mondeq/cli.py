@@ -120,10 +120,11 @@ def _leave_distributed_run(error: Exception) -> None:
 
     from . import distributed
 
-    if distributed.lost_contact(error):
+    reason = distributed.lost_contact(error)
+    if reason:
         print(
-            f"mondeq train: rank {distributed.rank()} lost contact with another rank ({type(error).__name__}: "
-            f"{_first_line(error)}); that rank stopped first: see torchrun's summary for its cause",
+            f"mondeq train: rank {distributed.rank()} lost contact with another rank ({reason}); "
+            "that rank stopped first: see torchrun's summary for its cause",
             file=sys.stderr,
             flush=True,
         )

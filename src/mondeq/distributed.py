@@ -83,11 +83,14 @@ LOST_CONTACT_GRACE = 3.0
 _LOST_CONTACT = ("connection reset", "connection closed", "broken pipe", "connection refused", "socket closed", "timed out")
 
 
-def lost_contact(error: BaseException) -> bool:
-    """Whether ``error`` says a collective lost its connection to another rank (rather than failing here)."""
-    backend_errors = tuple(getattr(dist, name) for name in ("DistBackendError", "DistNetworkError") if hasattr(dist, name))
+def lost_contact(error: BaseException) -> str | None:
+    """Why ``error`` means a collective lost its connection to another rank (e.g. ``"connection reset"``), else ``None``."""
     text = str(error).lower()
-    return isinstance(error, backend_errors) or (isinstance(error, RuntimeError) and any(s in text for s in _LOST_CONTACT))
+    for reason in _LOST_CONTACT:
+        if reason in text and isinstance(error, RuntimeError):
+            return reason
+    backend_errors = tuple(getattr(dist, name) for name in ("DistBackendError", "DistNetworkError") if hasattr(dist, name))
+    return "backend error" if isinstance(error, backend_errors) else None
 
 
 def wrap(model: nn.Module) -> nn.Module:
