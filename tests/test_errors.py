@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers import make_input, make_operator
-from mondeq import FullyConnected, MonDEQ
+from mondeq import ConvergenceWarning, FullyConnected, MonDEQ, MultiConv, SingleConv
 
 
 @pytest.fixture
@@ -73,3 +73,51 @@ def test_float32_works():
     layer = MonDEQ(FullyConnected(4, 8, m=0.5), tol=1e-5)
     z = layer(torch.randn(2, 4))
     assert z.dtype == torch.float32 and layer.stats.forward_converged
+
+
+@pytest.mark.parametrize(
+    "build, error, match",
+    [
+        (lambda: FullyConnected(0, 5), ValueError, "in_features must be positive, got 0"),
+        (lambda: FullyConnected(4, -1), ValueError, "width must be positive, got -1"),
+        (lambda: FullyConnected(4.0, 5), TypeError, "in_features must be an integer"),
+        (lambda: FullyConnected(4, True), TypeError, "width must be an integer"),
+        (lambda: SingleConv(1, 2.5, 8), TypeError, "channels must be an integer"),
+        (lambda: SingleConv(0, 2, 8), ValueError, "in_channels must be positive"),
+        (lambda: SingleConv(1, 2, -8), ValueError, "image_size must be positive"),
+        (lambda: SingleConv(1, 2, 8, kernel_size=-3), ValueError, "kernel_size must be positive"),
+        (lambda: MultiConv(1, 3, 8), TypeError, "channels must be a tuple or list"),
+        (lambda: MultiConv(1, (), 8), ValueError, "channels must name at least one tier"),
+        (lambda: MultiConv(1, (2, 0), 8), ValueError, r"channels\[1\] must be positive"),
+        (lambda: MultiConv(1, (2, "3"), 8), TypeError, r"channels\[1\] must be an integer"),
+        (lambda: FullyConnected(4, 5, m=float("inf")), ValueError, "m must be > 0 and finite, got inf"),
+        (lambda: FullyConnected(4, 5, m=float("nan")), ValueError, "m must be > 0 and finite, got nan"),
+        (lambda: SingleConv(1, 2, 8, m="0.1"), TypeError, "m must be a real number"),
+    ],
+)
+def test_bad_operator_arguments_name_the_argument(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+def test_setting_a_bad_margin_later_raises():
+    op = FullyConnected(4, 5)
+    with pytest.raises(ValueError, match="m must be > 0 and finite"):
+        op.m = float("inf")
+    assert op.m == 0.1
+
+
+@pytest.mark.parametrize("alpha", [1e39, 1e300])
+def test_step_size_beyond_the_dtype_is_refused(alpha):
+    layer = MonDEQ(FullyConnected(4, 5), alpha=alpha)  # float32: the resolvent would overflow
+    with pytest.raises(ValueError, match=r"step size alpha must be > 0 and at most 3.4e\+38 \(torch.float32\)"):
+        layer(torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("solver", ["pr", "dr"])  # fb clamps alpha to its convergence bound
+def test_huge_step_size_stays_finite_and_warns(solver):
+    op = make_operator("fc")
+    layer = MonDEQ(op, solver=solver, alpha=1e300, max_iter=30)
+    with pytest.warns(ConvergenceWarning, match="reached max_iter"):
+        z = layer(make_input(op))
+    assert torch.isfinite(z).all()

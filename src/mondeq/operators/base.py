@@ -24,10 +24,19 @@ from torch import Tensor, nn
 
 from ..linalg import largest_singular_value
 
-__all__ = ["MonotoneOperator", "Resolvent", "FrozenOperator"]
+__all__ = ["MonotoneOperator", "Resolvent", "FrozenOperator", "positive_int"]
 
 #: Source of cache generations: unique across all operators of the process.
 _generations = itertools.count(1)
+
+
+def positive_int(name: str, value: object) -> int:
+    """``value`` as an ``int`` if it is a positive integer; else ``TypeError`` / ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return int(value)
 
 
 class Resolvent:
@@ -139,10 +148,17 @@ class MonotoneOperator(nn.Module):
 
     def resolvent(self, alpha: float) -> Resolvent:
         r""":math:`(I + \alpha(I - W))^{-1}` for the current parameters (not differentiable)."""
-        if not alpha > 0:
-            raise ValueError(f"step size alpha must be > 0, got {alpha!r}")
+        alpha = self.check_step_size(alpha)
         with torch.no_grad():
-            return self.build_resolvent(self.weights(), float(alpha))
+            return self.build_resolvent(self.weights(), alpha)
+
+    def check_step_size(self, alpha: float) -> float:
+        """``alpha`` as a float; ``ValueError`` unless it is > 0 and finite in the parameters' dtype."""
+        dtype = next(self.parameters()).dtype
+        largest = torch.finfo(dtype).max
+        if not 0 < alpha <= largest:
+            raise ValueError(f"step size alpha must be > 0 and at most {largest:.3g} ({dtype}), got {alpha!r}")
+        return float(alpha)
 
     def unflatten(self, z: Tensor) -> Tensor | tuple[Tensor, ...]:
         """The structured view of a flat hidden state."""
@@ -180,7 +196,8 @@ class MonotoneOperator(nn.Module):
 
     def frozen(self, alpha: float, with_resolvent: bool = True) -> FrozenOperator:
         """Detached multiply / resolvent maps, cached until ``m`` or a parameter's value changes."""
-        key = (self.generation(), float(alpha), with_resolvent)
+        alpha = self.check_step_size(alpha)
+        key = (self.generation(), alpha, with_resolvent)
         if self._frozen_cache is not None and self._frozen_cache[0] == key:
             return self._frozen_cache[1]
         with torch.no_grad():
@@ -188,8 +205,8 @@ class MonotoneOperator(nn.Module):
             frozen = FrozenOperator(
                 multiply=lambda z: self.apply_weights(z, weights, transpose=False),
                 multiply_transpose=lambda z: self.apply_weights(z, weights, transpose=True),
-                resolvent=self.build_resolvent(weights, float(alpha)) if with_resolvent else None,
-                alpha=float(alpha),
+                resolvent=self.build_resolvent(weights, alpha) if with_resolvent else None,
+                alpha=alpha,
             )
         self._frozen_cache = (key, frozen)
         return frozen

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import MonotoneOperator, Resolvent
+from .base import MonotoneOperator, Resolvent, positive_int
 
 __all__ = ["MultiConv", "SingleConv"]
 
@@ -160,10 +160,14 @@ class MultiConv(MonotoneOperator):
         m: float = 0.1,
     ) -> None:
         super().__init__(m)
-        channels = tuple(int(c) for c in channels)
-        if not channels or min(channels) <= 0 or in_channels <= 0:
-            raise ValueError(f"channels must be positive, got in_channels={in_channels}, channels={channels}")
-        if kernel_size % 2 != 1 or kernel_size <= 0:
+        in_channels = positive_int("in_channels", in_channels)
+        if not isinstance(channels, (tuple, list)):
+            raise TypeError(f"channels must be a tuple or list of channels per tier, got {channels!r}")
+        if not channels:
+            raise ValueError("channels must name at least one tier, got an empty sequence")
+        channels = tuple(positive_int(f"channels[{i}]", c) for i, c in enumerate(channels))
+        image_size = positive_int("image_size", image_size)
+        if positive_int("kernel_size", kernel_size) % 2 != 1:
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
         sizes = [image_size // 2**i for i in range(len(channels))]
         for i, s in enumerate(sizes):
@@ -393,7 +397,7 @@ class SingleConv(MultiConv):
     """
 
     def __init__(self, in_channels: int, channels: int, image_size: int, kernel_size: int = 3, m: float = 0.1) -> None:
-        super().__init__(in_channels, (channels,), image_size, kernel_size=kernel_size, m=m)
+        super().__init__(in_channels, (positive_int("channels", channels),), image_size, kernel_size=kernel_size, m=m)
 
     def unflatten(self, z: Tensor) -> Tensor:  # type: ignore[override]
         return self.tiers(z)[0]

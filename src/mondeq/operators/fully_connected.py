@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import MonotoneOperator, Resolvent
+from .base import MonotoneOperator, Resolvent, positive_int
 
 __all__ = ["FullyConnected"]
 
@@ -36,10 +36,8 @@ class FullyConnected(MonotoneOperator):
 
     def __init__(self, in_features: int, width: int, m: float = 0.1) -> None:
         super().__init__(m)
-        if in_features <= 0 or width <= 0:
-            raise ValueError(f"in_features and width must be positive, got {in_features}, {width}")
-        self.in_features = in_features
-        self.features = width
+        self.in_features = positive_int("in_features", in_features)
+        self.features = width = positive_int("width", width)
         self.U = nn.Linear(in_features, width)
         self.A = nn.Parameter(torch.empty(width, width))
         self.B = nn.Parameter(torch.empty(width, width))
