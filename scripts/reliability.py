@@ -76,7 +76,7 @@ BAD_INPUTS: list[tuple[str, str, str]] = [
     ("CIFAR pickle with a huge array", "train --dataset cifar10 --data-dir {cifar_bomb}", "cifar"),
 ]
 
-TRAIN = ["--model", "fc", "--width", "16", "--epochs", "3", "--batch-size", "16", "--test-batch-size", "64"]
+TRAIN = ["--model", "fc", "--width", "16", "--epochs", "6", "--batch-size", "8", "--test-batch-size", "64"]
 TIMING = {"forward_seconds", "backward_seconds", "epoch_seconds"}
 
 
@@ -203,7 +203,7 @@ def fault_injection(root: Path, signals: int, seed: int) -> dict[str, object]:
     data = root / "data"
     from mondeq.data import write_synthetic_mnist
 
-    write_synthetic_mnist(data, train=256, test=64)
+    write_synthetic_mnist(data, train=1024, test=256)
     common = ["--data-dir", str(data), "--no-progress", "--threads", "1", "--checkpoint-every", "0.0001", *TRAIN]
     reference = root / "reference"
     started = time.perf_counter()
@@ -222,7 +222,7 @@ def fault_injection(root: Path, signals: int, seed: int) -> dict[str, object]:
         command = [sys.executable, "-m", "mondeq", *args]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        time.sleep(rng.uniform(0.5, duration))
+        time.sleep(rng.uniform(0.2, duration))
         if process.poll() is None:
             kind = rng.choice(kinds)
             process.send_signal(signal.SIGKILL if kind == "SIGKILL" else signal.SIGTERM if kind == "SIGTERM" else signal.SIGINT)
@@ -279,7 +279,7 @@ properties on every CI run.
 
 ## Interrupting training at random moments
 
-A small fully connected monDEQ (width 16, 256 synthetic MNIST-format images, 3 epochs of 16
+A small fully connected monDEQ (width 16, 1,024 synthetic MNIST-format images, 6 epochs of 128
 batches) is trained with a checkpoint before every batch (`--checkpoint-every 0.0001`) so that
 signals often land inside a save. Each process gets one signal at a uniformly random moment,
 the run folder is inspected (a state is *resumable* when its checkpoint loads; *fresh* when
