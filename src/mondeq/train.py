@@ -360,6 +360,7 @@ class Trainer:
         self.train_set = (train_set or load_dataset(config.dataset, "train", config.data_dir)).subset(config.train_limit)
         self.test_set = (test_set or load_dataset(config.dataset, "test", config.data_dir)).subset(config.test_limit)
         self.model = MonDEQClassifier(config.model_config()).to(self.device)
+        self.model.layer.linear.check_step_size(self.model.layer.alpha)  # before an epoch, not after
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.epoch, self.batch = 0, 0
         self.running = torch.zeros(7, dtype=torch.float64)  # loss, correct, n, fwd it, bwd it, fwd s, bwd s
