@@ -291,7 +291,9 @@ command: parameters bit for bit, metrics with timing columns aside.
 |---|---|---|---|---|---|---|
 {numbers}
 
-Signals: {kinds}. Exit codes: {codes} (130: SIGINT, 143: SIGTERM, -9: killed). The
+Signals: {kinds}. Exit codes: {codes} (130 / 143: stopped by SIGINT / SIGTERM after saving; -9: killed; -2 / -15: the
+signal came during start-up or after the loop, before the handlers were installed or after they
+were removed, when there was nothing to save; 0: it came after the last checkpoint of a finished run). The
 uninterrupted reference run took {faults["reference_seconds"]:.1f} s.
 
 How: SIGINT and SIGTERM only set a flag that the loop honours between batches (and between
