@@ -365,3 +365,41 @@ def test_resume_from_a_damaged_checkpoint_is_a_checkpoint_error(tmp_path, data):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="lacks the entry 'running'"):
         Trainer.resume_run(tmp_path, train_set=data[0], test_set=data[1])
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread (how the legacy run was written: reduction order depends on the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_run_written_by_an_older_mondeq_resumes_bit_identically(tmp_path, one_thread):
+    """tests/data/legacy-run: written at 1a33b15 with one thread (flat running totals, NAME.safetensors),
+    stopped mid-epoch."""
+    import shutil
+    from pathlib import Path
+
+    folder = write_mnist_like(tmp_path / "data", train=48, test=16)
+    train, test = load_dataset("fashion-mnist", "train", folder), load_dataset("fashion-mnist", "test", folder)
+    run = shutil.copytree(Path(__file__).parent / "data" / "legacy-run", tmp_path / "run")
+    resumed = Trainer.resume_run(run, train_set=train, test_set=test, progress=False)
+    assert (resumed.epoch, resumed.batch) == (1, 1)
+    history = resumed.fit()
+    options = dict(dataset="fashion-mnist", model="fc", epochs=2, batch_size=16, test_batch_size=8, lr=3e-3)
+    full = Trainer(TrainConfig(**options, out=str(tmp_path / "full"), width=6, tol=1e-4, max_iter=100), train, test, progress=False)
+    expected = full.fit()
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, full.model.state_dict()[name]), name
+    assert without_timing(history) == without_timing(expected)
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_atomic(tmp_path / "metrics.csv", "epoch\n")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

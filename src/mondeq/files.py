@@ -60,6 +60,7 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[str], None]) ->
     folder = output_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
         if callable(data):
             os.close(fd)
             fd = -1
@@ -82,6 +83,12 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[str], None]) ->
         raise
     fsync_dir(folder)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_stray_temporaries(folder: Path, name: str) -> None:
