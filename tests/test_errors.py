@@ -72,7 +72,7 @@ def test_not_an_operator():
 def test_float32_works():
     layer = MonDEQ(FullyConnected(4, 8, m=0.5), tol=1e-5)
     z = layer(torch.randn(2, 4))
-    assert z.dtype == torch.float32 and layer.stats.forward_converged
+    assert z.dtype == torch.float32 and layer.stats.forward.converged
 
 
 @pytest.mark.parametrize(

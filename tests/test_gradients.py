@@ -51,8 +51,8 @@ def test_gradients_match_dense_implicit_function_theorem(name, solver, activatio
     for n, g, e in zip(names, got, expected):
         error = ((g - e).norm() / e.norm().clamp_min(1e-30)).item()
         assert error < 1e-6, f"{n}: relative error {error:.2e}"
-    assert layer.stats.backward_converged
-    assert layer.stats.backward_iterations > 0
+    assert layer.stats.backward.converged
+    assert layer.stats.backward.iterations > 0
 
 
 def test_gradcheck_small_instance():
@@ -79,4 +79,4 @@ def test_no_tape_when_gradients_are_not_needed():
     with torch.no_grad():
         z = layer(make_input(op))
     assert z.grad_fn is None
-    assert layer.stats.backward_iterations is None
+    assert layer.stats.backward is None

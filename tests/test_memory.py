@@ -32,8 +32,8 @@ def implicit_step(op, x, iterations):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bytes_used = saved_bytes(step)
-    assert layer.stats.forward_iterations == iterations
-    assert layer.stats.backward_iterations == iterations
+    assert layer.stats.forward.iterations == iterations
+    assert layer.stats.backward.iterations == iterations
     return bytes_used
 
 

@@ -78,7 +78,34 @@ def test_resolvent_matches_dense(name, alpha):
     y = torch.randn(5, n, dtype=torch.float64)
     resolvent = op.resolvent(alpha)
     assert rel(resolvent.solve(y), torch.linalg.solve(M, y.T).T) < 1e-8
-    assert rel(resolvent.solve_transpose(y), torch.linalg.solve(M.T, y.T).T) < 1e-8
+    assert rel(resolvent.T.solve(y), torch.linalg.solve(M.T, y.T).T) < 1e-8
+
+
+@pytest.mark.parametrize("name", OPERATOR_NAMES)
+def test_transposed_frozen_operator_matches_dense(name):
+    r"""``frozen.T`` multiplies by :math:`W^\top` and solves with :math:`(I + \alpha(I - W^\top))^{-1}`."""
+    op, alpha = make_operator(name), 0.7
+    W = op.to_dense()
+    M_t = (1 + alpha) * torch.eye(op.features, dtype=W.dtype) - alpha * W.T
+    z = torch.randn(4, op.features, dtype=torch.float64)
+    transposed = op.frozen(alpha).T
+    assert transposed.alpha == alpha
+    assert rel(transposed.multiply(z), z @ W) < 1e-8
+    assert rel(transposed.resolvent.solve(z), torch.linalg.solve(M_t, z.T).T) < 1e-8
+    assert rel(op.apply_weights(z, op.weights().T), z @ W) < 1e-8
+    assert op.frozen(alpha, with_resolvent=False).T.resolvent is None
+
+
+@pytest.mark.parametrize("name", OPERATOR_NAMES)
+def test_transposing_twice_gives_the_original_maps(name):
+    op = make_operator(name)
+    frozen = op.frozen(0.7)
+    twice = frozen.T.T
+    z = torch.randn(4, op.features, dtype=torch.float64)
+    assert twice.alpha == frozen.alpha
+    assert torch.equal(twice.multiply(z), frozen.multiply(z))
+    assert torch.equal(twice.resolvent.solve(z), frozen.resolvent.solve(z))
+    assert torch.equal(twice.T.multiply(z), frozen.T.multiply(z))
 
 
 @pytest.mark.parametrize("name", OPERATOR_NAMES)

@@ -117,7 +117,7 @@ def test_every_call_is_sound_or_a_documented_error(
     assert all(t.dtype == dtype for t in tiers)
     z = op.flatten(out)
     assert torch.isfinite(z).all() or diverged(caught)
-    if layer.stats.forward_converged and tol <= 1e-6:
+    if layer.stats.forward.converged and tol <= 1e-6:
         assert relative_residual(layer, x, z) <= 10 * tol + 100 * torch.finfo(dtype).eps
 
     if batch == 0 or not torch.isfinite(z).all():

@@ -40,7 +40,7 @@ def test_first_order_grad_without_create_graph_still_works():
     x = make_input(op).requires_grad_(True)
     (gx,) = torch.autograd.grad(layer(x).pow(2).sum(), x)
     assert torch.isfinite(gx).all() and gx.abs().sum() > 0
-    assert layer.stats.backward_converged
+    assert layer.stats.backward.converged
 
 
 def _edit_data_mul(p: torch.Tensor) -> None:
@@ -151,8 +151,8 @@ def test_empty_and_single_sample_batches(name, solver, anderson, batch):
     tiers = out if isinstance(out, tuple) else (out,)
     expected = [(c, s, s) for c, s in zip(op.channels, op.sizes)] if name != "fc" else [(op.features,)]
     assert [tuple(t.shape) for t in tiers] == [(batch, *shape) for shape in expected]
-    assert layer.stats.forward_converged
+    assert layer.stats.forward.converged
     sum(t.pow(2).sum() for t in tiers).backward()
     assert x.grad.shape == x.shape and torch.isfinite(x.grad).all()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in op.parameters())
-    assert layer.stats.backward_converged
+    assert layer.stats.backward.converged

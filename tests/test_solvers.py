@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from helpers import OPERATOR_NAMES, dense_equilibrium, make_input, make_operator
-from mondeq import ConvergenceError, ConvergenceWarning, MonDEQ, get_activation, get_solver
+from mondeq import ConvergenceError, ConvergenceWarning, MonDEQ, SolveRecord, get_activation, get_solver
 from mondeq.solvers import Anderson, SplittingProblem, Status, solve
 
 SOLVERS = ["fb", "pr", "dr"]
@@ -30,7 +30,7 @@ def test_all_solvers_agree_with_dense_reference(name, activation):
         layer = layer_for(op, solver, activation)
         with torch.no_grad():
             z = op.flatten(layer(x))
-        assert layer.stats.forward_converged
+        assert layer.stats.forward.converged
         # the fixed-point equation z = sigma(Wz + Ux + b), checked with dense algebra
         fz = act(z @ W.T + b)
         assert ((z - fz).norm() / fz.norm()).item() <= 1e-10
@@ -62,7 +62,7 @@ def test_anderson_acceleration_reaches_the_same_equilibrium(solver):
     accelerated = layer_for(op, solver, anderson=5)
     with torch.no_grad():
         z1, z2 = op.flatten(plain(x)), op.flatten(accelerated(x))
-    assert accelerated.stats.forward_converged
+    assert accelerated.stats.forward.converged
     assert ((z1 - z2).norm() / z1.norm()).item() < 1e-9
 
 
@@ -85,10 +85,50 @@ def test_residual_history_is_the_true_fixed_point_residual():
     with torch.no_grad():
         z = layer(x)
     stats = layer.stats
-    assert len(stats.forward_residuals) == stats.forward_iterations
-    assert stats.forward_residuals[-1] == stats.forward_residual <= 1e-8
+    assert len(stats.forward.residuals) == stats.forward.iterations
+    assert stats.forward.residuals[-1] == stats.forward.residual <= 1e-8
     fz = torch.relu(z @ op.to_dense().T + op.inject(x))
-    assert stats.forward_residual == pytest.approx(((fz - z).norm() / fz.norm()).item(), rel=1e-6)
+    assert stats.forward.residual == pytest.approx(((fz - z).norm() / fz.norm()).item(), rel=1e-6)
+
+
+def test_stats_nest_one_record_per_direction():
+    op = make_operator("fc", scale=0.4)
+    x = make_input(op).requires_grad_()
+    layer = MonDEQ(op, tol=1e-8, max_iter=500)
+    layer(x)
+    assert isinstance(layer.stats.forward, SolveRecord) and layer.stats.backward is None
+    assert layer.stats.as_dict()["backward_iterations"] is None
+    layer(x).sum().backward()
+    stats = layer.stats
+    assert stats.forward.converged and stats.backward.converged
+    assert len(stats.backward.residuals) == len(stats.backward.times) == stats.backward.iterations > 0
+    assert stats.as_dict() == {
+        "alpha": stats.alpha,
+        **{
+            f"{d}_{k}": getattr(getattr(stats, d), k)
+            for d in ("forward", "backward")
+            for k in ("iterations", "residual", "seconds", "converged")
+        },
+    }
+
+
+def test_flat_stats_names_are_deprecated_but_give_the_same_values():
+    op = make_operator("fc", scale=0.4)
+    layer = MonDEQ(op, tol=1e-8, max_iter=500)
+    x = make_input(op).requires_grad_()
+    layer(x)
+    with pytest.warns(DeprecationWarning, match=r"stats\.backward\.iterations"):
+        assert layer.stats.backward_iterations is None
+    with pytest.warns(DeprecationWarning):
+        assert layer.stats.backward_residuals == []
+    layer(x).sum().backward()
+    stats = layer.stats
+    for direction in ("forward", "backward"):
+        for key in ("iterations", "residual", "seconds", "converged", "residuals", "times"):
+            with pytest.warns(DeprecationWarning, match=rf"use stats\.{direction}\.{key}"):
+                assert getattr(stats, f"{direction}_{key}") == getattr(getattr(stats, direction), key)
+    with pytest.raises(AttributeError):
+        stats.forward_iterations = 3
 
 
 def test_divergence_is_detected_not_reported_as_convergence():
@@ -124,7 +164,7 @@ def test_forward_backward_step_above_bound_is_clamped_with_a_message():
     with pytest.warns(UserWarning, match=r"exceeds its convergence bound 2m/L\^2"):
         layer(make_input(op))
     assert layer.stats.alpha == pytest.approx(op.m / L**2, rel=1e-2)
-    assert layer.stats.forward_converged
+    assert layer.stats.forward.converged
     strict = MonDEQ(op, solver="fb", alpha=1.0, strict=True)
     with pytest.raises(ValueError, match="convergence bound"):
         strict(make_input(op))
@@ -149,4 +189,4 @@ def test_final_residual_is_explicit_when_stopping_at_max_iter():
         z = op.flatten(layer(x))
     fz = torch.relu(z @ op.to_dense().T + op.inject(x))
     explicit = ((fz - z).norm() / fz.norm()).item()
-    assert layer.stats.forward_residual == pytest.approx(explicit, rel=1e-9)
+    assert layer.stats.forward.residual == pytest.approx(explicit, rel=1e-9)

@@ -11,9 +11,10 @@ from .activations import (
     get_activation,
 )
 from .errors import ConvergenceError, ConvergenceWarning, DoubleBackwardError
-from .layer import MonDEQ, SolverStats
+from .layer import MonDEQ
 from .operators import FullyConnected, MonotoneOperator, MultiConv, Resolvent, SingleConv
 from .solvers import Anderson, DouglasRachford, ForwardBackward, PeacemanRachford, get_solver
+from .stats import SolveRecord, SolverStats
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,7 @@ __all__ = [
     "Resolvent",
     "Sigmoid",
     "SingleConv",
+    "SolveRecord",
     "SolverStats",
     "Softplus",
     "Tanh",

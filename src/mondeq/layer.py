@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -12,40 +12,10 @@ from torch import Tensor, nn
 from .activations import ProximalActivation, get_activation
 from .errors import ConvergenceError, ConvergenceWarning, DoubleBackwardError
 from .operators.base import FrozenOperator, MonotoneOperator
-from .solvers import Anderson, SolverResult, SplittingMethod, SplittingProblem, get_solver, solve
+from .solvers import Anderson, SplittingMethod, SplittingProblem, get_solver, solve
+from .stats import SolveRecord, SolverStats
 
 __all__ = ["MonDEQ", "SolverStats"]
-
-
-@dataclass
-class SolverStats:
-    """Statistics of the last call of a :class:`MonDEQ` (backward fields once backward ran).
-
-    Keys: ``alpha`` (step size used), ``forward_iterations``, ``forward_residual`` (final
-    relative fixed-point residual), ``forward_seconds``, ``forward_converged``,
-    ``forward_residuals`` / ``forward_times`` (residual after each iteration, and when it was
-    reached), and the same ``backward_*`` keys for the implicit backward solve.
-    """
-
-    alpha: float
-    forward_iterations: int
-    forward_residual: float
-    forward_seconds: float
-    forward_converged: bool
-    forward_residuals: list[float] = field(default_factory=list, repr=False)
-    forward_times: list[float] = field(default_factory=list, repr=False)
-    backward_iterations: int | None = None
-    backward_residual: float | None = None
-    backward_seconds: float | None = None
-    backward_converged: bool | None = None
-    backward_residuals: list[float] = field(default_factory=list, repr=False)
-    backward_times: list[float] = field(default_factory=list, repr=False)
-
-    def as_dict(self) -> dict:
-        out = asdict(self)
-        for key in ("forward_residuals", "forward_times", "backward_residuals", "backward_times"):
-            out.pop(key)
-        return out
 
 
 class MonDEQ(nn.Module):
@@ -203,27 +173,12 @@ class MonDEQ(nn.Module):
                 raise ValueError(f"z0 has {tuple(start.shape)} elements, expected {tuple(injection.shape)}")
         activation = self.activation
         with torch.no_grad():
-            problem = SplittingProblem(
-                multiply=frozen.multiply,
-                injection=injection.detach(),
-                activation=activation,
-                prox=lambda y: activation.prox(y, alpha),
-                alpha=alpha,
-                resolvent=frozen.resolvent.solve if frozen.resolvent is not None else None,
+            z, record = self._solve(
+                frozen, activation, lambda y: activation.prox(y, alpha), injection.detach(), start, self.tol, self.max_iter
             )
-            result = self._solve(problem, start, self.tol, self.max_iter)
-        stats = SolverStats(
-            alpha=alpha,
-            forward_iterations=result.iterations,
-            forward_residual=result.residual,
-            forward_seconds=result.seconds,
-            forward_converged=result.converged,
-            forward_residuals=result.residuals,
-            forward_times=result.times,
-        )
+        stats = SolverStats(alpha=alpha, forward=record)
         self.stats = stats
-        self._check(result, "forward", self.tol)
-        z = result.z
+        self._check(record, "forward", self.tol)
         if torch.is_grad_enabled() and injection.requires_grad:
             pre = self.linear.multiply(z) + injection
             z = activation(pre)
@@ -234,7 +189,8 @@ class MonDEQ(nn.Module):
     def _implicit_backward(
         self, grad: Tensor | None, derivative: Tensor, frozen: FrozenOperator, stats: SolverStats
     ) -> Tensor | None:
-        r"""Turn :math:`g = \partial L / \partial z` into :math:`(I - W^\top D)^{-1} g`."""
+        r"""Turn :math:`g = \partial L / \partial z` into :math:`(I - W^\top D)^{-1} g`: the forward solve on
+        :math:`W^\top` with the linear activation :math:`y \mapsto D y`."""
         if grad is None:  # an undefined gradient stays undefined
             return grad
         if torch.is_grad_enabled():  # inside backward, grad mode is on exactly when create_graph=True
@@ -243,40 +199,54 @@ class MonDEQ(nn.Module):
                 "pass is an equilibrium solve without an autograd tape, so create_graph=True would "
                 "give silently wrong higher derivatives; differentiate once (create_graph=False)"
             )
-        alpha = frozen.alpha
-        d = derivative
+        d, transposed = derivative, frozen.T
         with torch.no_grad():
             # prox of alpha * f for the linear "activation" y -> d * y: y -> d y / (d + alpha (1 - d))
-            shrink = d / (d + alpha * (1 - d))
-            problem = SplittingProblem(
-                multiply=frozen.multiply_transpose,
-                injection=grad,
-                activation=lambda y: d * y,
-                prox=lambda y: shrink * y,
-                alpha=alpha,
-                resolvent=frozen.resolvent.solve_transpose if frozen.resolvent is not None else None,
+            shrink = d / (d + frozen.alpha * (1 - d))
+            w, stats.backward = self._solve(
+                transposed,
+                lambda y: d * y,
+                lambda y: shrink * y,
+                grad,
+                torch.zeros_like(grad),
+                self.backward_tol,
+                self.backward_max_iter,
             )
-            result = self._solve(problem, torch.zeros_like(grad), self.backward_tol, self.backward_max_iter)
-            stats.backward_iterations = result.iterations
-            stats.backward_residual = result.residual
-            stats.backward_seconds = result.seconds
-            stats.backward_converged = result.converged
-            stats.backward_residuals = result.residuals
-            stats.backward_times = result.times
-            self._check(result, "backward", self.backward_tol)
-            return frozen.multiply_transpose(result.z) + grad
+            self._check(stats.backward, "backward", self.backward_tol)
+            return transposed.multiply(w) + grad
 
-    def _solve(self, problem: SplittingProblem, start: Tensor, tol: float, max_iter: int) -> SolverResult:
+    def _solve(
+        self,
+        frozen: FrozenOperator,
+        activation: Callable[[Tensor], Tensor],
+        prox: Callable[[Tensor], Tensor],
+        injection: Tensor,
+        start: Tensor,
+        tol: float,
+        max_iter: int,
+    ) -> tuple[Tensor, SolveRecord]:
+        r"""The equilibrium :math:`z = \sigma(Wz + b)` from ``start`` with ``frozen``'s :math:`W`, :math:`\alpha`
+        and resolvent, :math:`\sigma` = ``activation`` (``prox``: :math:`\operatorname{prox}_{\alpha f}`),
+        :math:`b` = ``injection``; and the record of the solve."""
+        problem = SplittingProblem(
+            multiply=frozen.multiply,
+            injection=injection,
+            activation=activation,
+            prox=prox,
+            alpha=frozen.alpha,
+            resolvent=frozen.resolvent.solve if frozen.resolvent is not None else None,
+        )
         accelerator = Anderson(self.anderson) if self.anderson else None
-        return solve(self.method, problem, start, tol, max_iter, accelerator)
+        result = solve(self.method, problem, start, tol, max_iter, accelerator)
+        return result.z, SolveRecord.of(result)
 
-    def _check(self, result: SolverResult, direction: str, tol: float) -> None:
-        if result.converged:
+    def _check(self, record: SolveRecord, direction: str, tol: float) -> None:
+        if record.converged:
             return
         message = (
             f"monDEQ {direction} solve ({self.method.name}) "
-            f"{result.status.value}: relative residual {result.residual:.3e} > tol {tol:g} after "
-            f"{result.iterations} iterations"
+            f"{record.status.value}: relative residual {record.residual:.3e} > tol {tol:g} after "
+            f"{record.iterations} iterations"
         )
         if self.strict:
             raise ConvergenceError(message)

@@ -92,7 +92,7 @@ def convergence_traces(layer, x: torch.Tensor, solvers=("fb", "pr", "dr"), tol: 
                 warnings.simplefilter("ignore")
                 layer(x)
             stats = layer.stats
-            traces[name] = (stats.forward_residuals, stats.forward_times, stats.alpha)
+            traces[name] = (stats.forward.residuals, stats.forward.times, stats.alpha)
     finally:
         layer.method, layer.tol, layer.max_iter, layer.alpha = saved
     return traces

@@ -44,11 +44,11 @@ def deq_peers(scale: Scale, tol: float = 1e-4, max_iter: int = 200) -> list[dict
     rows.append(
         {
             "solver": "mondeq PR",
-            "forward_iterations": stats.forward_iterations,
-            "backward_iterations": stats.backward_iterations,
-            "seconds": stats.forward_seconds + stats.backward_seconds,
+            "forward_iterations": stats.forward.iterations,
+            "backward_iterations": stats.backward.iterations,
+            "seconds": stats.forward.seconds + stats.backward.seconds,
             "difference": 0.0,
-            "residual": stats.forward_residual,
+            "residual": stats.forward.residual,
         }
     )
     for solver in ("anderson", "broyden"):

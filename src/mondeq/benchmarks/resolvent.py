@@ -40,7 +40,7 @@ def run(tiny: bool = False) -> dict:
         resolvent = op.resolvent(1.0)
         frozen = op.frozen(1.0)
         solve = measure(lambda r=resolvent, z=z: r.solve(z), repeat)
-        solve_t = measure(lambda r=resolvent, z=z: r.solve_transpose(z), repeat)
+        solve_t = measure(lambda r=resolvent.T, z=z: r.solve(z), repeat)
         multiply = measure(lambda f=frozen, z=z: f.multiply(z), repeat)
         build = measure(lambda o=op: o.resolvent(1.0), max(1, repeat // 2))
         floor = floor_seconds(op, z, repeat)

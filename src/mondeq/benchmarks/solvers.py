@@ -50,16 +50,14 @@ def run(tiny: bool = False, max_iter: int | None = None) -> dict:
                     loss.backward()
                 stats = layer.stats
                 row = {"family": kind, "state": state, "method": method.upper(), "anderson": anderson, "alpha": stats.alpha}
-                for direction in ("forward", "backward"):
-                    residuals = getattr(stats, f"{direction}_residuals")
-                    times = getattr(stats, f"{direction}_times")
+                for direction, record in (("forward", stats.forward), ("backward", stats.backward)):
                     for level in LEVELS:
-                        iters, seconds = first_reaching(residuals, times, level)
+                        iters, seconds = first_reaching(record.residuals, record.times, level)
                         row[f"{direction}_iters_{level:g}"] = iters
                         row[f"{direction}_seconds_{level:g}"] = seconds
                 rows.append(row)
                 label = f"{method.upper()}{'+AA' if anderson else ''}"
-                curves.setdefault(f"{kind} ({state})", {})[label] = (stats.forward_residuals, stats.forward_times)
+                curves.setdefault(f"{kind} ({state})", {})[label] = (stats.forward.residuals, stats.forward.times)
             layer.alpha = tuned_alpha
     return {"rows": rows, "curves": curves, "max_iter": max_iter, "batch": scale.batch}
 

@@ -74,9 +74,10 @@ class ReferenceStyleResolvent:
 
 
 def reference_multiply(op, z: Tensor, transpose: bool = False) -> Tensor:
+    weights = op.weights().T if transpose else op.weights()
     if isinstance(op, FullyConnected):
-        return op.apply_weights(z, op.weights(), transpose)
-    return op._apply_convolutions(z, op.weights().tiers, transpose)  # noqa: SLF001
+        return op.apply_weights(z, weights)
+    return op._apply_convolutions(z, weights.tiers)  # noqa: SLF001
 
 
 def reference_pr(op, injection: Tensor, prox, resolvent, alpha, tol, max_iter, transpose=False) -> tuple[Tensor, int]:
@@ -152,8 +153,8 @@ def run(tiny: bool = False) -> dict:
                 "mondeq_ms": 1e3 * ours,
                 "reference_ms": 1e3 * theirs,
                 "speedup": theirs / ours,
-                "forward_iterations": stats.forward_iterations,
-                "backward_iterations": stats.backward_iterations,
+                "forward_iterations": stats.forward.iterations,
+                "backward_iterations": stats.backward.iterations,
                 "gradient_difference": agreement,
             }
         )

@@ -5,9 +5,10 @@ A monotone operator holds the parameters of :math:`W` and of the input injection
 so that solvers see plain vectors; :meth:`MonotoneOperator.unflatten` gives the structured
 view (an image tensor, or a tuple of per-tier tensors).
 
-Subclasses implement :meth:`weights` (the effective, differentiable weights),
-:meth:`apply_weights` (:math:`Wz` or :math:`W^\top z` from given weights),
-:meth:`build_resolvent` and :meth:`inject`. Everything else is derived here.
+Subclasses implement :meth:`weights` (the effective, differentiable weights, whose ``.T`` are
+the weights of :math:`W^\top`), :meth:`apply_weights` (:math:`Wz` from given weights),
+:meth:`build_resolvent` and :meth:`inject`. Everything else is derived here. Transposes are
+views, as in lineax: ``weights.T``, ``resolvent.T`` and ``frozen.T`` describe :math:`W^\top`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import itertools
 import math
 import numbers
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -40,7 +41,11 @@ def positive_int(name: str, value: object) -> int:
 
 
 class Resolvent:
-    r""":math:`(I + \alpha(I - W))^{-1}` and its transpose, built once and applied many times."""
+    r""":math:`(I + \alpha(I - W))^{-1}`, built once and applied many times; :attr:`T` is the transpose.
+
+    Built from both directions, so that a transposed view shares whatever either direction
+    materialises lazily (e.g. adjoint factors).
+    """
 
     def __init__(self, solve: Callable[[Tensor], Tensor], solve_transpose: Callable[[Tensor], Tensor]):
         self._solve = solve
@@ -50,19 +55,39 @@ class Resolvent:
         r""":math:`(I + \alpha(I - W))^{-1} y` for flat ``y`` of shape ``(batch, features)``."""
         return self._solve(y)
 
-    def solve_transpose(self, y: Tensor) -> Tensor:
-        r""":math:`(I + \alpha(I - W^\top))^{-1} y`."""
-        return self._solve_transpose(y)
+    @property
+    def T(self) -> Resolvent:
+        r""":math:`(I + \alpha(I - W^\top))^{-1} = ((I + \alpha(I - W))^{-1})^\top`."""
+        return Resolvent(self._solve_transpose, self._solve)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FrozenOperator:
-    """Detached maps of one parameter state, for use inside solver iterations."""
+    r"""Detached :math:`W`, its resolvent and the step size :math:`\alpha` of one parameter state.
 
-    multiply: Callable[[Tensor], Tensor]
-    multiply_transpose: Callable[[Tensor], Tensor]
+    For use inside solver iterations; :attr:`T` is the same for :math:`W^\top`.
+
+    Attributes:
+        operator: the operator whose :meth:`~MonotoneOperator.apply_weights` is used.
+        weights: detached weights of :math:`W` (``weights.T``: those of :math:`W^\top`).
+        resolvent: :math:`(I + \alpha(I - W))^{-1}`, or ``None`` when not built.
+        alpha: the step size :math:`\alpha`.
+    """
+
+    operator: MonotoneOperator
+    weights: Any
     resolvent: Resolvent | None
     alpha: float
+
+    def multiply(self, z: Tensor) -> Tensor:
+        r""":math:`Wz` for flat ``z`` of shape ``(batch, features)``."""
+        return self.operator.apply_weights(z, self.weights)
+
+    @property
+    def T(self) -> FrozenOperator:
+        r"""The maps of :math:`W^\top`: multiply by :math:`W^\top`, resolvent :math:`(I + \alpha(I - W^\top))^{-1}`."""
+        resolvent = None if self.resolvent is None else self.resolvent.T
+        return replace(self, weights=self.weights.T, resolvent=resolvent)
 
 
 class _Snapshot:
@@ -118,11 +143,11 @@ class MonotoneOperator(nn.Module):
 
     # -- to implement -------------------------------------------------------------------
     def weights(self) -> Any:
-        """The effective weights of W, differentiable w.r.t. the parameters."""
+        r"""The effective weights of :math:`W`, differentiable w.r.t. the parameters; their ``.T`` are :math:`W^\top`'s."""
         raise NotImplementedError
 
-    def apply_weights(self, z: Tensor, weights: Any, transpose: bool = False) -> Tensor:
-        r""":math:`Wz` (or :math:`W^\top z`) for flat ``z`` using ``weights``."""
+    def apply_weights(self, z: Tensor, weights: Any) -> Tensor:
+        r""":math:`Wz` for flat ``z`` using ``weights`` (:math:`W^\top z` with ``weights.T``)."""
         raise NotImplementedError
 
     def build_resolvent(self, weights: Any, alpha: float) -> Resolvent:
@@ -140,11 +165,11 @@ class MonotoneOperator(nn.Module):
     # -- derived ------------------------------------------------------------------------
     def multiply(self, z: Tensor) -> Tensor:
         r""":math:`Wz` for flat ``z`` of shape ``(batch, features)``."""
-        return self.apply_weights(z, self.weights(), transpose=False)
+        return self.apply_weights(z, self.weights())
 
     def multiply_transpose(self, z: Tensor) -> Tensor:
         r""":math:`W^\top z` for flat ``z`` of shape ``(batch, features)``."""
-        return self.apply_weights(z, self.weights(), transpose=True)
+        return self.apply_weights(z, self.weights().T)
 
     def resolvent(self, alpha: float) -> Resolvent:
         r""":math:`(I + \alpha(I - W))^{-1}` for the current parameters (not differentiable)."""
@@ -195,19 +220,15 @@ class MonotoneOperator(nn.Module):
         self._frozen_cache = None
 
     def frozen(self, alpha: float, with_resolvent: bool = True) -> FrozenOperator:
-        """Detached multiply / resolvent maps, cached until ``m`` or a parameter's value changes."""
+        r"""Detached maps of :math:`W` (``.T``: of :math:`W^\top`), cached until ``m`` or a parameter's value changes."""
         alpha = self.check_step_size(alpha)
         key = (self.generation(), alpha, with_resolvent)
         if self._frozen_cache is not None and self._frozen_cache[0] == key:
             return self._frozen_cache[1]
         with torch.no_grad():
             weights = self.weights()
-            frozen = FrozenOperator(
-                multiply=lambda z: self.apply_weights(z, weights, transpose=False),
-                multiply_transpose=lambda z: self.apply_weights(z, weights, transpose=True),
-                resolvent=self.build_resolvent(weights, alpha) if with_resolvent else None,
-                alpha=alpha,
-            )
+            resolvent = self.build_resolvent(weights, alpha) if with_resolvent else None
+            frozen = FrozenOperator(self, weights, resolvent, alpha)
         self._frozen_cache = (key, frozen)
         return frozen
 
@@ -221,7 +242,7 @@ class MonotoneOperator(nn.Module):
 
         def gram(v: Tensor) -> Tensor:
             u = v - self.apply_weights(v, weights)
-            return u - self.apply_weights(u, weights, transpose=True)
+            return u - self.apply_weights(u, weights.T)
 
         return largest_singular_value(gram, start, iterations, tol=1e-6)
 

@@ -132,6 +132,13 @@ class _ConvWeights:
     #: product per frequency, several times cheaper than the three convolutions.
     fourier: Tensor | None
 
+    @property
+    def T(self) -> _ConvWeights:
+        r"""The weights of :math:`W^\top = (1 - m) I - A^\top A - (B - B^\top)`: the skew kernels
+        negated, the Fourier symbol conjugate-transposed."""
+        tiers = [_TierWeights(w.A, -w.S, w.down) for w in self.tiers]
+        return _ConvWeights(tiers, None if self.fourier is None else self.fourier.mH)
+
 
 class MultiConv(MonotoneOperator):
     r"""Multi-tier convolutional monotone operator.
@@ -261,16 +268,14 @@ class MultiConv(MonotoneOperator):
             fourier = (1 - self.m) * eye - a_hat.mH @ a_hat + symbol(w.S, size, onesided=True)
         return _ConvWeights(tiers, fourier)
 
-    def apply_weights(self, z: Tensor, weights: _ConvWeights, transpose: bool = False) -> Tensor:
+    def apply_weights(self, z: Tensor, weights: _ConvWeights) -> Tensor:
         if weights.fourier is not None:
-            w_hat = weights.fourier.mH if transpose else weights.fourier
             size = self.sizes[0]
-            return from_fourier(w_hat @ to_fourier(self.tiers(z)[0], onesided=True), size).flatten(1)
-        return self._apply_convolutions(z, weights.tiers, transpose)
+            return from_fourier(weights.fourier @ to_fourier(self.tiers(z)[0], onesided=True), size).flatten(1)
+        return self._apply_convolutions(z, weights.tiers)
 
-    def _apply_convolutions(self, z: Tensor, weights: list[_TierWeights], transpose: bool) -> Tensor:
+    def _apply_convolutions(self, z: Tensor, weights: list[_TierWeights]) -> Tensor:
         tiers = self.tiers(z)
-        skew_sign = -1.0 if transpose else 1.0
         rows, skews = [], []  # rows[i] = (A z)_i = A_ii z_i + A_{i,i-1} z_{i-1}
         for i, (zi, w) in enumerate(zip(tiers, weights)):
             c = self.channels[i]
@@ -288,7 +293,7 @@ class MultiConv(MonotoneOperator):
                 up = nxt.new_zeros(nxt.shape[0], nxt.shape[1], self.sizes[i], self.sizes[i])
                 up[:, :, ::2, ::2] = nxt
                 ata = ata + circular_conv(up, transpose_kernel(w.down))
-            out.append((1 - self.m) * zi - ata + skew_sign * skews[i])
+            out.append((1 - self.m) * zi - ata + skews[i])
         return self.flatten(tuple(out))
 
     # -- resolvent ------------------------------------------------------------------------

@@ -50,11 +50,12 @@ class FullyConnected(MonotoneOperator):
         self.U.reset_parameters()
 
     def weights(self) -> Tensor:
+        """:math:`W` as a matrix (its ``.T`` is :math:`W^\top`)."""
         eye = torch.eye(self.features, dtype=self.A.dtype, device=self.A.device)
         return (1 - self.m) * eye - self.A.T @ self.A + self.B - self.B.T
 
-    def apply_weights(self, z: Tensor, weights: Tensor, transpose: bool = False) -> Tensor:
-        return z @ weights if transpose else z @ weights.T
+    def apply_weights(self, z: Tensor, weights: Tensor) -> Tensor:
+        return z @ weights.T  # rows are samples: (W z)^T = z^T W^T
 
     def build_resolvent(self, weights: Tensor, alpha: float) -> Resolvent:
         eye = torch.eye(self.features, dtype=weights.dtype, device=weights.device)
