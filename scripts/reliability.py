@@ -132,7 +132,7 @@ def prepare(root: Path) -> dict[str, str]:
     meta["train"]["width"] = meta["model"]["width"]
     (places["shape_run"] / "checkpoint.json").write_text(json.dumps(meta))
     (places["corrupt_run"] / "checkpoint.json").write_text("{not json")
-    from mondeq.train import load_model
+    from mondeq.models import load_model
 
     model, meta = load_model(run)
     next(model.parameters()).data[0] = float("nan")

@@ -19,15 +19,13 @@ def config(out, batch_size):
     return TrainConfig(
         dataset="fashion-mnist",
         model="single-conv",
-        channels=[3],
         epochs=1,
         batch_size=batch_size,
         test_batch_size=16,
         lr=3e-3,
         out=str(out),
-        tol=1e-5,
-        max_iter=500,
         tune_alpha=False,
+        model_options={"channels": [3], "tol": 1e-5, "max_iter": 500},
     )
 
 

@@ -34,12 +34,10 @@ def config(out, model="fc", **kw):
         test_batch_size=8,
         lr=3e-3,
         out=str(out),
-        width=10 if model == "fc" else None,
-        channels=[3] if model == "single-conv" else None,
-        tol=1e-4,
-        max_iter=100,
+        model_options={"width": 10} if model == "fc" else {"channels": [3]},
     )
     options.update(kw)
+    options["model_options"] = {**options["model_options"], "tol": 1e-4, "max_iter": 100}
     return TrainConfig(**options)
 
 
@@ -389,7 +387,8 @@ def test_a_run_written_by_an_older_mondeq_resumes_bit_identically(tmp_path, one_
     assert (resumed.epoch, resumed.batch) == (1, 1)
     history = resumed.fit()
     options = dict(dataset="fashion-mnist", model="fc", epochs=2, batch_size=16, test_batch_size=8, lr=3e-3)
-    full = Trainer(TrainConfig(**options, out=str(tmp_path / "full"), width=6, tol=1e-4, max_iter=100), train, test, progress=False)
+    sizes = {"width": 6, "tol": 1e-4, "max_iter": 100}
+    full = Trainer(TrainConfig(**options, out=str(tmp_path / "full"), model_options=sizes), train, test, progress=False)
     expected = full.fit()
     for name, value in resumed.model.state_dict().items():
         assert torch.equal(value, full.model.state_dict()[name]), name

@@ -8,7 +8,8 @@ import torch
 from datafiles import write_mnist_like
 from mondeq.checkpoint import CheckpointError, checkpoint_paths, load_checkpoint
 from mondeq.data import load_dataset
-from mondeq.train import TrainConfig, Trainer, learning_rate, load_model
+from mondeq.models import load_model
+from mondeq.train import TrainConfig, Trainer, learning_rate
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +27,10 @@ def make_config(out, model="single-conv", **kw):
         test_batch_size=20,
         lr=3e-3,
         out=str(out),
-        channels=[4] if model != "fc" else None,
-        width=12 if model == "fc" else None,
-        tol=1e-4,
-        max_iter=100,
     )
     options.update(kw)
-    if model == "multi-conv":
-        options["channels"] = [2, 3, 3]
-    return TrainConfig(**options)
+    sizes = {"fc": {"width": 12}, "single-conv": {"channels": [4]}, "multi-conv": {"channels": [2, 3, 3]}}[model]
+    return TrainConfig(**options, model_options={**sizes, "tol": 1e-4, "max_iter": 100})
 
 
 @pytest.mark.parametrize("model", ["fc", "single-conv", "multi-conv"])

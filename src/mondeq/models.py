@@ -12,49 +12,83 @@ every size is overridable. All presets use ``m = 1``, Peaceman-Rachford, ``tol =
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .activations import ACTIVATIONS
+from .checkpoint import CheckpointError, load_checkpoint, require
+from .devices import resolve_device
 from .layer import MonDEQ
-from .operators import FullyConnected, MultiConv, SingleConv
+from .operators import FullyConnected, MonotoneOperator, MultiConv, SingleConv
+from .solvers import SOLVERS
 
-__all__ = ["ModelConfig", "MonDEQClassifier", "SpectralBound", "PRESET_SIZES", "MODEL_KINDS", "preset_config"]
+__all__ = [
+    "KINDS",
+    "MODEL_KINDS",
+    "ClassifierKind",
+    "ModelConfig",
+    "MonDEQClassifier",
+    "SpectralBound",
+    "load_model",
+    "model_options",
+    "preset_config",
+]
 
-MODEL_KINDS = ("fc", "single-conv", "multi-conv")
 
-#: Hidden sizes per (model, data set): width for ``fc``, channels for the convolutions.
-PRESET_SIZES: dict[str, dict[str, int | tuple[int, ...]]] = {
-    "fc": {"mnist": 87, "fashion-mnist": 87, "cifar10": 200, "svhn": 200},
-    "single-conv": {"mnist": 54, "fashion-mnist": 54, "cifar10": 81, "svhn": 81},
-    "multi-conv": {"mnist": (16, 32, 32), "fashion-mnist": (16, 32, 32), "cifar10": (16, 32, 60), "svhn": (16, 32, 60)},
-}
+def _option(help: str, value: str, **argparse: Any) -> dict[str, Any]:
+    """Field metadata of a model option: its help, the kind of value (``positive``, ``positive_int``,
+    ``count``, or ``choice``, whose ``choices`` come from a registry), and extra argparse settings."""
+    return {"help": help, "value": value, **argparse}
 
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a classifier (stored in checkpoints as JSON)."""
+    """Everything needed to rebuild a classifier (stored in checkpoints as JSON).
+
+    ``kind`` and the data set's shape (``in_channels``, ``image_size``, ``num_classes``) are fixed
+    by the run; every field with option metadata is a ``mondeq train`` flag of the same name.
+    """
 
     kind: str
     in_channels: int
     image_size: int
     num_classes: int
-    width: int = 87
-    channels: list[int] = field(default_factory=lambda: [54])
+    width: int = field(default=87, metadata=_option("hidden units of the fc model", "positive_int"))
+    channels: list[int] = field(
+        default_factory=lambda: [54], metadata=_option("channels (one per tier for multi-conv)", "positive_int", nargs="+")
+    )
     kernel_size: int = 3
     pool: int = 4
-    m: float = 1.0
-    activation: str = "relu"
-    solver: str = "pr"
-    alpha: float = 1.0
-    tol: float = 1e-2
-    max_iter: int = 300
-    anderson: int = 0
+    m: float = field(default=1.0, metadata=_option("monotonicity margin m > 0 (preset 1.0)", "positive"))
+    activation: str = field(default="relu", metadata=_option("proximal activation (preset relu)", "choice", choices=ACTIVATIONS))
+    solver: str = field(default="pr", metadata=_option("splitting method (preset pr)", "choice", choices=SOLVERS))
+    alpha: float = field(default=1.0, metadata=_option("splitting step size (preset 1.0, then tuned)", "positive"))
+    tol: float = field(default=1e-2, metadata=_option("relative residual tolerance (preset 1e-2)", "positive"))
+    max_iter: int = field(default=300, metadata=_option("solver iteration cap (preset 300)", "positive_int"))
+    anderson: int = field(default=0, metadata=_option("Anderson acceleration memory (0: off)", "count"))
     #: Spectral bound on the input injection U (None: unconstrained); see :class:`SpectralBound`.
-    input_norm: float | None = None
+    input_norm: float | None = field(
+        default=None,
+        metadata=_option(
+            "keep ||U|| <= C (spectral normalisation); with a large --m it lowers the bound ||R|| ||U|| / m",
+            "positive",
+            metavar="C",
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown model {self.kind!r}; choose one of {list(KINDS)}")
+        for option in model_options():
+            check_option(option, getattr(self, option.name))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,24 +102,71 @@ class ModelConfig:
         return cls(**data)
 
 
+def model_options() -> list:
+    """The fields of :class:`ModelConfig` that a user may set (each a ``mondeq train`` flag)."""
+    return [f for f in fields(ModelConfig) if "help" in f.metadata]
+
+
+def check_option(option, value: Any) -> None:
+    """``ValueError`` naming ``option`` unless ``value`` (``None``: unset) fits its kind of value."""
+    if value is None or option.metadata["value"] == "choice":
+        if value is not None and value not in option.metadata["choices"]:
+            raise ValueError(f"{option.name} must be one of {sorted(option.metadata['choices'])}, got {value!r}")
+        return
+    values = value if option.metadata.get("nargs") else [value]
+    if option.metadata.get("nargs") and not values:
+        raise ValueError(f"{option.name} must list at least one value")
+    integer = option.metadata["value"] in ("positive_int", "count")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{option.name} must be a finite {'integer' if integer else 'number'}, got {v!r}")
+        low = {"positive_int": 1, "count": 0}.get(option.metadata["value"])
+        if (low is None and not v > 0) or (low is not None and v < low):
+            raise ValueError(f"{option.name} must be {'> 0' if low is None else f'>= {low}'}, got {v!r}")
+
+
+@dataclass(frozen=True)
+class ClassifierKind:
+    """A model kind: its monotone operator, how the equilibrium is pooled for the readout, and the
+    paper's hidden size per data set (``width`` for fc, ``channels`` otherwise)."""
+
+    operator: Callable[[ModelConfig], MonotoneOperator]
+    pool: Callable[[ModelConfig, Tensor | tuple[Tensor, ...]], Tensor]
+    sizes: dict[str, int | tuple[int, ...]]
+
+
+KINDS: dict[str, ClassifierKind] = {
+    "fc": ClassifierKind(
+        operator=lambda c: FullyConnected(c.in_channels * c.image_size**2, c.width, m=c.m),
+        pool=lambda c, z: z,
+        sizes={"mnist": 87, "fashion-mnist": 87, "cifar10": 200, "svhn": 200},
+    ),
+    "single-conv": ClassifierKind(
+        operator=lambda c: SingleConv(c.in_channels, c.channels[0], c.image_size, kernel_size=c.kernel_size, m=c.m),
+        pool=lambda c, z: F.avg_pool2d(z, c.pool),
+        sizes={"mnist": 54, "fashion-mnist": 54, "cifar10": 81, "svhn": 81},
+    ),
+    "multi-conv": ClassifierKind(
+        operator=lambda c: MultiConv(c.in_channels, tuple(c.channels), c.image_size, kernel_size=c.kernel_size, m=c.m),
+        pool=lambda c, z: z[-1],  # the coarsest tier
+        sizes={"mnist": (16, 32, 32), "fashion-mnist": (16, 32, 32), "cifar10": (16, 32, 60), "svhn": (16, 32, 60)},
+    ),
+}
+MODEL_KINDS = tuple(KINDS)
+
+
 def preset_config(kind: str, dataset: str, in_channels: int, image_size: int, num_classes: int, **overrides) -> ModelConfig:
     """The paper's configuration of ``kind`` for ``dataset``, with ``overrides`` (``None`` ignored)."""
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model {kind!r}; choose one of {list(MODEL_KINDS)}")
-    size = PRESET_SIZES[kind].get(dataset, PRESET_SIZES[kind]["mnist"])
-    config = ModelConfig(kind=kind, in_channels=in_channels, image_size=image_size, num_classes=num_classes)
-    if kind == "fc":
-        config.width = int(size)  # type: ignore[arg-type]
-    else:
-        config.channels = [size] if isinstance(size, int) else list(size)
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key == "channels":
-            value = [int(c) for c in value]
-        if not hasattr(config, key):
+    if kind not in KINDS:
+        raise ValueError(f"unknown model {kind!r}; choose one of {list(KINDS)}")
+    size = KINDS[kind].sizes.get(dataset, KINDS[kind].sizes["mnist"])
+    sized = {"width": size} if kind == "fc" else {"channels": [size] if isinstance(size, int) else list(size)}
+    known = {f.name for f in fields(ModelConfig)}
+    for key in overrides:
+        if key not in known:
             raise ValueError(f"unknown model option {key!r}")
-        setattr(config, key, value)
+    given = {k: (list(v) if k == "channels" else v) for k, v in overrides.items() if v is not None}
+    config = ModelConfig(kind=kind, in_channels=in_channels, image_size=image_size, num_classes=num_classes, **{**sized, **given})
     if kind == "single-conv" and len(config.channels) != 1:
         raise ValueError(f"single-conv takes one channel count, got {config.channels}")
     return config
@@ -137,17 +218,7 @@ class MonDEQClassifier(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        if c.kind == "fc":
-            operator = FullyConnected(c.in_channels * c.image_size**2, c.width, m=c.m)
-            features = c.width
-        elif c.kind == "single-conv":
-            operator = SingleConv(c.in_channels, c.channels[0], c.image_size, kernel_size=c.kernel_size, m=c.m)
-            features = c.channels[0] * (c.image_size // c.pool) ** 2
-        elif c.kind == "multi-conv":
-            operator = MultiConv(c.in_channels, tuple(c.channels), c.image_size, kernel_size=c.kernel_size, m=c.m)
-            features = c.channels[-1] * operator.sizes[-1] ** 2
-        else:
-            raise ValueError(f"unknown model {c.kind!r}; choose one of {list(MODEL_KINDS)}")
+        operator = KINDS[c.kind].operator(c)
         self.layer = MonDEQ(
             operator,
             activation=c.activation,
@@ -157,10 +228,10 @@ class MonDEQClassifier(nn.Module):
             max_iter=c.max_iter,
             anderson=c.anderson,
         )
+        with torch.no_grad():  # the readout's width follows from the pooling
+            features = self.pool(torch.zeros(1, operator.features)).shape[1]
         self.readout = nn.Linear(features, c.num_classes)
         if c.input_norm is not None:
-            if not c.input_norm > 0:
-                raise ValueError(f"input_norm must be > 0, got {c.input_norm}")
             parametrize.register_parametrization(operator.U, "weight", SpectralBound(c.input_norm, operator.U.weight))
 
     def features(self, x: Tensor) -> Tensor:
@@ -168,15 +239,29 @@ class MonDEQClassifier(nn.Module):
         return self.pool(self.layer(x))
 
     def pool(self, z: Tensor | tuple[Tensor, ...]) -> Tensor:
-        """Readout features ``(N, features)`` of a hidden state (flat or structured): 4x4 average
-        pooling for single-conv, the coarsest tier for multi-conv, as is for fc."""
+        """Readout features ``(N, features)`` of a hidden state (flat or structured), pooled as the
+        model kind says (4x4 average pooling for single-conv, the coarsest tier for multi-conv)."""
         if isinstance(z, Tensor) and z.dim() == 2:
             z = self.layer.linear.unflatten(z)
-        if self.config.kind == "single-conv":
-            z = F.avg_pool2d(z, self.config.pool)
-        elif self.config.kind == "multi-conv":
-            z = z[-1]
+        z = KINDS[self.config.kind].pool(self.config, z)
         return z.reshape(z.shape[0], -1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.readout(self.features(x))
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MonDEQClassifier, dict[str, Any]]:
+    """The classifier of a checkpoint (run folder or file), and the checkpoint's metadata."""
+    meta, state, _ = load_checkpoint(path)
+    require(meta, "model", "train", where=f"checkpoint {path}")
+    try:
+        model = MonDEQClassifier(ModelConfig.from_dict(meta["model"]))
+        model.load_state_dict(state)
+    except (KeyError, ValueError, TypeError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint {path} does not describe a valid model: {first}") from error
+    alpha = meta.get("alpha", model.layer.alpha)
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        raise CheckpointError(f"checkpoint {path} holds an invalid step size alpha={alpha!r}")
+    model.layer.alpha = alpha
+    return model.to(resolve_device(device)), meta

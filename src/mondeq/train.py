@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +29,18 @@ import torch.nn.functional as F
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, require, save_checkpoint
 from .data import DATASETS, Batches, ImageDataset, load_dataset
+from .devices import resolve_device
 from .files import check_writable, output_dir, write_atomic
-from .models import MODEL_KINDS, ModelConfig, MonDEQClassifier, preset_config
+from .models import MODEL_KINDS, ModelConfig, MonDEQClassifier, model_options, preset_config
 
 __all__ = [
     "RESUMABLE_OPTIONS",
     "TrainConfig",
     "Trainer",
     "TrainingInterrupted",
+    "RunningTotals",
     "evaluate",
     "learning_rate",
-    "load_model",
-    "resolve_device",
     "tune_alpha",
 ]
 
@@ -86,17 +86,8 @@ class TrainConfig:
     train_limit: int | None = None
     test_limit: int | None = None
     checkpoint_every: float = 10.0  # minutes between mid-epoch checkpoints (0: only at epoch ends)
-    # model overrides
-    width: int | None = None
-    channels: list[int] | None = None
-    m: float | None = None
-    activation: str | None = None
-    solver: str | None = None
-    alpha: float | None = None
-    tol: float | None = None
-    max_iter: int | None = None
-    anderson: int | None = None
-    input_norm: float | None = None
+    #: Overrides of the preset's :class:`~mondeq.models.ModelConfig` (``width``, ``channels``, ``m``, ...).
+    model_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -107,28 +98,26 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be step, one-cycle or constant, got {self.lr_schedule!r}")
         for name in ("epochs", "batch_size", "test_batch_size", "lr_step", "threads", "train_limit", "test_limit"):
             _check_number(name, getattr(self, name), minimum=1, integer=True)
-        for name in ("width", "max_iter"):
-            _check_number(name, getattr(self, name), minimum=1, integer=True)
-        _check_number("anderson", self.anderson, minimum=0, integer=True)
-        for name in ("lr", "max_alpha", "m", "alpha", "tol", "input_norm"):
+        for name in ("lr", "max_alpha"):
             _check_number(name, getattr(self, name), positive=True)
         _check_number("checkpoint_every", self.checkpoint_every, minimum=0)
-        if self.channels is not None:
-            if not self.channels:
-                raise ValueError("channels must list at least one channel count")
-            for count in self.channels:
-                _check_number("channels", count, minimum=1, integer=True)
+        self.model_options = {k: v for k, v in self.model_options.items() if v is not None}
+        self.model_config()  # validates the model options
 
     def model_config(self) -> ModelConfig:
         info = DATASETS[self.dataset]
-        overrides = {k: getattr(self, k) for k in ("width", "channels", "m", "activation", "solver", "alpha", "tol")}
-        overrides.update(max_iter=self.max_iter, anderson=self.anderson, input_norm=self.input_norm)
-        return preset_config(self.model, self.dataset, info.channels, info.image_size, len(info.classes), **overrides)
+        return preset_config(self.model, self.dataset, info.channels, info.image_size, len(info.classes), **self.model_options)
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
+        """A configuration from a checkpoint's ``train`` entry (also one written before
+        ``model_options``, whose overrides were fields of their own)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        options = {f.name for f in model_options()}
+        legacy = {k: v for k, v in data.items() if k in options and v is not None}
+        config = {k: v for k, v in data.items() if k in known}
+        config["model_options"] = {**legacy, **config.get("model_options", {})}
+        return cls(**config)
 
 
 def _check_number(name: str, value, minimum: float | None = None, positive: bool = False, integer: bool = False) -> None:
@@ -145,20 +134,34 @@ def _check_number(name: str, value, minimum: float | None = None, positive: bool
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``torch.device(name)``, with a one-line ``ValueError`` for unknown or unavailable devices."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from error
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but no CUDA GPU is available (torch {torch.__version__})")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
-    elif device.type != "cpu":
-        raise ValueError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
-    return device
+@dataclass
+class RunningTotals:
+    """Sums over the batches of the current epoch (this process's share), stored in checkpoints by name."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    examples: float = 0.0
+    forward_iterations: float = 0.0
+    backward_iterations: float = 0.0
+    forward_seconds: float = 0.0
+    backward_seconds: float = 0.0
+
+    def add(self, **values: float) -> None:
+        for key, value in values.items():
+            setattr(self, key, getattr(self, key) + value)
+
+    def summed_over_ranks(self) -> RunningTotals:
+        totals = torch.tensor(list(asdict(self).values()), dtype=torch.float64)
+        return RunningTotals(*distributed.all_reduce_sum(totals).tolist())
+
+    @classmethod
+    def from_checkpoint(cls, stored: dict | list) -> RunningTotals:
+        """From a checkpoint's ``running`` entry: named fields, or the 7-element list of older checkpoints."""
+        if isinstance(stored, list):
+            if len(stored) != len(fields(cls)):
+                raise ValueError(f"running totals have {len(stored)} entries, expected {len(fields(cls))}")
+            return cls(*map(float, stored))
+        return cls(**{k: float(v) for k, v in stored.items()})
 
 
 def learning_rate(config: TrainConfig, t: float) -> tuple[float, float | None]:
@@ -199,7 +202,7 @@ def tune_alpha(model: MonDEQClassifier, x: torch.Tensor, max_alpha: float) -> fl
         layer.alpha = alpha
         model(x)
         stats = layer.stats
-        iters = stats.forward_iterations if stats.forward_converged else math.inf
+        iters = stats.forward.iterations if stats.forward.converged else math.inf
         if iters < best_iters:
             best_alpha, best_iters = alpha, iters
         if iters > previous:
@@ -296,7 +299,7 @@ def evaluate(
             [
                 F.cross_entropy(logits, y, reduction="sum").item(),
                 (logits.argmax(1) == y).sum().item(),
-                model.layer.stats.forward_iterations,
+                model.layer.stats.forward.iterations,
                 1,
             ],
             dtype=torch.float64,
@@ -310,22 +313,6 @@ def evaluate(
         seconds=time.perf_counter() - start,
         examples=n,
     )
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MonDEQClassifier, dict[str, Any]]:
-    """A classifier and its checkpoint metadata."""
-    meta, state, _ = load_checkpoint(path)
-    require(meta, "model", "train", where=f"checkpoint {path}")
-    try:
-        model = MonDEQClassifier(ModelConfig.from_dict(meta["model"]))
-        model.load_state_dict(state)
-    except (KeyError, ValueError, TypeError, RuntimeError) as error:
-        raise CheckpointError(f"checkpoint {path} does not describe a valid model: {_first_line(error)}") from error
-    alpha = meta.get("alpha", model.layer.alpha)
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
-        raise CheckpointError(f"checkpoint {path} holds an invalid step size alpha={alpha!r}")
-    model.layer.alpha = alpha
-    return model.to(resolve_device(device)), meta
 
 
 def _first_line(error: BaseException) -> str:
@@ -363,7 +350,7 @@ class Trainer:
         self.model.layer.linear.check_step_size(self.model.layer.alpha)  # before an epoch, not after
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.epoch, self.batch = 0, 0
-        self.running = torch.zeros(7, dtype=torch.float64)  # loss, correct, n, fwd it, bwd it, fwd s, bwd s
+        self.running = RunningTotals()
         self.progress = progress and distributed.is_main()
         self.history: list[dict[str, float]] = []
         self.wrapped = distributed.wrap(self.model)
@@ -378,18 +365,19 @@ class Trainer:
         """
         run = Path(run)
         meta, _, _ = load_checkpoint(run)
-        require(meta, "train", where=f"checkpoint {run}")
+        require(meta, "train", "model", where=f"checkpoint {run}")
         stored = dict(meta["train"], out=str(run if run.is_dir() else run.parent))
-        changed = sorted(
-            k for k, v in (options or {}).items() if k not in RESUMABLE_OPTIONS and v is not None and stored.get(k) != v
-        )
+        options = {k: v for k, v in (options or {}).items() if v is not None}
+        model_changes = options.pop("model_options", {})
+        changed = sorted(k for k, v in options.items() if k not in RESUMABLE_OPTIONS and stored.get(k) != v)
+        changed += sorted(k for k, v in model_changes.items() if v is not None and meta["model"].get(k) != v)
         if changed:
             flags = ", ".join("--" + k.replace("_", "-") for k in changed)
             raise ValueError(
                 f"{flags} would change the stored run {run}; a resumed run keeps its options "
                 f"(only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_OPTIONS)} may change)"
             )
-        stored.update({k: v for k, v in (options or {}).items() if k in RESUMABLE_OPTIONS and v is not None})
+        stored.update({k: v for k, v in options.items() if k in RESUMABLE_OPTIONS})
         try:
             config = TrainConfig.from_dict(stored)
         except TypeError as error:
@@ -410,7 +398,7 @@ class Trainer:
             "batch": self.batch,
             "world_size": distributed.world_size(),
             "alpha": self.model.layer.alpha,
-            "running": self.running.tolist(),
+            "running": asdict(self.running),
             "history": self.history,
         }
         return save_checkpoint(self.out / "checkpoint", self.model, self.optimizer, meta)
@@ -428,9 +416,7 @@ class Trainer:
             self.model.load_state_dict(state)
             if optimizer_state is not None:
                 self.optimizer.load_state_dict(optimizer_state)
-            running = torch.tensor(meta["running"], dtype=torch.float64)
-            if running.shape != self.running.shape:
-                raise ValueError(f"running totals have shape {tuple(running.shape)}")
+            running = RunningTotals.from_checkpoint(meta["running"])
             epoch, batch = int(meta["epoch"]), int(meta["batch"])
             self.model.layer.alpha = meta["alpha"]
         except (RuntimeError, ValueError, TypeError, KeyError) as error:
@@ -451,37 +437,47 @@ class Trainer:
         ``stop_after_batches`` stops (after saving, without raising) once that many batches ran
         in this call, to simulate an interruption.
         """
-        cfg = self.config
-        ran = 0
+        budget = math.inf if stop_after_batches is None else stop_after_batches
         writer = self._tensorboard()
         try:
             with _StopRequests(announce=distributed.is_main()) as stops:
-                while self.epoch < cfg.epochs:
-                    batches = self._batches()
-                    epoch_start = time.perf_counter()
-                    bar = self._bar(len(batches))
-                    for index, (x, y) in enumerate(batches):
-                        if index < self.batch:
-                            continue
-                        if stop_after_batches is not None and ran >= stop_after_batches:
-                            self.save()
-                            return self.history
-                        self._between_batches(stops)
-                        self._train_step(x, y, index, len(batches))
-                        self.batch = index + 1
-                        ran += 1
-                        self._show(bar)
-                    if bar is not None:
-                        bar.close()
-                    self._between_batches(stops)
-                    row = self._end_epoch(len(batches), time.perf_counter() - epoch_start, stops)
-                    if writer is not None:
-                        for key, value in row.items():
-                            writer.add_scalar(key, value, row["epoch"])
+                while self.epoch < self.config.epochs:
+                    start = time.perf_counter()
+                    budget, num_batches = self._train_epoch(stops, budget)
+                    if budget < 0:
+                        self.save()
+                        return self.history
+                    row = self._end_epoch(num_batches, time.perf_counter() - start, stops)
+                    for key, value in row.items() if writer is not None else ():
+                        writer.add_scalar(key, value, row["epoch"])
         finally:
             if writer is not None:
                 writer.close()
         return self.history
+
+    def _train_epoch(self, stops: _StopRequests, budget: float) -> tuple[float, int]:
+        """Train the rest of the current epoch, at most ``budget`` batches.
+
+        Returns the budget left (-1 when it ran out before the epoch's end) and the epoch's batch count.
+        """
+        batches = self._batches()
+        bar = self._bar(len(batches))
+        try:
+            for index, (x, y) in enumerate(batches):
+                if index < self.batch:
+                    continue
+                if budget <= 0:
+                    return -1, len(batches)
+                self._between_batches(stops)
+                self._train_step(x, y, index, len(batches))
+                self.batch = index + 1
+                budget -= 1
+                self._show(bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        self._between_batches(stops)
+        return budget, len(batches)
 
     def _batches(self) -> Batches:
         cfg = self.config
@@ -512,10 +508,10 @@ class Trainer:
         r = self.running
         bar.update(1)
         bar.set_postfix(
-            loss=f"{r[0] / r[2]:.3f}",
-            acc=f"{r[1] / r[2]:.3f}",
-            fwd=f"{r[3] / max(self.batch, 1):.1f}",
-            bwd=f"{r[4] / max(self.batch, 1):.1f}",
+            loss=f"{r.loss / r.examples:.3f}",
+            acc=f"{r.correct / r.examples:.3f}",
+            fwd=f"{r.forward_iterations / max(self.batch, 1):.1f}",
+            bwd=f"{r.backward_iterations / max(self.batch, 1):.1f}",
             alpha=f"{self.model.layer.alpha:g}",
         )
 
@@ -537,23 +533,20 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         stats = model.layer.stats
-        self.running += torch.tensor(
-            [
-                loss.item() * len(y),
-                (logits.argmax(1) == y).sum().item(),
-                len(y),
-                stats.forward_iterations,
-                stats.backward_iterations or 0,
-                stats.forward_seconds,
-                stats.backward_seconds or 0.0,
-            ],
-            dtype=torch.float64,
+        self.running.add(
+            loss=loss.item() * len(y),
+            correct=(logits.argmax(1) == y).sum().item(),
+            examples=len(y),
+            forward_iterations=stats.forward.iterations,
+            backward_iterations=stats.backward.iterations if stats.backward else 0,
+            forward_seconds=stats.forward.seconds,
+            backward_seconds=stats.backward.seconds if stats.backward else 0.0,
         )
 
     def _end_epoch(self, num_batches: int, seconds: float, stops: _StopRequests) -> dict[str, float]:
         """Evaluate, then advance epoch, position, totals and history together and save."""
         cfg = self.config
-        totals = distributed.all_reduce_sum(self.running.clone())
+        totals = self.running.summed_over_ranks()
         evaluation = evaluate(self.model, self.test_set, cfg.test_batch_size, self.device, stop=stops.requested)
         if evaluation is None:  # stopped during evaluation: the position is "all batches done"
             self.save()
@@ -561,20 +554,20 @@ class Trainer:
         batches = num_batches * distributed.world_size()
         row = {
             "epoch": self.epoch + 1,
-            "train_loss": totals[0].item() / totals[2].item(),
-            "train_accuracy": totals[1].item() / totals[2].item(),
+            "train_loss": totals.loss / totals.examples,
+            "train_accuracy": totals.correct / totals.examples,
             "test_loss": evaluation.loss,
             "test_accuracy": evaluation.accuracy,
-            "forward_iterations": totals[3].item() / batches,
-            "backward_iterations": totals[4].item() / batches,
-            "forward_seconds": totals[5].item() / batches,
-            "backward_seconds": totals[6].item() / batches,
+            "forward_iterations": totals.forward_iterations / batches,
+            "backward_iterations": totals.backward_iterations / batches,
+            "forward_seconds": totals.forward_seconds / batches,
+            "backward_seconds": totals.backward_seconds / batches,
             "epoch_seconds": seconds,
             "alpha": self.model.layer.alpha,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         self.history, self.epoch, self.batch = [*self.history, row], self.epoch + 1, 0
-        self.running = torch.zeros_like(self.running)
+        self.running = RunningTotals()
         self.save()
         if distributed.is_main():
             self._write_csv()

@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 
 from ..data import DataError, load_dataset
-from ..models import ModelConfig, MonDEQClassifier, preset_config
-from ..train import load_model
+from ..models import ModelConfig, MonDEQClassifier, load_model, preset_config
 
 KINDS = ("fc", "single-conv", "multi-conv")
 
