@@ -1,10 +1,14 @@
 """Bad input raises an error whose message names the problem."""
 
+import warnings
+
 import pytest
 import torch
 
 from helpers import make_input, make_operator
-from mondeq import ConvergenceWarning, FullyConnected, MonDEQ, MultiConv, SingleConv
+from mondeq import ConvergenceWarning, FullyConnected, MonDEQ, MultiConv, SingleConv, SolverOptions, get_solver
+from mondeq.errors import StepSizeWarning, ignore_convergence_warnings
+from mondeq.solvers import SplittingMethod
 
 
 @pytest.fixture
@@ -62,6 +66,70 @@ def test_non_tensor_input(conv_layer):
 def test_bad_layer_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MonDEQ(FullyConnected(4, 5), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"method": "broyden"}, "unknown solver 'broyden'"),
+        ({"tol": 0.0}, "tol must be a positive finite"),
+        ({"tol": float("inf")}, "tol must be a positive finite"),
+        ({"tol": "1e-4"}, "tol must be a positive finite"),
+        ({"max_iter": 0}, "max_iter must be a positive integer"),
+        ({"max_iter": 2.5}, "max_iter must be a positive integer"),
+        ({"anderson": -1}, "anderson .* non-negative integer"),
+        ({"anderson": 1.0}, "anderson .* non-negative integer"),
+    ],
+)
+def test_bad_solver_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SolverOptions(**kwargs)
+
+
+def test_solver_options_name_a_registered_method():
+    assert SolverOptions(get_solver("peaceman-rachford")).method == SolverOptions("PR").method == "pr"
+
+    class Unregistered(SplittingMethod):
+        name = "mine"
+
+    with pytest.raises(ValueError, match="Unregistered is not in mondeq.solvers.SOLVERS"):
+        SolverOptions(Unregistered())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"backward_tol": -1.0}, "backward_tol must be a positive finite"),
+        ({"backward_max_iter": 0}, "backward_max_iter must be a positive integer"),
+        ({"alpha": float("nan")}, "alpha must be a positive finite"),
+        ({"solver": "newton"}, "unknown solver 'newton'"),
+    ],
+)
+def test_bad_settings_name_the_argument_and_change_nothing(kwargs, match):
+    layer = MonDEQ(FullyConnected(4, 5), tol=1e-3)
+    before = layer.forward_options, layer.backward_options, layer.alpha
+    with pytest.raises(ValueError, match=match):
+        MonDEQ(FullyConnected(4, 5), **kwargs)
+    with pytest.raises(ValueError, match=match):
+        layer.configure(tol=1e-6, **kwargs)
+    with pytest.raises(ValueError, match=match), layer.options(**kwargs):
+        pass
+    assert (layer.forward_options, layer.backward_options, layer.alpha) == before
+    with pytest.raises(TypeError, match="tolerance"):
+        layer.configure(tolerance=1e-6)
+    with pytest.raises(TypeError, match="not both"):
+        layer.configure(method="pr", solver="dr")
+
+
+def test_ignore_convergence_warnings_silences_only_them():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ignore_convergence_warnings():
+            warnings.warn("not converged", ConvergenceWarning, stacklevel=1)
+            warnings.warn("clamped", StepSizeWarning, stacklevel=1)
+            warnings.warn("old", DeprecationWarning, stacklevel=1)
+        warnings.warn("not converged", ConvergenceWarning, stacklevel=1)
+    assert [w.category for w in caught] == [StepSizeWarning, DeprecationWarning, ConvergenceWarning]
 
 
 def test_not_an_operator():

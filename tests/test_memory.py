@@ -1,11 +1,10 @@
 """A training step's memory does not grow with the number of solver iterations."""
 
-import warnings
-
 import torch
 
 from helpers import make_input, make_operator
 from mondeq import MonDEQ
+from mondeq.errors import ignore_convergence_warnings
 
 
 def saved_bytes(step) -> int:
@@ -29,8 +28,7 @@ def implicit_step(op, x, iterations):
     def step():
         return op.flatten(layer(x)).pow(2).sum()
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with ignore_convergence_warnings():
         bytes_used = saved_bytes(step)
     assert layer.stats.forward.iterations == iterations
     assert layer.stats.backward.iterations == iterations

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from helpers import OPERATOR_NAMES, dense_equilibrium, make_input, make_operator
-from mondeq import ConvergenceError, ConvergenceWarning, MonDEQ, SolveRecord, get_activation, get_solver
-from mondeq.solvers import Anderson, SplittingProblem, Status, solve
+from mondeq import ConvergenceError, ConvergenceWarning, MonDEQ, SolveRecord, SolverOptions, get_activation, get_solver
+from mondeq.solvers import Anderson, DouglasRachford, SplittingProblem, Status, solve
 
 SOLVERS = ["fb", "pr", "dr"]
 ACTIVATIONS = ["relu", "leaky_relu", "tanh", "sigmoid", "softplus", "hardtanh"]
@@ -150,10 +150,73 @@ def test_non_convergence_warns_or_raises_in_strict_mode():
     with pytest.raises(ConvergenceError, match="relative residual"):
         MonDEQ(op, tol=1e-14, max_iter=2, strict=True)(x)
     layer = MonDEQ(op, tol=1e-14, max_iter=2, backward_max_iter=2, strict=True)
-    layer.tol = 1.0  # forward passes; backward cannot reach 1e-14 in 2 steps
-    layer.backward_tol = 1e-14
+    layer.configure(tol=1.0, backward_tol=1e-14)  # forward passes; backward cannot reach 1e-14 in 2 steps
     with pytest.raises(ConvergenceError, match="backward solve"):
         layer(x).sum().backward()
+
+
+def test_options_are_values_with_separate_directions():
+    layer = MonDEQ(make_operator("fc"), solver="dr", tol=1e-3, max_iter=50, backward_tol=1e-5, anderson=2)
+    assert layer.forward_options == SolverOptions("douglas-rachford", tol=1e-3, max_iter=50, anderson=2)
+    assert layer.backward_options == SolverOptions("dr", tol=1e-5, max_iter=50, anderson=2)
+    assert layer.forward_options.method == "dr" and isinstance(layer.forward_options.solver, DouglasRachford)
+    assert (layer.method.name, layer.tol, layer.max_iter, layer.anderson) == ("dr", 1e-3, 50, 2)
+    assert (layer.backward_tol, layer.backward_max_iter) == (1e-5, 50)
+    with pytest.raises(AttributeError):
+        layer.forward_options.tol = 1.0  # frozen: replace, don't mutate
+
+
+def test_configure_changes_both_directions_unless_backward_is_given():
+    layer = MonDEQ(make_operator("fc"), tol=1e-3, backward_tol=1e-5)
+    layer.configure(solver="fb", tol=1e-6, max_iter=300, alpha=0.25)
+    assert layer.backward_options == layer.forward_options == SolverOptions("fb", tol=1e-6, max_iter=300)
+    assert layer.alpha == 0.25
+    layer.configure(backward_tol=1e-8, backward_max_iter=20, anderson=3)
+    assert layer.forward_options == SolverOptions("fb", tol=1e-6, max_iter=300, anderson=3)
+    assert layer.backward_options == SolverOptions("fb", tol=1e-8, max_iter=20, anderson=3)
+    layer.alpha = 2  # the trainer tunes alpha by assignment
+    assert layer.alpha == 2.0
+    with pytest.raises(ValueError, match="alpha must be a positive finite"):
+        layer.alpha = 0.0
+
+
+def test_options_apply_inside_the_block_and_are_restored_after_an_exception():
+    op = make_operator("fc", scale=0.4)
+    x = make_input(op)
+    layer = MonDEQ(op, tol=1e-4, max_iter=100, backward_tol=1e-5)
+    before = layer.forward_options, layer.backward_options, layer.alpha
+    with pytest.raises(RuntimeError, match="inside"), layer.options(method="dr", tol=1e-10, max_iter=500, alpha=0.5):
+        assert layer.forward_options == layer.backward_options == SolverOptions("dr", tol=1e-10, max_iter=500)
+        layer(x)
+        assert layer.stats.alpha == 0.5 and layer.stats.forward.residual <= 1e-10
+        raise RuntimeError("inside")
+    assert (layer.forward_options, layer.backward_options, layer.alpha) == before
+    with layer.options(backward_tol=1e-9) as same:
+        assert same is layer and layer.forward_options == before[0] and layer.backward_options.tol == 1e-9
+    assert layer.backward_options == before[1]
+
+
+def test_assigning_settings_is_deprecated_but_works_as_before():
+    layer = MonDEQ(make_operator("fc"), tol=1e-3, max_iter=50, backward_tol=1e-5, backward_max_iter=60)
+    with pytest.warns(DeprecationWarning, match=r"configure\(tol=") as caught:
+        layer.tol = 1e-4
+    assert caught[0].filename == __file__  # points at the assignment
+    with pytest.warns(DeprecationWarning):
+        layer.max_iter = 70
+    assert layer.forward_options == SolverOptions("pr", tol=1e-4, max_iter=70)
+    assert layer.backward_options == SolverOptions("pr", tol=1e-5, max_iter=60)  # untouched, as before
+    with pytest.warns(DeprecationWarning):
+        layer.backward_tol = 1e-6
+    with pytest.warns(DeprecationWarning):
+        layer.backward_max_iter = 80
+    with pytest.warns(DeprecationWarning):
+        layer.method = get_solver("dr")
+    with pytest.warns(DeprecationWarning):
+        layer.anderson = 4
+    assert layer.forward_options == SolverOptions("dr", tol=1e-4, max_iter=70, anderson=4)
+    assert layer.backward_options == SolverOptions("dr", tol=1e-6, max_iter=80, anderson=4)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="max_iter must be a positive integer"):
+        layer.max_iter = 0
 
 
 def test_forward_backward_step_above_bound_is_clamped_with_a_message():

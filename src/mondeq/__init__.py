@@ -10,10 +10,10 @@ from .activations import (
     Tanh,
     get_activation,
 )
-from .errors import ConvergenceError, ConvergenceWarning, DoubleBackwardError
+from .errors import ConvergenceError, ConvergenceWarning, DoubleBackwardError, StepSizeWarning, ignore_convergence_warnings
 from .layer import MonDEQ
 from .operators import FullyConnected, MonotoneOperator, MultiConv, Resolvent, SingleConv
-from .solvers import Anderson, DouglasRachford, ForwardBackward, PeacemanRachford, get_solver
+from .solvers import Anderson, DouglasRachford, ForwardBackward, PeacemanRachford, SolverOptions, get_solver
 from .stats import SolveRecord, SolverStats
 
 __version__ = "0.1.0"
@@ -38,9 +38,12 @@ __all__ = [
     "Sigmoid",
     "SingleConv",
     "SolveRecord",
+    "SolverOptions",
     "SolverStats",
     "Softplus",
+    "StepSizeWarning",
     "Tanh",
     "get_activation",
     "get_solver",
+    "ignore_convergence_warnings",
 ]

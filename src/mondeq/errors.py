@@ -1,8 +1,26 @@
-"""Exceptions and warnings raised by mondeq."""
+"""Exceptions and warnings raised by mondeq, and a filter for the expected ones."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = [
+    "ConvergenceError",
+    "ConvergenceWarning",
+    "DoubleBackwardError",
+    "StepSizeWarning",
+    "ignore_convergence_warnings",
+]
 
 
 class ConvergenceWarning(RuntimeWarning):
     """A splitting solver stopped before reaching its tolerance."""
+
+
+class StepSizeWarning(UserWarning):
+    """Forward-backward's step size exceeded its convergence bound :math:`2m/L^2` and was replaced by :math:`m/L^2`."""
 
 
 class ConvergenceError(RuntimeError):
@@ -15,3 +33,14 @@ class DoubleBackwardError(RuntimeError):
     The implicit backward pass is itself an equilibrium solve run without an autograd tape,
     so it has no derivative of its own; differentiating it would silently give wrong values.
     """
+
+
+@contextmanager
+def ignore_convergence_warnings() -> Iterator[None]:
+    """Silence :class:`ConvergenceWarning`, and nothing else, inside the block.
+
+    For solves meant to stop at ``max_iter`` (fixed iteration counts, timing, convergence traces).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield

@@ -2,20 +2,51 @@ r"""The implicit layer: a monotone operator equilibrium with implicit gradients.
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
 
 from .activations import ProximalActivation, get_activation
-from .errors import ConvergenceError, ConvergenceWarning, DoubleBackwardError
+from .errors import ConvergenceError, ConvergenceWarning, DoubleBackwardError, StepSizeWarning
 from .operators.base import FrozenOperator, MonotoneOperator
-from .solvers import Anderson, SplittingMethod, SplittingProblem, get_solver, solve
+from .solvers import Anderson, SolverOptions, SplittingMethod, SplittingProblem, solve
+from .solvers.options import positive_finite
 from .stats import SolveRecord, SolverStats
 
 __all__ = ["MonDEQ", "SolverStats"]
+
+
+def _given(**values: object) -> dict[str, object]:
+    """The keyword arguments that are not ``None``."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _setting(name: str, attribute: str | None = None) -> property:
+    """``layer.<name>``: an attribute (default ``name`` less ``backward_``) of the forward options,
+    or of the backward ones for ``backward_*``; assigning it is deprecated."""
+    direction = "backward" if name.startswith("backward_") else "forward"
+    attribute = attribute or name.removeprefix("backward_")
+
+    def get(self: MonDEQ) -> object:
+        return getattr(getattr(self, f"{direction}_options"), attribute)
+
+    def set_(self: MonDEQ, value: object) -> None:
+        warnings.warn(
+            f"assigning MonDEQ.{name} is deprecated; use layer.configure({name}=...) or `with layer.options({name}=...):`",
+            DeprecationWarning,
+            stacklevel=3,  # past nn.Module.__setattr__
+        )
+        # as before: tol and max_iter alone leave the backward setting as it is
+        keep = {f"backward_{name}": getattr(self.backward_options, name)} if name in ("tol", "max_iter") else {}
+        self.configure(**{name: value}, **keep)
+
+    return property(
+        get, set_, doc=f"``{direction}_options.{attribute}`` (assigning it is deprecated: use :meth:`MonDEQ.configure`)."
+    )
 
 
 class MonDEQ(nn.Module):
@@ -49,13 +80,21 @@ class MonDEQ(nn.Module):
         strict: raise :class:`~mondeq.errors.ConvergenceError` instead of warning when a solve
             does not reach its tolerance.
 
+    The solver settings are held as two :class:`~mondeq.solvers.SolverOptions` values, changed
+    with :meth:`configure` or, for a block, :meth:`options`; ``method`` (the
+    :class:`~mondeq.solvers.SplittingMethod`), ``tol``, ``max_iter``, ``anderson``,
+    ``backward_tol`` and ``backward_max_iter`` read them.
+
     Shape:
         - Input: whatever ``linear`` expects, e.g. :math:`(N, C, H, W)` for convolutions.
         - Output: the equilibrium, :math:`(N, n)` for fully connected, :math:`(N, c, s, s)` for a
           single convolution, a tuple of tiers for multi-tier convolutions.
 
     Attributes:
-        stats: :class:`SolverStats` of the last call.
+        forward_options: :class:`~mondeq.solvers.SolverOptions` of the equilibrium solve.
+        backward_options: those of the implicit backward solve (same method and ``anderson``).
+        alpha: the step size, a validated property.
+        stats: :class:`~mondeq.stats.SolverStats` of the last call.
 
     Maps derived from the parameters (the resolvent, the Lipschitz constant for ``fb``) are
     cached and rebuilt when a parameter's value changes, however it was changed (also in place
@@ -69,7 +108,16 @@ class MonDEQ(nn.Module):
         >>> z = layer(torch.randn(8, 784))
         >>> z.shape
         torch.Size([8, 100])
+        >>> with layer.options(tol=1e-8, max_iter=500):
+        ...     z = layer(torch.randn(8, 784))
     """
+
+    method = _setting("method", "solver")
+    tol = _setting("tol")
+    max_iter = _setting("max_iter")
+    anderson = _setting("anderson")
+    backward_tol = _setting("backward_tol")
+    backward_max_iter = _setting("backward_max_iter")
 
     def __init__(
         self,
@@ -89,27 +137,85 @@ class MonDEQ(nn.Module):
             raise TypeError(f"linear must be a MonotoneOperator, got {type(linear).__name__}")
         self.linear = linear
         self.activation = get_activation(activation)
-        self.method = get_solver(solver)
-        self.alpha = alpha
-        self.tol = tol
-        self.max_iter = max_iter
-        self.backward_tol = tol if backward_tol is None else backward_tol
-        self.backward_max_iter = max_iter if backward_max_iter is None else backward_max_iter
-        self.anderson = anderson
+        self.forward_options = self.backward_options = SolverOptions()
+        self._alpha = 1.0
+        self.configure(
+            method=solver,
+            alpha=alpha,
+            tol=tol,
+            max_iter=max_iter,
+            backward_tol=backward_tol,
+            backward_max_iter=backward_max_iter,
+            anderson=anderson,
+        )
         self.strict = strict
         self.stats: SolverStats | None = None
         self._lipschitz_cache: tuple[int, float] | None = None
 
-    def __setattr__(self, name: str, value) -> None:
-        if name in ("alpha", "tol", "backward_tol"):
-            if not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-            value = float(value)
-        elif name in ("max_iter", "backward_max_iter") and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        elif name == "anderson" and (not isinstance(value, int) or value < 0):
-            raise ValueError(f"anderson (memory) must be a non-negative integer, got {value!r}")
-        super().__setattr__(name, value)
+    # -- settings -------------------------------------------------------------------------
+    @property
+    def alpha(self) -> float:
+        r"""The step size :math:`\alpha`, a finite number > 0."""
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        self._alpha = positive_finite("alpha", value)
+
+    def configure(
+        self,
+        *,
+        method: str | SplittingMethod | None = None,
+        solver: str | SplittingMethod | None = None,
+        tol: float | None = None,
+        max_iter: int | None = None,
+        anderson: int | None = None,
+        backward_tol: float | None = None,
+        backward_max_iter: int | None = None,
+        alpha: float | None = None,
+    ) -> None:
+        """Change the solver settings for good; arguments left ``None`` keep their value.
+
+        ``solver`` is another name for ``method``. ``method`` and ``anderson`` apply to both
+        directions, ``tol`` and ``max_iter`` too unless ``backward_tol`` / ``backward_max_iter``
+        are given. Everything is validated before anything changes (``ValueError`` naming the
+        argument).
+        """
+        if method is not None and solver is not None:
+            raise TypeError("give method or solver (another name for it), not both")
+        method = solver if method is None else method
+        forward = self.forward_options
+        forward = replace(forward, **_given(method=method, tol=tol, max_iter=max_iter, anderson=anderson))
+        try:
+            backward = replace(
+                self.backward_options,
+                method=forward.method,
+                anderson=forward.anderson,
+                **_given(
+                    tol=tol if backward_tol is None else backward_tol,
+                    max_iter=max_iter if backward_max_iter is None else backward_max_iter,
+                ),
+            )
+        except ValueError as error:  # tol or max_iter: name the argument given
+            raise ValueError(f"backward_{error}") from None
+        alpha = self._alpha if alpha is None else positive_finite("alpha", alpha)
+        self.forward_options, self.backward_options, self._alpha = forward, backward, alpha
+
+    @contextmanager
+    def options(self, **changes: object) -> Iterator[MonDEQ]:
+        """Solver settings changed for a block, restored on leaving it (also after an exception).
+
+        Takes the arguments of :meth:`configure`::
+
+            with layer.options(tol=1e-6, max_iter=300):
+                z = layer(x)
+        """
+        saved = self.forward_options, self.backward_options, self._alpha
+        self.configure(**changes)
+        try:
+            yield self
+        finally:
+            self.forward_options, self.backward_options, self._alpha = saved
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
@@ -131,7 +237,7 @@ class MonDEQ(nn.Module):
 
     def step_size(self) -> float:
         """The step size the solver will use: ``alpha``, clamped for forward-backward."""
-        if self.method.needs_resolvent:
+        if self.forward_options.solver.needs_resolvent:
             return self.alpha
         lipschitz = self.lipschitz()
         bound = 2 * self.linear.m / lipschitz**2
@@ -144,7 +250,7 @@ class MonDEQ(nn.Module):
         if self.strict:
             raise ValueError(message)
         optimal = self.linear.m / lipschitz**2
-        warnings.warn(f"{message}; using alpha=m/L^2={optimal:.4g}", stacklevel=3)
+        warnings.warn(f"{message}; using alpha=m/L^2={optimal:.4g}", StepSizeWarning, stacklevel=3)
         return optimal
 
     # -- forward --------------------------------------------------------------------------
@@ -163,7 +269,8 @@ class MonDEQ(nn.Module):
     def forward(self, x: Tensor, z0: Tensor | tuple[Tensor, ...] | None = None) -> Tensor | tuple[Tensor, ...]:
         self.check_input(x)
         alpha = self.step_size()
-        frozen = self.linear.frozen(alpha, with_resolvent=self.method.needs_resolvent)
+        options = self.forward_options
+        frozen = self.linear.frozen(alpha, with_resolvent=options.solver.needs_resolvent)
         injection = self.linear.inject(x)
         if z0 is None:
             start = torch.zeros_like(injection)
@@ -173,12 +280,10 @@ class MonDEQ(nn.Module):
                 raise ValueError(f"z0 has {tuple(start.shape)} elements, expected {tuple(injection.shape)}")
         activation = self.activation
         with torch.no_grad():
-            z, record = self._solve(
-                frozen, activation, lambda y: activation.prox(y, alpha), injection.detach(), start, self.tol, self.max_iter
-            )
+            z, record = self._solve(frozen, activation, lambda y: activation.prox(y, alpha), injection.detach(), start, options)
         stats = SolverStats(alpha=alpha, forward=record)
         self.stats = stats
-        self._check(record, "forward", self.tol)
+        self._check(record, "forward", options)
         if torch.is_grad_enabled() and injection.requires_grad:
             pre = self.linear.multiply(z) + injection
             z = activation(pre)
@@ -203,16 +308,11 @@ class MonDEQ(nn.Module):
         with torch.no_grad():
             # prox of alpha * f for the linear "activation" y -> d * y: y -> d y / (d + alpha (1 - d))
             shrink = d / (d + frozen.alpha * (1 - d))
+            options = self.backward_options
             w, stats.backward = self._solve(
-                transposed,
-                lambda y: d * y,
-                lambda y: shrink * y,
-                grad,
-                torch.zeros_like(grad),
-                self.backward_tol,
-                self.backward_max_iter,
+                transposed, lambda y: d * y, lambda y: shrink * y, grad, torch.zeros_like(grad), options
             )
-            self._check(stats.backward, "backward", self.backward_tol)
+            self._check(stats.backward, "backward", options)
             return transposed.multiply(w) + grad
 
     def _solve(
@@ -222,12 +322,11 @@ class MonDEQ(nn.Module):
         prox: Callable[[Tensor], Tensor],
         injection: Tensor,
         start: Tensor,
-        tol: float,
-        max_iter: int,
+        options: SolverOptions,
     ) -> tuple[Tensor, SolveRecord]:
         r"""The equilibrium :math:`z = \sigma(Wz + b)` from ``start`` with ``frozen``'s :math:`W`, :math:`\alpha`
         and resolvent, :math:`\sigma` = ``activation`` (``prox``: :math:`\operatorname{prox}_{\alpha f}`),
-        :math:`b` = ``injection``; and the record of the solve."""
+        :math:`b` = ``injection``, solved as ``options`` say; and the record of the solve."""
         problem = SplittingProblem(
             multiply=frozen.multiply,
             injection=injection,
@@ -236,16 +335,16 @@ class MonDEQ(nn.Module):
             alpha=frozen.alpha,
             resolvent=frozen.resolvent.solve if frozen.resolvent is not None else None,
         )
-        accelerator = Anderson(self.anderson) if self.anderson else None
-        result = solve(self.method, problem, start, tol, max_iter, accelerator)
+        accelerator = Anderson(options.anderson) if options.anderson else None
+        result = solve(options.solver, problem, start, options.tol, options.max_iter, accelerator)
         return result.z, SolveRecord.of(result)
 
-    def _check(self, record: SolveRecord, direction: str, tol: float) -> None:
+    def _check(self, record: SolveRecord, direction: str, options: SolverOptions) -> None:
         if record.converged:
             return
         message = (
-            f"monDEQ {direction} solve ({self.method.name}) "
-            f"{record.status.value}: relative residual {record.residual:.3e} > tol {tol:g} after "
+            f"monDEQ {direction} solve ({options.method}) "
+            f"{record.status.value}: relative residual {record.residual:.3e} > tol {options.tol:g} after "
             f"{record.iterations} iterations"
         )
         if self.strict:
@@ -254,6 +353,6 @@ class MonDEQ(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"solver={self.method.name}, alpha={self.alpha}, tol={self.tol}, max_iter={self.max_iter}, "
+            f"solver={self.forward_options.method}, alpha={self.alpha}, tol={self.tol}, max_iter={self.max_iter}, "
             f"anderson={self.anderson}, strict={self.strict}"
         )

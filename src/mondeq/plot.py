@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import StepSizeWarning, ignore_convergence_warnings
 from .files import write_atomic
-from .solvers import get_solver
 
 __all__ = ["plot_training_curves", "plot_convergence", "convergence_traces", "plot_certified"]
 
@@ -79,22 +79,16 @@ def plot_training_curves(metrics_csv: Path, out: Path) -> Path:
 def convergence_traces(layer, x: torch.Tensor, solvers=("fb", "pr", "dr"), tol: float = 1e-6, max_iter: int = 300):
     """``{solver: (residuals, times, alpha)}`` of the forward solve on ``x`` for each method.
 
-    PR and DR use the layer's step size; forward-backward uses its safe step ``m / L^2``.
-    The layer's own settings are restored afterwards.
+    PR and DR use the layer's step size; forward-backward uses its safe step ``m / L^2`` (when
+    the layer's is above its bound). The layer's own settings are left as they were.
     """
-    saved = layer.method, layer.tol, layer.max_iter, layer.alpha
     traces = {}
-    try:
-        layer.tol, layer.max_iter = tol, max_iter
-        for name in solvers:
-            layer.method = get_solver(name)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                layer(x)
-            stats = layer.stats
-            traces[name] = (stats.forward.residuals, stats.forward.times, stats.alpha)
-    finally:
-        layer.method, layer.tol, layer.max_iter, layer.alpha = saved
+    for name in solvers:
+        with layer.options(method=name, tol=tol, max_iter=max_iter), ignore_convergence_warnings(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", StepSizeWarning)
+            layer(x)
+        stats = layer.stats
+        traces[name] = (stats.forward.residuals, stats.forward.times, stats.alpha)
     return traces
 
 

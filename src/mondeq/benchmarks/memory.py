@@ -12,12 +12,12 @@ import json
 import resource
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import ignore_convergence_warnings
 from .common import Scale, batch, save_figure
 
 ITERATIONS = (5, 10, 20, 40, 80)
@@ -32,6 +32,7 @@ def child(mode: str, iterations: int, tiny: bool) -> dict:
     model = MonDEQClassifier(scale.config("single-conv"))
     x, y = batch(scale)
     layer, op = model.layer, model.layer.linear
+    layer.configure(tol=1e-300, max_iter=iterations)  # the implicit mode runs exactly `iterations` iterations
     saved = 0
 
     def pack(t):
@@ -43,10 +44,7 @@ def child(mode: str, iterations: int, tiny: bool) -> dict:
         model.zero_grad()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             if mode == "implicit":
-                layer.tol = layer.backward_tol = 1e-300  # run exactly `iterations` iterations
-                layer.max_iter = layer.backward_max_iter = iterations
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
+                with ignore_convergence_warnings():
                     logits = model(x)
             else:
                 injection = op.inject(x)
@@ -58,9 +56,7 @@ def child(mode: str, iterations: int, tiny: bool) -> dict:
             loss = F.cross_entropy(logits, y)
         loss.backward()
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        layer.lipschitz()
+    layer.lipschitz()
     before = reset_peak_rss()
     step()
     return {"mode": mode, "iterations": iterations, "peak_growth_mb": (peak_rss() - before) / 1024, "saved_mb": saved / 2**20}

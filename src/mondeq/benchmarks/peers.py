@@ -14,13 +14,13 @@ reported as skipped.
 from __future__ import annotations
 
 import time
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..data import DATASETS, Batches, DataError, ImageDataset, load_dataset
+from ..errors import ignore_convergence_warnings
 from ..models import MonDEQClassifier, preset_config
 from .common import Scale, batch, model_at, save_figure
 
@@ -33,8 +33,7 @@ def deq_peers(scale: Scale, tol: float = 1e-4, max_iter: int = 200) -> list[dict
     model = model_at(scale, "single-conv", trained=True) or model_at(scale, "single-conv")
     layer, op = model.layer, model.layer.linear
     x, y = batch(scale)
-    layer.tol = layer.backward_tol = tol
-    layer.max_iter = layer.backward_max_iter = max_iter
+    layer.configure(tol=tol, max_iter=max_iter)
     rows = []
     with torch.no_grad():
         z_ref = op.flatten(layer(x))
@@ -168,8 +167,7 @@ def race(scale: Scale, budget: float, checkpoints: int = 4) -> dict:
                 start = time.perf_counter()
                 model.train()
                 optimizer.zero_grad()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
+                with ignore_convergence_warnings():
                     F.cross_entropy(model(x), y).backward()
                 optimizer.step()
                 trained_for += time.perf_counter() - start
@@ -188,8 +186,7 @@ def accuracy(model: nn.Module, test: ImageDataset) -> float:
     model.eval()
     correct = 0
     for x, y in Batches(test, 500):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with ignore_convergence_warnings():
             correct += (model(x).argmax(1) == y).sum().item()
     return correct / len(test)
 

@@ -7,11 +7,11 @@ cost of the operations, not changes in convergence.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import ignore_convergence_warnings
 from ..models import MonDEQClassifier, preset_config
 from .common import measure, save_figure
 
@@ -27,8 +27,7 @@ def step_seconds(kind: str, size: int, batch_size: int, repeat: int) -> float:
 
     def step():
         model.zero_grad()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with ignore_convergence_warnings():
             F.cross_entropy(model(x), y).backward()
 
     return measure(step, repeat)

@@ -11,7 +11,7 @@ import warnings
 
 import torch.nn.functional as F
 
-from ..solvers import get_solver
+from ..errors import StepSizeWarning, ignore_convergence_warnings
 from .common import KINDS, Scale, batch, model_at, save_figure
 
 LEVELS = (1e-2, 1e-4, 1e-6)
@@ -36,16 +36,11 @@ def run(tiny: bool = False, max_iter: int | None = None) -> dict:
             if model is None:
                 continue
             layer = model.layer
-            tuned_alpha = layer.alpha
             for method, anderson in METHODS:
-                layer.method = get_solver(method)
-                layer.anderson = anderson
-                layer.alpha = tuned_alpha
-                layer.tol = layer.backward_tol = min(LEVELS)
-                layer.max_iter = layer.backward_max_iter = max_iter
                 model.zero_grad()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
+                options = layer.options(method=method, anderson=anderson, tol=min(LEVELS), max_iter=max_iter)
+                with options, ignore_convergence_warnings(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", StepSizeWarning)  # FB runs at its safe step m / L^2
                     loss = F.cross_entropy(model(x), y)
                     loss.backward()
                 stats = layer.stats
@@ -58,7 +53,6 @@ def run(tiny: bool = False, max_iter: int | None = None) -> dict:
                 rows.append(row)
                 label = f"{method.upper()}{'+AA' if anderson else ''}"
                 curves.setdefault(f"{kind} ({state})", {})[label] = (stats.forward.residuals, stats.forward.times)
-            layer.alpha = tuned_alpha
     return {"rows": rows, "curves": curves, "max_iter": max_iter, "batch": scale.batch}
 
 

@@ -9,12 +9,11 @@ same true relative residual, so the equilibria are equally accurate.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ignore_convergence_warnings
 from ..operators import FullyConnected
 from ..operators.convolutional import group, ungroup
 from .common import KINDS, Scale, batch, measure, model_at
@@ -127,8 +126,7 @@ def run(tiny: bool = False) -> dict:
         model = model_at(scale, kind, trained=not tiny) or model_at(scale, kind)
         state = "trained" if (not tiny and model_at(scale, kind, trained=True) is not None) else "init"
         layer = model.layer
-        layer.tol = layer.backward_tol = 1e-4
-        layer.max_iter = layer.backward_max_iter = 500
+        layer.configure(tol=1e-4, max_iter=500)
 
         def mondeq_step(model=model):
             model.zero_grad()
@@ -138,8 +136,7 @@ def run(tiny: bool = False) -> dict:
             model.zero_grad()
             F.cross_entropy(reference_forward(model, x), y).backward()
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with ignore_convergence_warnings():
             ours = measure(mondeq_step, repeat)
             grads_ours = [p.grad.clone() for p in model.parameters()]
             stats = layer.stats

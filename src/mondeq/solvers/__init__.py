@@ -1,36 +1,21 @@
-"""Operator-splitting solvers for monotone equilibrium problems, and their registry."""
+"""Operator-splitting solvers for monotone equilibrium problems, their registry and settings."""
 
 from .anderson import Anderson
 from .base import SolverResult, SplittingMethod, SplittingProblem, Status, solve
 from .douglas_rachford import DouglasRachford
 from .forward_backward import ForwardBackward
+from .options import SolverOptions
 from .peaceman_rachford import PeacemanRachford
-
-SOLVERS: dict[str, type[SplittingMethod]] = {
-    "fb": ForwardBackward,
-    "pr": PeacemanRachford,
-    "dr": DouglasRachford,
-}
-ALIASES = {"forward-backward": "fb", "peaceman-rachford": "pr", "douglas-rachford": "dr"}
-
-
-def get_solver(name: str | SplittingMethod) -> SplittingMethod:
-    """A splitting method from its name (``"fb"``, ``"pr"``, ``"dr"`` or the long names)."""
-    if isinstance(name, SplittingMethod):
-        return name
-    if isinstance(name, str):
-        key = ALIASES.get(name.lower(), name.lower())
-        if key in SOLVERS:
-            return SOLVERS[key]()
-    raise ValueError(f"unknown solver {name!r}; choose one of {sorted(SOLVERS) + sorted(ALIASES)}")
-
+from .registry import ALIASES, SOLVERS, get_solver
 
 __all__ = [
+    "ALIASES",
     "Anderson",
     "DouglasRachford",
     "ForwardBackward",
     "PeacemanRachford",
     "SOLVERS",
+    "SolverOptions",
     "SolverResult",
     "SplittingMethod",
     "SplittingProblem",
