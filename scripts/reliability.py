@@ -129,7 +129,7 @@ def prepare(root: Path) -> dict[str, str]:
     (places["keyless_run"] / "checkpoint.json").write_text(json.dumps(meta))
     meta = json.loads((run / "checkpoint.json").read_text())
     meta["model"]["width"] += 1
-    meta["train"]["width"] = meta["model"]["width"]
+    meta["train"]["model_options"]["width"] = meta["model"]["width"]
     (places["shape_run"] / "checkpoint.json").write_text(json.dumps(meta))
     (places["corrupt_run"] / "checkpoint.json").write_text("{not json")
     from mondeq.models import load_model

@@ -1,4 +1,10 @@
-"""The ``mondeq`` command: train, eval, predict, plot, demo."""
+"""The ``mondeq`` command: parses arguments, calls the library, prints.
+
+Each command is one section here, its arguments beside its handler, and one entry of
+:data:`COMMANDS`. Choices come from the library's registries (data sets, model kinds, solvers,
+activations, benchmark sections) and the model flags from :class:`~mondeq.models.ModelConfig`'s
+fields, so adding any of those needs no change here.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -37,31 +45,17 @@ POSITIVE_INT = _number(int, 1)
 COUNT = _number(int, 0)
 POSITIVE = _number(float, 0, strict=True)
 NON_NEGATIVE = _number(float, 0)
-
-TRAIN_HELP = """Train a monDEQ classifier. Writes OUT/checkpoint.{safetensors,json}, OUT/metrics.csv
-(and OUT/tensorboard when tensorboard is installed). Ctrl-C saves a checkpoint; --resume continues it."""
-
-
-def _model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model and solver (default: the preset's)")
-    g.add_argument("--width", type=POSITIVE_INT, help="hidden units of the fc model")
-    g.add_argument("--channels", type=POSITIVE_INT, nargs="+", help="channels (one per tier for multi-conv)")
-    g.add_argument("--m", type=POSITIVE, help="monotonicity margin m > 0 (preset 1.0)")
-    g.add_argument("--activation", help="relu, leaky_relu, tanh, sigmoid, softplus, hardtanh")
-    g.add_argument("--solver", choices=["fb", "pr", "dr"], help="splitting method (preset pr)")
-    g.add_argument("--alpha", type=POSITIVE, help="splitting step size (preset 1.0, then tuned)")
-    g.add_argument("--tol", type=POSITIVE, help="relative residual tolerance (preset 1e-2)")
-    g.add_argument("--max-iter", type=POSITIVE_INT, help="solver iteration cap (preset 300)")
-    g.add_argument("--anderson", type=COUNT, help="Anderson acceleration memory (0: off)")
-    g.add_argument(
-        "--input-norm",
-        type=POSITIVE,
-        metavar="C",
-        help="keep ||U|| <= C (spectral normalisation); with a large --m it lowers the bound ||R|| ||U|| / m",
-    )
+#: argparse types of the kinds of value named in model option metadata.
+VALUE_TYPES = {"positive_int": POSITIVE_INT, "count": COUNT, "positive": POSITIVE}
 
 
-def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# -- options every command shares ------------------------------------------------------------
+def _device_options(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--threads", type=POSITIVE_INT, help="torch CPU threads")
     if data:
@@ -69,14 +63,14 @@ def _common(p: argparse.ArgumentParser, data: bool = True) -> None:
 
 
 def _set_up(args: argparse.Namespace) -> str:
-    """Apply the options every command shares: check ``--device``, set ``--threads``; returns the device."""
-    from .train import resolve_device
+    """Apply ``--threads`` and check ``--device``; returns the device."""
+    from .devices import resolve_device
 
-    if getattr(args, "threads", None):
+    if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    return str(resolve_device(getattr(args, "device", "cpu")))
+    return str(resolve_device(args.device))
 
 
 def _checkpoint_test_set(meta: dict, data_dir: str | None, limit: int | None = None):
@@ -85,6 +79,51 @@ def _checkpoint_test_set(meta: dict, data_dir: str | None, limit: int | None = N
 
     train_cfg = meta["train"]
     return load_dataset(train_cfg["dataset"], "test", data_dir or train_cfg.get("data_dir")).subset(limit)
+
+
+# -- train -----------------------------------------------------------------------------------
+TRAIN_HELP = """Train a monDEQ classifier. Writes OUT/checkpoint.json with the tensors file it names,
+OUT/metrics.csv (and OUT/tensorboard when tensorboard is installed). Ctrl-C or SIGTERM saves a
+checkpoint and stops; --resume continues it."""
+
+
+def train_arguments(p: argparse.ArgumentParser) -> None:
+    from .data import DATASETS
+    from .models import MODEL_KINDS, model_options
+
+    p.add_argument("--dataset", choices=sorted(DATASETS), help="default fashion-mnist")
+    p.add_argument("--model", choices=MODEL_KINDS, help="default single-conv")
+    p.add_argument("--epochs", type=POSITIVE_INT, help="epochs (default 1)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, help="training batch size (default 128)")
+    p.add_argument("--test-batch-size", type=POSITIVE_INT, help="evaluation batch size (default 400)")
+    p.add_argument("--lr", type=POSITIVE, help="(peak) learning rate (default 1e-3)")
+    p.add_argument("--lr-schedule", choices=["step", "one-cycle", "constant"], help="default step")
+    p.add_argument("--lr-step", type=POSITIVE_INT, help="epochs between 10x decays of the step schedule (default 10)")
+    p.add_argument("--no-tune-alpha", dest="tune_alpha", action="store_false", default=None, help="keep alpha fixed")
+    p.add_argument("--max-alpha", type=POSITIVE, help="largest alpha tried when tuning (default 1.0)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random crop + flip (default: on for cifar10)")
+    p.add_argument("--seed", type=COUNT, help="random seed (default 0)")
+    p.add_argument("--out", help="run folder (default runs/DATASET-MODEL)")
+    p.add_argument("--train-limit", type=POSITIVE_INT, help="use only the first N training images")
+    p.add_argument("--test-limit", type=POSITIVE_INT, help="use only the first N test images")
+    p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR", help="continue the run in --out (or RUN_DIR)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=NON_NEGATIVE,
+        metavar="MINUTES",
+        help="also save a checkpoint inside an epoch this often (default 10; 0: only at epoch ends)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _device_options(p)
+    group = p.add_argument_group("model and solver (default: the preset's)")
+    for option in model_options():
+        meta = option.metadata
+        extra = {k: meta[k] for k in ("nargs", "metavar") if k in meta}
+        if meta["value"] == "choice":
+            extra["choices"] = sorted(meta["choices"])
+        else:
+            extra["type"] = VALUE_TYPES[meta["value"]]
+        group.add_argument("--" + option.name.replace("_", "-"), help=meta["help"], **extra)
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -112,6 +151,28 @@ def train_command(args: argparse.Namespace) -> int:
     return code
 
 
+def _train(args: argparse.Namespace, device: str) -> int:
+    from .distributed import is_main
+    from .models import model_options
+    from .train import TrainConfig, Trainer
+
+    fields = TrainConfig.__dataclass_fields__
+    options = {k: v for k, v in vars(args).items() if k in fields and v is not None and k != "device"}
+    options["model_options"] = {o.name: getattr(args, o.name) for o in model_options() if getattr(args, o.name) is not None}
+    default_out = f"runs/{options.get('dataset', fields['dataset'].default)}-{options.get('model', fields['model'].default)}"
+    if args.resume:
+        run = Path(args.resume) if isinstance(args.resume, str) else Path(options.get("out", default_out))
+        trainer = Trainer.resume_run(run, {**options, "device": device}, progress=not args.no_progress)
+    else:
+        options.setdefault("out", default_out)
+        trainer = Trainer(TrainConfig(**options, device=device), progress=not args.no_progress)
+    history = trainer.fit()
+    if is_main() and history:
+        last = history[-1]
+        print(f"test accuracy {last['test_accuracy']:.4f} after {last['epoch']} epoch(s); run saved in {trainer.config.out}")
+    return 0
+
+
 def _leave_distributed_run(error: Exception) -> None:
     """Name this rank's failure and leave at once, so torchrun stops the other ranks instead of
     letting them wait in a collective. A lost connection means another rank died first: say so,
@@ -134,66 +195,50 @@ def _leave_distributed_run(error: Exception) -> None:
     os._exit(1)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+# -- eval ------------------------------------------------------------------------------------
+def eval_arguments(p: argparse.ArgumentParser) -> None:
+    from .solvers import SOLVERS
 
-
-def _train(args: argparse.Namespace, device: str) -> int:
-    from .distributed import is_main
-    from .train import TrainConfig, Trainer
-
-    fields = TrainConfig.__dataclass_fields__
-    options = {k: v for k, v in vars(args).items() if k in fields and v is not None and k != "device"}
-    default_out = f"runs/{options.get('dataset', fields['dataset'].default)}-{options.get('model', fields['model'].default)}"
-    if args.resume:
-        run = Path(args.resume) if isinstance(args.resume, str) else Path(options.get("out", default_out))
-        options["device"] = device
-        trainer = Trainer.resume_run(run, options, progress=not args.no_progress)
-    else:
-        options.setdefault("out", default_out)
-        trainer = Trainer(TrainConfig(**options, device=device), progress=not args.no_progress)
-    history = trainer.fit()
-    if is_main() and history:
-        last = history[-1]
-        print(f"test accuracy {last['test_accuracy']:.4f} after {last['epoch']} epoch(s); run saved in {trainer.config.out}")
-    return 0
+    p.add_argument("checkpoint", help="run folder or checkpoint file")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=400)
+    p.add_argument("--limit", type=POSITIVE_INT, help="evaluate only the first N test images")
+    p.add_argument("--solver", choices=sorted(SOLVERS), help="override the splitting method")
+    p.add_argument("--tol", type=POSITIVE, help="override the tolerance")
+    p.add_argument("--max-iter", type=POSITIVE_INT, help="override the iteration cap")
+    _device_options(p)
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from .train import evaluate, load_model
+    from .models import load_model
+    from .train import evaluate
 
     device = _set_up(args)
     model, meta = load_model(args.checkpoint, device)
-    for key in ("solver", "tol", "max_iter"):
-        value = getattr(args, key)
-        if value is not None:
-            from .solvers import get_solver
-
-            if key == "solver":
-                model.layer.method = get_solver(value)
-            else:
-                setattr(model.layer, key, value)
+    overrides = {"method": args.solver, "tol": args.tol, "max_iter": args.max_iter}
+    model.layer.configure(**{k: v for k, v in overrides.items() if v is not None})
     test = _checkpoint_test_set(meta, args.data_dir, args.limit)
     result = evaluate(model, test, args.batch_size, device)
-    print(
-        json.dumps(
-            {
-                "dataset": meta["train"]["dataset"],
-                "model": meta["model"]["kind"],
-                "examples": result.examples,
-                "test_accuracy": round(result.accuracy, 4),
-                "test_loss": round(result.loss, 4),
-                "forward_iterations": round(result.forward_iterations, 2),
-                "solver": model.layer.method.name,
-                "alpha": model.layer.alpha,
-                "tol": model.layer.tol,
-                "seconds": round(result.seconds, 2),
-            },
-            indent=2,
-        )
-    )
+    report = {
+        "dataset": meta["train"]["dataset"],
+        "model": meta["model"]["kind"],
+        "examples": result.examples,
+        "test_accuracy": round(result.accuracy, 4),
+        "test_loss": round(result.loss, 4),
+        "forward_iterations": round(result.forward_iterations, 2),
+        "solver": model.layer.forward_options.method,
+        "alpha": model.layer.alpha,
+        "tol": model.layer.forward_options.tol,
+        "seconds": round(result.seconds, 2),
+    }
+    print(json.dumps(report, indent=2))
     return 0
+
+
+# -- predict ---------------------------------------------------------------------------------
+def predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="run folder or checkpoint file")
+    p.add_argument("images", nargs="+", help="image files")
+    _device_options(p, data=False)
 
 
 def predict_command(args: argparse.Namespace) -> int:
@@ -201,7 +246,7 @@ def predict_command(args: argparse.Namespace) -> int:
     import torch
 
     from .data import DATASETS, read_image
-    from .train import load_model
+    from .models import load_model
 
     device = _set_up(args)
     model, meta = load_model(args.checkpoint, device)
@@ -216,11 +261,21 @@ def predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- plot ------------------------------------------------------------------------------------
+def plot_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="run folder")
+    p.add_argument("--out", help="folder for the PNGs (default RUN_DIR/plots)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=128)
+    p.add_argument("--tol", type=POSITIVE, default=1e-6)
+    p.add_argument("--max-iter", type=POSITIVE_INT, default=300)
+    _device_options(p)
+
+
 def plot_command(args: argparse.Namespace) -> int:
     from .data import Batches
     from .files import output_dir
+    from .models import load_model
     from .plot import convergence_traces, plot_certified, plot_convergence, plot_training_curves
-    from .train import load_model
 
     device = _set_up(args)
     run = Path(args.run_dir)
@@ -241,55 +296,44 @@ def plot_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def certify_command(args: argparse.Namespace) -> int:
-    import torch
+# -- certify ---------------------------------------------------------------------------------
+def certify_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="run folder or checkpoint file")
+    p.add_argument("--eps", type=POSITIVE, nargs="+", default=[0.1, 0.25, 0.5, 1.0], help="l2 radii (default 0.1 0.25 0.5 1)")
+    p.add_argument("--limit", type=POSITIVE_INT, default=1000, help="test images to certify (default 1000)")
+    p.add_argument("--pgd-steps", type=COUNT, default=20, help="steps of the PGD attack (0: no attack)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=250)
+    p.add_argument("--tol", type=POSITIVE, default=1e-4, help="solver tolerance while certifying (default 1e-4)")
+    p.add_argument("--out", help="JSON report (default: certify.json beside the checkpoint)")
+    _device_options(p)
 
+
+def certify_command(args: argparse.Namespace) -> int:
     from .checkpoint import checkpoint_paths
-    from .data import Batches
     from .files import write_atomic
-    from .robust import certify, lipschitz_bound, pgd_attack
-    from .train import load_model
+    from .models import load_model
+    from .robust import evaluate_robustness, lipschitz_bound
 
     device = _set_up(args)
     model, meta = load_model(args.checkpoint, device)
-    model.eval()
-    if args.tol is not None:
-        model.layer.tol = model.layer.backward_tol = args.tol
+    model.layer.configure(tol=args.tol)  # margins of the true equilibrium
     bound = lipschitz_bound(model)
     test = _checkpoint_test_set(meta, args.data_dir, args.limit)
-    eps = sorted(args.eps)
-    correct, certified, robust = 0, [0] * len(eps), [0] * len(eps)
-    for x, y in Batches(test, args.batch_size, device=device):
-        with torch.no_grad():
-            right = model(x).argmax(1) == y
-        radius = certify(model, x, y, bound.logits)
-        correct += right.sum().item()
-        for k, e in enumerate(eps):
-            certified[k] += (right & (radius >= e)).sum().item()
-            if args.pgd_steps:
-                adversarial = pgd_attack(model, x, y, e, steps=args.pgd_steps)
-                with torch.no_grad():
-                    robust[k] += (model(adversarial).argmax(1) == y).sum().item()
-    n = len(test)
+    robustness = evaluate_robustness(model, test, args.eps, bound.logits, args.pgd_steps, args.batch_size, device)
     report = {
-        "examples": n,
         "m": bound.m,
         "input_norm": bound.input_norm,
         "readout_norm": bound.readout_norm,
         "lipschitz_equilibrium": bound.equilibrium,
         "lipschitz_logits": bound.logits,
-        "clean_accuracy": correct / n,
-        "eps": eps,
-        "certified_accuracy": [c / n for c in certified],
-        "pgd_accuracy": [r / n for r in robust] if args.pgd_steps else None,
-        "pgd_steps": args.pgd_steps,
+        **robustness,
     }
     print(
         f"Lipschitz bound (l2): equilibrium {bound.equilibrium:.4g}, logits {bound.logits:.4g} "
         f"(||U|| = {bound.input_norm:.4g}, ||R|| = {bound.readout_norm:.4g}, m = {bound.m:g})"
     )
-    print(f"clean accuracy {report['clean_accuracy']:.4f} on {n} test images")
-    for k, e in enumerate(eps):
+    print(f"clean accuracy {report['clean_accuracy']:.4f} on {report['examples']} test images")
+    for k, e in enumerate(report["eps"]):
         line = f"eps {e:g}: certified accuracy {report['certified_accuracy'][k]:.4f}"
         if args.pgd_steps:
             line += f", PGD ({args.pgd_steps} steps) accuracy {report['pgd_accuracy'][k]:.4f}"
@@ -299,12 +343,35 @@ def certify_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- bench -----------------------------------------------------------------------------------
+def bench_arguments(p: argparse.ArgumentParser) -> None:
+    from .benchmarks import BENCHMARKS
+
+    p.add_argument("--only", nargs="+", metavar="NAME", choices=BENCHMARKS, help=f"{', '.join(BENCHMARKS)} (default: all)")
+    p.add_argument("--tiny", action="store_true", help="toy sizes, seconds per benchmark (writes benchmarks-tiny.md)")
+    p.add_argument("--out", default="docs", help="folder for benchmarks.md and its plots (default docs)")
+    p.add_argument("--report-only", action="store_true", help="rewrite the page from stored results, run nothing")
+    _device_options(p, data=False)
+
+
 def bench_command(args: argparse.Namespace) -> int:
     from .benchmarks.report import run_all
 
     _set_up(args)
     print(run_all(args.only, tiny=args.tiny, out=Path(args.out), report_only=args.report_only))
     return 0
+
+
+# -- demo ------------------------------------------------------------------------------------
+def demo_arguments(p: argparse.ArgumentParser) -> None:
+    from .solvers import SOLVERS
+
+    p.add_argument("--solver", default="pr", choices=sorted(SOLVERS))
+    p.add_argument("--alpha", type=POSITIVE, default=1.0)
+    p.add_argument("--tol", type=POSITIVE, default=1e-4)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=32)
+    p.add_argument("--seed", type=COUNT, default=0)
+    _device_options(p, data=False)
 
 
 def demo_command(args: argparse.Namespace) -> int:
@@ -324,6 +391,26 @@ def demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the registry and the entry point ---------------------------------------------------------
+@dataclass(frozen=True)
+class Command:
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str | None = None
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command("train a classifier", train_arguments, train_command, TRAIN_HELP),
+    "eval": Command("test accuracy and solver statistics of a checkpoint", eval_arguments, eval_command),
+    "predict": Command("classify image files (PNG, JPEG, ...)", predict_arguments, predict_command),
+    "plot": Command("training curves and FB/PR/DR convergence plots of a run", plot_arguments, plot_command),
+    "certify": Command("Lipschitz bound, certified and PGD accuracy at each epsilon (l2)", certify_arguments, certify_command),
+    "bench": Command("run the benchmarks and write docs/benchmarks.md", bench_arguments, bench_command),
+    "demo": Command("solve and differentiate one equilibrium on random data", demo_arguments, demo_command),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mondeq",
@@ -331,112 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = commands.add_parser("train", help="train a classifier", description=TRAIN_HELP)
-    p.add_argument("--dataset", choices=["fashion-mnist", "mnist", "cifar10", "svhn"], help="default fashion-mnist")
-    p.add_argument("--model", choices=["fc", "single-conv", "multi-conv"], help="default single-conv")
-    p.add_argument("--epochs", type=POSITIVE_INT, help="epochs (default 1)")
-    p.add_argument("--batch-size", type=POSITIVE_INT, help="training batch size (default 128)")
-    p.add_argument("--test-batch-size", type=POSITIVE_INT, help="evaluation batch size (default 400)")
-    p.add_argument("--lr", type=POSITIVE, help="(peak) learning rate (default 1e-3)")
-    p.add_argument("--lr-schedule", choices=["step", "one-cycle", "constant"], help="default step")
-    p.add_argument("--lr-step", type=POSITIVE_INT, help="epochs between 10x decays of the step schedule (default 10)")
-    p.add_argument(
-        "--no-tune-alpha",
-        dest="tune_alpha",
-        action="store_false",
-        default=None,
-        help="keep alpha fixed instead of the paper's tuning",
-    )
-    p.add_argument("--max-alpha", type=POSITIVE, help="largest alpha tried when tuning (default 1.0)")
-    p.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="random crop + flip (default: on for cifar10)",
-    )
-    p.add_argument("--seed", type=COUNT, help="random seed (default 0)")
-    p.add_argument("--out", help="run folder (default runs/DATASET-MODEL)")
-    p.add_argument("--train-limit", type=POSITIVE_INT, help="use only the first N training images")
-    p.add_argument("--test-limit", type=POSITIVE_INT, help="use only the first N test images")
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        default=None,
-        metavar="RUN_DIR",
-        help="continue the run in --out (or RUN_DIR) from its checkpoint",
-    )
-    p.add_argument(
-        "--checkpoint-every",
-        type=NON_NEGATIVE,
-        metavar="MINUTES",
-        help="also save a checkpoint inside an epoch this often (default 10; 0: only at epoch ends)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _common(p)
-    _model_options(p)
-    p.set_defaults(func=train_command)
-
-    p = commands.add_parser("eval", help="test accuracy and solver statistics of a checkpoint")
-    p.add_argument("checkpoint", help="run folder or checkpoint file")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=400)
-    p.add_argument("--limit", type=POSITIVE_INT, help="evaluate only the first N test images")
-    p.add_argument("--solver", choices=["fb", "pr", "dr"], help="override the splitting method")
-    p.add_argument("--tol", type=POSITIVE, help="override the tolerance")
-    p.add_argument("--max-iter", type=POSITIVE_INT, help="override the iteration cap")
-    _common(p)
-    p.set_defaults(func=eval_command)
-
-    p = commands.add_parser("predict", help="classify image files (PNG, JPEG, ...)")
-    p.add_argument("checkpoint", help="run folder or checkpoint file")
-    p.add_argument("images", nargs="+", help="image files")
-    _common(p, data=False)
-    p.set_defaults(func=predict_command)
-
-    p = commands.add_parser("plot", help="training curves and FB/PR/DR convergence plots of a run")
-    p.add_argument("run_dir", help="run folder")
-    p.add_argument("--out", help="folder for the PNGs (default RUN_DIR/plots)")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=128)
-    p.add_argument("--tol", type=POSITIVE, default=1e-6)
-    p.add_argument("--max-iter", type=POSITIVE_INT, default=300)
-    _common(p)
-    p.set_defaults(func=plot_command)
-
-    p = commands.add_parser("certify", help="Lipschitz bound, certified and PGD accuracy at each epsilon (l2)")
-    p.add_argument("checkpoint", help="run folder or checkpoint file")
-    p.add_argument("--eps", type=POSITIVE, nargs="+", default=[0.1, 0.25, 0.5, 1.0], help="l2 radii (default 0.1 0.25 0.5 1)")
-    p.add_argument("--limit", type=POSITIVE_INT, default=1000, help="test images to certify (default 1000)")
-    p.add_argument("--pgd-steps", type=COUNT, default=20, help="steps of the PGD attack (0: no attack)")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=250)
-    p.add_argument(
-        "--tol",
-        type=POSITIVE,
-        default=1e-4,
-        help="solver tolerance while certifying (default 1e-4: margins of the true equilibrium)",
-    )
-    p.add_argument("--out", help="JSON report (default: certify.json beside the checkpoint)")
-    _common(p)
-    p.set_defaults(func=certify_command)
-
-    p = commands.add_parser("bench", help="run the benchmarks and write docs/benchmarks.md")
-    p.add_argument(
-        "--only", nargs="+", metavar="NAME", help="solvers, resolvent, training_step, peers, memory, scaling (default: all)"
-    )
-    p.add_argument("--tiny", action="store_true", help="toy sizes, seconds per benchmark (writes benchmarks-tiny.md)")
-    p.add_argument("--out", default="docs", help="folder for benchmarks.md and its plots (default docs)")
-    _common(p, data=False)
-    p.add_argument("--report-only", action="store_true", help="rewrite the page from stored results, run nothing")
-    p.set_defaults(func=bench_command)
-
-    p = commands.add_parser("demo", help="solve and differentiate one equilibrium on random data")
-    p.add_argument("--solver", default="pr", choices=["fb", "pr", "dr"])
-    p.add_argument("--alpha", type=POSITIVE, default=1.0)
-    p.add_argument("--tol", type=POSITIVE, default=1e-4)
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=32)
-    p.add_argument("--seed", type=COUNT, default=0)
-    _common(p, data=False)
-    p.set_defaults(func=demo_command)
+    for name, command in COMMANDS.items():
+        p = commands.add_parser(name, help=command.help, description=command.description)
+        command.arguments(p)
+        p.set_defaults(run=command.run)
     return parser
 
 
@@ -463,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _tune_allocator()
     try:
-        return args.func(args)
+        return args.run(args)
     except (DataError, CheckpointError, ConvergenceError, ValueError, TypeError, OSError) as error:
         if args.debug:
             raise
