@@ -10,7 +10,15 @@ from .activations import (
     Tanh,
     get_activation,
 )
-from .errors import ConvergenceError, ConvergenceWarning, DoubleBackwardError, StepSizeWarning, ignore_convergence_warnings
+from .errors import (
+    ConfigError,
+    ConvergenceError,
+    ConvergenceWarning,
+    DoubleBackwardError,
+    MondeqError,
+    StepSizeWarning,
+    ignore_convergence_warnings,
+)
 from .layer import MonDEQ
 from .operators import FullyConnected, MonotoneOperator, MultiConv, Resolvent, SingleConv
 from .solvers import Anderson, DouglasRachford, ForwardBackward, PeacemanRachford, SolverOptions, get_solver
@@ -20,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Anderson",
+    "ConfigError",
     "ConvergenceError",
     "ConvergenceWarning",
     "DoubleBackwardError",
@@ -29,6 +38,7 @@ __all__ = [
     "HardTanh",
     "LeakyReLU",
     "MonDEQ",
+    "MondeqError",
     "MonotoneOperator",
     "MultiConv",
     "PeacemanRachford",

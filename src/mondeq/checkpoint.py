@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as serialize_tensors
 
+from .errors import MondeqError
 from .files import remove_stray_temporaries, write_atomic
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "checkpoint_paths"]
@@ -31,7 +32,7 @@ FORMAT_VERSION = 1
 _READ_ATTEMPTS = 5  # a reader racing a writer may find the tensors it was pointed at just replaced
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MondeqError, RuntimeError):
     """A checkpoint is missing, corrupt or inconsistent."""
 
 

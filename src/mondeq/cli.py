@@ -441,15 +441,13 @@ def _tune_allocator() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; an error in what was asked (options, files, data) is one line on stderr and exit code 2."""
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .errors import ConvergenceError
+    from .errors import MondeqError
 
     args = build_parser().parse_args(argv)
     _tune_allocator()
     try:
         return args.run(args)
-    except (DataError, CheckpointError, ConvergenceError, ValueError, TypeError, OSError) as error:
+    except MondeqError as error:
         if args.debug:
             raise
         print(f"mondeq {args.command}: error: {_first_line(error)}", file=sys.stderr)

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import MondeqError
+
 __all__ = [
     "DATASETS",
     "DataError",
@@ -55,7 +57,7 @@ CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 DIGITS = [str(i) for i in range(10)]
 
 
-class DataError(RuntimeError):
+class DataError(MondeqError, RuntimeError):
     """A data file is missing, truncated or not in the expected format."""
 
 

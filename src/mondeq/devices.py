@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import torch
 
+from .errors import ConfigError
+
 __all__ = ["resolve_device"]
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
-    """``torch.device(name)``, with a one-line ``ValueError`` for unknown or unavailable devices."""
+    """``torch.device(name)``, with a one-line :class:`~mondeq.errors.ConfigError` for unknown or unavailable devices."""
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as error:
-        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from error
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from error
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but no CUDA GPU is available (torch {torch.__version__})")
+            raise ConfigError(f"device {name!r} requested but no CUDA GPU is available (torch {torch.__version__})")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+            raise ConfigError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
     elif device.type != "cpu":
-        raise ValueError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+        raise ConfigError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
     return device

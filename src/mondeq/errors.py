@@ -7,12 +7,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 __all__ = [
+    "ConfigError",
     "ConvergenceError",
     "ConvergenceWarning",
     "DoubleBackwardError",
+    "MondeqError",
     "StepSizeWarning",
     "ignore_convergence_warnings",
 ]
+
+
+class MondeqError(Exception):
+    """Base of the errors that answer what a user asked for: options, files, data, solves.
+
+    The ``mondeq`` command turns exactly these into one-line messages (exit code 2); anything
+    else is a bug and keeps its traceback. Each subclass also derives from the built-in
+    exception it refines, so ``except ValueError`` and the like keep working.
+    """
+
+
+class ConfigError(MondeqError, ValueError):
+    """An option or argument has a value that cannot work (named in the message)."""
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -23,11 +38,11 @@ class StepSizeWarning(UserWarning):
     """Forward-backward's step size exceeded its convergence bound :math:`2m/L^2` and was replaced by :math:`m/L^2`."""
 
 
-class ConvergenceError(RuntimeError):
+class ConvergenceError(MondeqError, RuntimeError):
     """A splitting solver failed to converge and the layer is in strict mode."""
 
 
-class DoubleBackwardError(RuntimeError):
+class DoubleBackwardError(MondeqError, RuntimeError):
     """A second-order gradient (``create_graph=True``) was requested through a monDEQ layer.
 
     The implicit backward pass is itself an equilibrium solve run without an autograd tape,

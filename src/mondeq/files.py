@@ -16,12 +16,14 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import MondeqError
+
 __all__ = ["OutputError", "fsync_dir", "output_dir", "remove_stray_temporaries", "write_atomic", "check_writable"]
 
 TEMPORARY_SUFFIX = ".tmp"
 
 
-class OutputError(OSError):
+class OutputError(MondeqError, OSError):
     """A run folder or output file cannot be written safely."""
 
 

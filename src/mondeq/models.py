@@ -26,6 +26,7 @@ from torch.nn.utils import parametrize
 from .activations import ACTIVATIONS
 from .checkpoint import CheckpointError, load_checkpoint, require
 from .devices import resolve_device
+from .errors import ConfigError
 from .layer import MonDEQ
 from .operators import FullyConnected, MonotoneOperator, MultiConv, SingleConv
 from .solvers import SOLVERS
@@ -86,7 +87,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"unknown model {self.kind!r}; choose one of {list(KINDS)}")
+            raise ConfigError(f"unknown model {self.kind!r}; choose one of {list(KINDS)}")
         for option in model_options():
             check_option(option, getattr(self, option.name))
 
@@ -98,7 +99,7 @@ class ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+            raise ConfigError(f"unknown model config keys: {sorted(unknown)}")
         return cls(**data)
 
 
@@ -111,18 +112,18 @@ def check_option(option, value: Any) -> None:
     """``ValueError`` naming ``option`` unless ``value`` (``None``: unset) fits its kind of value."""
     if value is None or option.metadata["value"] == "choice":
         if value is not None and value not in option.metadata["choices"]:
-            raise ValueError(f"{option.name} must be one of {sorted(option.metadata['choices'])}, got {value!r}")
+            raise ConfigError(f"{option.name} must be one of {sorted(option.metadata['choices'])}, got {value!r}")
         return
     values = value if option.metadata.get("nargs") else [value]
     if option.metadata.get("nargs") and not values:
-        raise ValueError(f"{option.name} must list at least one value")
+        raise ConfigError(f"{option.name} must list at least one value")
     integer = option.metadata["value"] in ("positive_int", "count")
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)) or not math.isfinite(v):
-            raise ValueError(f"{option.name} must be a finite {'integer' if integer else 'number'}, got {v!r}")
+            raise ConfigError(f"{option.name} must be a finite {'integer' if integer else 'number'}, got {v!r}")
         low = {"positive_int": 1, "count": 0}.get(option.metadata["value"])
         if (low is None and not v > 0) or (low is not None and v < low):
-            raise ValueError(f"{option.name} must be {'> 0' if low is None else f'>= {low}'}, got {v!r}")
+            raise ConfigError(f"{option.name} must be {'> 0' if low is None else f'>= {low}'}, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -158,17 +159,17 @@ MODEL_KINDS = tuple(KINDS)
 def preset_config(kind: str, dataset: str, in_channels: int, image_size: int, num_classes: int, **overrides) -> ModelConfig:
     """The paper's configuration of ``kind`` for ``dataset``, with ``overrides`` (``None`` ignored)."""
     if kind not in KINDS:
-        raise ValueError(f"unknown model {kind!r}; choose one of {list(KINDS)}")
+        raise ConfigError(f"unknown model {kind!r}; choose one of {list(KINDS)}")
     size = KINDS[kind].sizes.get(dataset, KINDS[kind].sizes["mnist"])
     sized = {"width": size} if kind == "fc" else {"channels": [size] if isinstance(size, int) else list(size)}
     known = {f.name for f in fields(ModelConfig)}
     for key in overrides:
         if key not in known:
-            raise ValueError(f"unknown model option {key!r}")
+            raise ConfigError(f"unknown model option {key!r}")
     given = {k: (list(v) if k == "channels" else v) for k, v in overrides.items() if v is not None}
     config = ModelConfig(kind=kind, in_channels=in_channels, image_size=image_size, num_classes=num_classes, **{**sized, **given})
     if kind == "single-conv" and len(config.channels) != 1:
-        raise ValueError(f"single-conv takes one channel count, got {config.channels}")
+        raise ConfigError(f"single-conv takes one channel count, got {config.channels}")
     return config
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import StepSizeWarning, ignore_convergence_warnings
+from .errors import ConfigError, StepSizeWarning, ignore_convergence_warnings
 from .files import write_atomic
 
 __all__ = ["plot_training_curves", "plot_convergence", "convergence_traces", "plot_certified"]
@@ -53,7 +53,7 @@ def plot_training_curves(metrics_csv: Path, out: Path) -> Path:
     with open(metrics_csv) as handle:
         rows = list(csv.DictReader(handle))
     if not rows:
-        raise ValueError(f"{metrics_csv} has no epochs yet")
+        raise ConfigError(f"{metrics_csv} has no epochs yet")
     epoch = [int(r["epoch"]) for r in rows]
     column = lambda key: [float(r[key]) for r in rows]  # noqa: E731
     plt = _pyplot()

@@ -30,6 +30,7 @@ from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, require, save_checkpoint
 from .data import DATASETS, Batches, ImageDataset, load_dataset
 from .devices import resolve_device
+from .errors import ConfigError
 from .files import check_writable, output_dir, write_atomic
 from .models import MODEL_KINDS, ModelConfig, MonDEQClassifier, model_options, preset_config
 
@@ -91,11 +92,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}")
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}")
         if self.model not in MODEL_KINDS:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {list(MODEL_KINDS)}")
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {list(MODEL_KINDS)}")
         if self.lr_schedule not in ("step", "one-cycle", "constant"):
-            raise ValueError(f"lr_schedule must be step, one-cycle or constant, got {self.lr_schedule!r}")
+            raise ConfigError(f"lr_schedule must be step, one-cycle or constant, got {self.lr_schedule!r}")
         for name in ("epochs", "batch_size", "test_batch_size", "lr_step", "threads", "train_limit", "test_limit"):
             _check_number(name, getattr(self, name), minimum=1, integer=True)
         for name in ("lr", "max_alpha"):
@@ -125,13 +126,13 @@ def _check_number(name: str, value, minimum: float | None = None, positive: bool
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+        raise ConfigError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise ConfigError(f"{name} must be finite, got {value!r}")
     if positive and not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
 
 
 @dataclass
@@ -346,8 +347,11 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.train_set = (train_set or load_dataset(config.dataset, "train", config.data_dir)).subset(config.train_limit)
         self.test_set = (test_set or load_dataset(config.dataset, "test", config.data_dir)).subset(config.test_limit)
-        self.model = MonDEQClassifier(config.model_config()).to(self.device)
-        self.model.layer.linear.check_step_size(self.model.layer.alpha)  # before an epoch, not after
+        try:
+            self.model = MonDEQClassifier(config.model_config()).to(self.device)
+            self.model.layer.linear.check_step_size(self.model.layer.alpha)  # before an epoch, not after
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"model {config.model!r} cannot be built as asked: {_first_line(error)}") from error
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.epoch, self.batch = 0, 0
         self.running = RunningTotals()
@@ -373,7 +377,7 @@ class Trainer:
         changed += sorted(k for k, v in model_changes.items() if v is not None and meta["model"].get(k) != v)
         if changed:
             flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-            raise ValueError(
+            raise ConfigError(
                 f"{flags} would change the stored run {run}; a resumed run keeps its options "
                 f"(only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_OPTIONS)} may change)"
             )
