@@ -2,7 +2,7 @@
 
 import json
 
-from mondeq.benchmarks import BENCHMARKS
+from mondeq.benchmarks import sections
 from mondeq.benchmarks.report import run_all
 
 
@@ -10,10 +10,14 @@ def test_every_benchmark_runs_tiny(tmp_path):
     path = run_all(tiny=True, out=tmp_path)
     text = path.read_text()
     results = json.loads((tmp_path / "bench-tiny" / "results.json").read_text())
-    assert set(results) == set(BENCHMARKS)
+    assert set(results) == set(sections())
     for title in ("Solver comparison", "Resolvent cost", "Training step", "Peers", "Memory", "Scaling"):
         assert title in text
     assert "torch threads" in text and "mondeq bench --tiny" in text
+    robustness = (tmp_path / "robustness-tiny.md").read_text()  # a section with a page of its own
+    assert "certified / PGD at eps=0.5" in robustness and "Robustness" not in text
+    rows = results["robustness"]["rows"]
+    assert all(c <= p for r in rows.values() for c, p in zip(r["certified_accuracy"], r["pgd_accuracy"]))
     assert list((tmp_path / "bench-tiny").glob("*.png"))
     # the numbers are real measurements, not placeholders
     assert all(r["solve_ms"] > 0 and r["floor_ms"] > 0 for r in results["resolvent"]["rows"])

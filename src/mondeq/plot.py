@@ -11,7 +11,7 @@ import torch
 from .errors import ConfigError, StepSizeWarning, ignore_convergence_warnings
 from .files import write_atomic
 
-__all__ = ["plot_training_curves", "plot_convergence", "convergence_traces", "plot_certified"]
+__all__ = ["convergence_traces", "plot_certified", "plot_convergence", "plot_training_curves", "pyplot", "save_figure"]
 
 
 def plot_certified(report_json: Path, out: Path) -> Path:
@@ -19,7 +19,7 @@ def plot_certified(report_json: Path, out: Path) -> Path:
     import json
 
     report = json.loads(Path(report_json).read_text())
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     eps = [0.0, *report["eps"]]
     ax.plot(eps, [100 * report["clean_accuracy"], *[100 * a for a in report["certified_accuracy"]]], "o-", label="certified")
@@ -29,17 +29,18 @@ def plot_certified(report_json: Path, out: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _save(fig, out)
+    save_figure(fig, out)
     return out
 
 
-def _save(fig, out: Path) -> None:
+def save_figure(fig, out: Path, dpi: int = 120) -> Path:
     """Write ``fig`` as a PNG that replaces ``out`` atomically (never through a symlink), and close it."""
-    write_atomic(out, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    _pyplot().close(fig)
+    write_atomic(out, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    pyplot().close(fig)
+    return out
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,7 +57,7 @@ def plot_training_curves(metrics_csv: Path, out: Path) -> Path:
         raise ConfigError(f"{metrics_csv} has no epochs yet")
     epoch = [int(r["epoch"]) for r in rows]
     column = lambda key: [float(r[key]) for r in rows]  # noqa: E731
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(epoch, column("train_loss"), "o-", label="train")
     axes[0].plot(epoch, column("test_loss"), "s-", label="test")
@@ -71,7 +72,7 @@ def plot_training_curves(metrics_csv: Path, out: Path) -> Path:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, out)
+    save_figure(fig, out)
     return out
 
 
@@ -94,7 +95,7 @@ def convergence_traces(layer, x: torch.Tensor, solvers=("fb", "pr", "dr"), tol: 
 
 def plot_convergence(traces: dict, out: Path, title: str = "") -> Path:
     """Relative fixed-point residual against iteration and against wall time."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for name, (residuals, times, alpha) in traces.items():
         label = f"{name.upper()} (alpha={alpha:.3g})"
@@ -106,5 +107,5 @@ def plot_convergence(traces: dict, out: Path, title: str = "") -> Path:
         ax.legend()
         ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    _save(fig, out)
+    save_figure(fig, out)
     return out

@@ -1,8 +1,41 @@
-"""Benchmarks behind ``mondeq bench``: each module measures one thing and returns a result dict.
+"""Benchmarks behind ``mondeq bench``: one module a section, found by :func:`sections`.
 
-Run them all (writing ``docs/benchmarks.md``) with ``mondeq bench``, or one with
-``python benchmarks/<name>.py``. ``--tiny`` runs every benchmark on a toy configuration in
-seconds (what the smoke test does).
+A section is a module of this package that defines ``SECTION``, a :class:`Section`: its title,
+its place in the report, ``run(tiny) -> dict`` (the measurement, JSON-serialisable), ``markdown(result)``
+(its table) and optionally ``plot(result, folder)`` (its figures) and ``page`` (a page of its own
+instead of ``benchmarks.md``). Adding a section is adding such a module. ``mondeq bench`` runs
+them all and writes ``docs/benchmarks.md``; ``mondeq bench --only NAME`` runs one; ``--tiny``
+runs every section on toy sizes in seconds (what the smoke test does).
 """
 
-BENCHMARKS = ["solvers", "resolvent", "training_step", "peers", "memory", "scaling", "data_parallel"]
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Section", "sections"]
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    order: int
+    run: Callable[..., dict]
+    markdown: Callable[[dict], str]
+    plot: Callable[[dict, Path], list] | None = None
+    #: Markdown file of its own (beside benchmarks.md), with this introduction, or ``None``.
+    page: str | None = None
+    introduction: str = ""
+
+
+def sections() -> dict[str, Section]:
+    """Every section of this package by name, in report order."""
+    found = {}
+    for module in pkgutil.iter_modules(__path__):
+        section = getattr(importlib.import_module(f"{__name__}.{module.name}"), "SECTION", None)
+        if isinstance(section, Section):
+            found[module.name] = section
+    return dict(sorted(found.items(), key=lambda item: item[1].order))

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import torch
 
+from .. import plot
 from ..data import DataError, load_dataset
 from ..models import ModelConfig, MonDEQClassifier, load_model, preset_config
 
 KINDS = ("fc", "single-conv", "multi-conv")
+pyplot = plot.pyplot
 
 
 def machine_info() -> dict:
@@ -38,13 +40,9 @@ def machine_info() -> dict:
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Lay out, write (PNG) and close a matplotlib figure."""
-    import matplotlib.pyplot as plt
-
+    """Lay out, write (PNG, atomically) and close a matplotlib figure."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plot.save_figure(fig, path, dpi=110)
 
 
 def measure(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:

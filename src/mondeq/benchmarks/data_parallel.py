@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ..data import DataError, load_dataset, write_synthetic_mnist
+from . import Section
 
 
 def train_throughput(processes: int, images: int, channels: int, threads: int, folder: Path, data_dir: str | None) -> float:
@@ -98,3 +99,6 @@ def markdown(result: dict) -> str:
             f"{r['images_per_second'] / base:.2f}x |"
         )
     return "\n".join(lines)
+
+
+SECTION = Section(title="7. Data-parallel training: 1 against 2 processes", order=7, run=run, markdown=markdown)

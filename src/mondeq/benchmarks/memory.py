@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ignore_convergence_warnings
-from .common import Scale, batch, save_figure
+from . import Section
+from .common import Scale, batch, pyplot, save_figure
 
 ITERATIONS = (5, 10, 20, 40, 80)
 
@@ -102,9 +103,7 @@ def run(tiny: bool = False) -> dict:
 
 
 def plot(result: dict, folder) -> list:
-    from ..plot import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for mode in ("implicit", "unrolled"):
         rows = [r for r in result["rows"] if r["mode"] == mode]
@@ -137,3 +136,6 @@ def markdown(result: dict) -> str:
 
 if __name__ == "__main__":
     print(json.dumps(child(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "tiny")))
+
+
+SECTION = Section(title="5. Memory against solver iterations", order=5, run=run, markdown=markdown, plot=plot)

@@ -22,7 +22,8 @@ from torch import nn
 from ..data import DATASETS, Batches, DataError, ImageDataset, load_dataset
 from ..errors import ignore_convergence_warnings
 from ..models import MonDEQClassifier, preset_config
-from .common import Scale, batch, model_at, save_figure
+from . import Section
+from .common import Scale, batch, model_at, pyplot, save_figure
 
 
 def deq_peers(scale: Scale, tol: float = 1e-4, max_iter: int = 200) -> list[dict]:
@@ -197,9 +198,7 @@ def run(tiny: bool = False, budget: float | None = None) -> dict:
 
 
 def plot(result: dict, folder) -> list:
-    from ..plot import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, curve in result["race"]["curves"].items():
         times = [t for t, _ in curve["points"]]
@@ -242,3 +241,6 @@ def markdown(result: dict) -> str:
         cells = [f"{100 * a:.1f}% ({t:.0f} s)" for t, a in curve["points"]]
         lines.append(f"| {name} | {curve['parameters']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+SECTION = Section(title="4. Peers on the same problem", order=4, run=run, markdown=markdown, plot=plot)

@@ -1,35 +1,30 @@
-"""Run the benchmarks and write ``docs/benchmarks.md`` with tables, plots and the machine's facts."""
+"""Run the benchmark sections and write their pages: ``benchmarks.md`` (tables, plots, the
+machine's facts) and the pages of sections that have their own (``robustness.md``)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import time
 from pathlib import Path
 
-from . import BENCHMARKS
+from ..devices import tune_allocator
+from ..errors import ConfigError
+from ..files import output_dir, write_atomic
+from . import Section, sections
 from .common import machine_info
 
-TITLES = {
-    "solvers": "1. Solver comparison: FB, PR, DR, with and without Anderson acceleration",
-    "resolvent": "2. Resolvent cost against its FFT floor",
-    "training_step": "3. Training step against a reference-style implementation",
-    "peers": "4. Peers on the same problem",
-    "memory": "5. Memory against solver iterations",
-    "scaling": "6. Scaling",
-    "data_parallel": "7. Data-parallel training: 1 against 2 processes",
-}
+NOTES = "benchmark-notes.md"
 
 
-def load_notes(path: Path) -> dict[str, str]:
+def load_notes(path: Path, names: list[str]) -> dict[str, str]:
     """Hand-written analysis per section: ``### NAME`` headings in ``path``, each followed by its text."""
     notes: dict[str, str] = {}
     if not path.is_file():
         return notes
     current = None
     for line in path.read_text().splitlines():
-        if line.startswith("### ") and line[4:].strip() in TITLES:
+        if line.startswith("### ") and line[4:].strip() in names:
             current = line[4:].strip()
             notes[current] = ""
         elif current is not None:
@@ -38,57 +33,72 @@ def load_notes(path: Path) -> dict[str, str]:
 
 
 def run_all(names: list[str] | None = None, tiny: bool = False, out: Path = Path("docs"), report_only: bool = False) -> Path:
-    """Run ``names`` (default all) and write ``out/benchmarks.md`` (``benchmarks-tiny.md`` for ``tiny``).
+    """Run ``names`` (default all) and write ``out/benchmarks.md`` (``benchmarks-tiny.md`` for ``tiny``)
+    and the pages of sections that have their own. Returns the path of ``benchmarks.md``.
 
-    With ``report_only``, run nothing: rewrite the page from the stored ``results.json``.
+    With ``report_only``, run nothing: rewrite the pages from the stored ``results.json``.
     """
-    names = [] if report_only else (names or BENCHMARKS)
-    unknown = set(names) - set(BENCHMARKS)
+    registry = sections()
+    names = [] if report_only else (names or list(registry))
+    unknown = set(names) - set(registry)
     if unknown:
-        raise ValueError(f"unknown benchmarks {sorted(unknown)}; choose from {BENCHMARKS}")
-    figures = out / ("bench-tiny" if tiny else "bench")
-    figures.mkdir(parents=True, exist_ok=True)
+        raise ConfigError(f"unknown benchmark sections {sorted(unknown)}; choose from {list(registry)}")
+    tune_allocator()  # measure with the same malloc settings as the mondeq command
+    figures = output_dir(out / ("bench-tiny" if tiny else "bench"))
     results_path = figures / "results.json"
     stored = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for name in names:
-        module = importlib.import_module(f"mondeq.benchmarks.{name}")
+        section = registry[name]
         start = time.perf_counter()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        result = module.run(tiny=tiny)
+        result = section.run(tiny=tiny)
         result["_seconds"] = time.perf_counter() - start
         result["_machine"] = machine_info()
         stored[name] = json.loads(json.dumps(result, default=str))
-        if hasattr(module, "plot"):
-            module.plot(stored[name], figures)
-        results_path.write_text(json.dumps(stored, indent=1))
-    notes = {} if tiny else load_notes(out / "benchmark-notes.md")
-    return write_markdown(stored, out, figures, tiny, notes)
+        if section.plot is not None:
+            section.plot(stored[name], figures)
+        write_atomic(results_path, json.dumps(stored, indent=1))
+    notes = {} if tiny else load_notes(out / NOTES, list(registry))
+    suffix = "-tiny" if tiny else ""
+    for page in {s.page for s in registry.values() if s.page}:
+        own = {n: s for n, s in registry.items() if s.page == page and n in stored}
+        if own:
+            write_page(out / page.replace(".md", f"{suffix}.md"), own, stored, figures, tiny, notes)
+    shared = {n: s for n, s in registry.items() if s.page is None and n in stored}
+    return write_page(out / f"benchmarks{suffix}.md", shared, stored, figures, tiny, notes)
 
 
-def write_markdown(stored: dict, out: Path, figures: Path, tiny: bool, notes: dict) -> Path:
-    machine = machine_info()
+def _section_text(name: str, section: Section, result: dict, figures: Path, notes: dict) -> list[str]:
+    lines = [f"## {section.title}", "", section.markdown(result), ""]
+    for png in sorted(figures.glob(f"{name.split('_')[0]}*.png")):
+        lines.append(f"![{png.stem}]({figures.name}/{png.name})")
+    if name in notes:
+        lines += ["", "**Targets and analysis.** " + notes[name]]
+    if "_seconds" in result:
+        lines += ["", f"_Section ran in {result['_seconds']:.0f} s._"]
+    return [*lines, ""]
+
+
+def write_page(path: Path, chosen: dict[str, Section], stored: dict, figures: Path, tiny: bool, notes: dict) -> Path:
+    """One page holding the sections ``chosen``, from their ``stored`` results."""
+    measured = [stored[name]["_machine"] for name in chosen if "_machine" in stored[name]]
+    machine = measured[0] if measured else machine_info()  # where the numbers were taken
+    own_page = any(s.page for s in chosen.values())
+    title = next(iter(chosen.values())).title if own_page else "Benchmarks"
     lines = [
-        "# Benchmarks" + (" (toy sizes, smoke run)" if tiny else ""),
+        f"# {title}" + (" (toy sizes, smoke run)" if tiny else ""),
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch threads, "
         f"torch {machine['torch']}, Python {machine['python']}, {machine['platform']}. float32 throughout.",
         "",
-        f"Command: `mondeq bench{' --tiny' if tiny else ''}` (or one section: `mondeq bench --only NAME`, "
-        "`python benchmarks/NAME.py`). Raw numbers: "
-        f"[`{figures.name}/results.json`]({figures.name}/results.json). Times are wall-clock on a shared 2-core "
-        "machine: compare ratios within a table, not absolute times across tables.",
+        f"Command: `mondeq bench{' --tiny' if tiny else ''}` (or one section: `mondeq bench --only NAME`). "
+        f"Raw numbers: [`{figures.name}/results.json`]({figures.name}/results.json). Times are wall-clock on a "
+        "shared 2-core machine: compare ratios within a table, not absolute times across tables.",
         "",
     ]
-    for name in BENCHMARKS:
-        if name not in stored:
-            continue
-        module = importlib.import_module(f"mondeq.benchmarks.{name}")
-        lines += [f"## {TITLES[name]}", "", module.markdown(stored[name]), ""]
-        for png in sorted(figures.glob(f"{name.split('_')[0]}*.png")):
-            lines.append(f"![{png.stem}]({figures.name}/{png.name})")
-        if name in notes:
-            lines += ["", "**Targets and analysis.** " + notes[name]]
-        lines += ["", f"_Section ran in {stored[name]['_seconds']:.0f} s._", ""]
-    path = out / ("benchmarks-tiny.md" if tiny else "benchmarks.md")
-    path.write_text("\n".join(lines))
+    for name, section in chosen.items():
+        if section.introduction:
+            lines += [section.introduction, ""]
+        lines += _section_text(name, section, stored[name], figures, notes)
+    write_atomic(path, "\n".join(lines))
     return path

@@ -10,6 +10,7 @@ import torch
 
 from ..operators import MultiConv, SingleConv
 from ..operators.convolutional import from_fourier, to_fourier
+from . import Section
 from .common import Scale, measure
 
 
@@ -72,3 +73,6 @@ def markdown(result: dict) -> str:
             f"{r['floor_ms']:.1f} ms | **{r['ratio']:.2f}x** | {r['multiply_ms']:.1f} ms | {r['build_ms']:.1f} ms |"
         )
     return "\n".join(lines)
+
+
+SECTION = Section(title="2. Resolvent cost against its FFT floor", order=2, run=run, markdown=markdown)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from ..errors import ignore_convergence_warnings
 from ..models import MonDEQClassifier, preset_config
-from .common import measure, save_figure
+from . import Section
+from .common import measure, pyplot, save_figure
 
 ITERATIONS = 5
 
@@ -56,9 +57,7 @@ def run(tiny: bool = False) -> dict:
 
 
 def plot(result: dict, folder) -> list:
-    from ..plot import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(result["series"]), figsize=(14, 3.6))
     for ax, (name, data) in zip(axes, result["series"].items()):
         xs, ys = zip(*data["points"])
@@ -80,3 +79,6 @@ def markdown(result: dict) -> str:
         pts = ", ".join(f"{s}: {1e3 * t:.0f}" for s, t in data["points"])
         lines.append(f"| {name} | {pts} | **{data['exponent']:.2f}** |")
     return "\n".join(lines)
+
+
+SECTION = Section(title="6. Scaling", order=6, run=run, markdown=markdown, plot=plot)

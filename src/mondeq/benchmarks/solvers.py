@@ -12,7 +12,8 @@ import warnings
 import torch.nn.functional as F
 
 from ..errors import StepSizeWarning, ignore_convergence_warnings
-from .common import KINDS, Scale, batch, model_at, save_figure
+from . import Section
+from .common import KINDS, Scale, batch, model_at, pyplot, save_figure
 
 LEVELS = (1e-2, 1e-4, 1e-6)
 METHODS = [("fb", 0), ("fb", 5), ("pr", 0), ("pr", 5), ("dr", 0), ("dr", 5)]
@@ -57,9 +58,7 @@ def run(tiny: bool = False, max_iter: int | None = None) -> dict:
 
 
 def plot(result: dict, folder) -> list:
-    from ..plot import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     paths = []
     for name, traces in result["curves"].items():
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -94,3 +93,12 @@ def markdown(result: dict) -> str:
             f"| {r['family']} | {r['state']} | {r['method']} | {'yes' if r['anderson'] else 'no'} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines)
+
+
+SECTION = Section(
+    title="1. Solver comparison: FB, PR, DR, with and without Anderson acceleration",
+    order=1,
+    run=run,
+    markdown=markdown,
+    plot=plot,
+)

@@ -16,6 +16,7 @@ from torch import Tensor
 from ..errors import ignore_convergence_warnings
 from ..operators import FullyConnected
 from ..operators.convolutional import group, ungroup
+from . import Section
 from .common import KINDS, Scale, batch, measure, model_at
 
 
@@ -76,7 +77,7 @@ def reference_multiply(op, z: Tensor, transpose: bool = False) -> Tensor:
     weights = op.weights().T if transpose else op.weights()
     if isinstance(op, FullyConnected):
         return op.apply_weights(z, weights)
-    return op._apply_convolutions(z, weights.tiers)  # noqa: SLF001
+    return op.apply_convolutions(z, weights.tiers)
 
 
 def reference_pr(op, injection: Tensor, prox, resolvent, alpha, tol, max_iter, transpose=False) -> tuple[Tensor, int]:
@@ -173,3 +174,6 @@ def markdown(result: dict) -> str:
             f"{r['forward_iterations']} / {r['backward_iterations']} | {r['gradient_difference']:.1e} |"
         )
     return "\n".join(lines)
+
+
+SECTION = Section(title="3. Training step against a reference-style implementation", order=3, run=run, markdown=markdown)

@@ -272,9 +272,12 @@ class MultiConv(MonotoneOperator):
         if weights.fourier is not None:
             size = self.sizes[0]
             return from_fourier(weights.fourier @ to_fourier(self.tiers(z)[0], onesided=True), size).flatten(1)
-        return self._apply_convolutions(z, weights.tiers)
+        return self.apply_convolutions(z, weights.tiers)
 
-    def _apply_convolutions(self, z: Tensor, weights: list[_TierWeights]) -> Tensor:
+    def apply_convolutions(self, z: Tensor, weights: list[_TierWeights]) -> Tensor:
+        r""":math:`Wz` for flat ``z`` by direct circular convolutions with the per-tier kernels of
+        ``weights.tiers`` (``weights.T.tiers`` for :math:`W^\top z`), the way the paper-era code
+        applies :math:`W`; :meth:`apply_weights` uses the Fourier symbol instead for a single tier."""
         tiers = self.tiers(z)
         rows, skews = [], []  # rows[i] = (A z)_i = A_ii z_i + A_{i,i-1} z_{i-1}
         for i, (zi, w) in enumerate(zip(tiers, weights)):
