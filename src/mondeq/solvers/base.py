@@ -86,7 +86,8 @@ class SplittingMethod:
     confirms convergence with one explicit multiplication.
     """
 
-    name: str = ""
+    name: str = ""  # the registry key (``"pr"``); a subclass with a name is registered by its module
+    long_name: str = ""  # an alias (``"peaceman-rachford"``)
     needs_resolvent: bool = False
     exact_pre: bool = True
 

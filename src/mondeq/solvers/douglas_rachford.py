@@ -20,6 +20,7 @@ class DouglasRachford(PeacemanRachford):
     """
 
     name = "dr"
+    long_name = "douglas-rachford"
 
     def step(self, problem: SplittingProblem, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         z, _, z_half, pre = resolvent_half_step(problem, state)

@@ -21,6 +21,7 @@ class ForwardBackward(SplittingMethod):
     """
 
     name = "fb"
+    long_name = "forward-backward"
 
     def step(self, problem: SplittingProblem, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         pre = problem.multiply(state) + problem.injection

@@ -39,6 +39,7 @@ class PeacemanRachford(SplittingMethod):
     """
 
     name = "pr"
+    long_name = "peaceman-rachford"
     needs_resolvent = True
     exact_pre = False
 
