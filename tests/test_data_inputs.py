@@ -286,3 +286,33 @@ def test_read_image_decompression_bomb(tmp_path, monkeypatch, side):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(DataError, match=rf"image .*bomb.png refused: Image size \({side * side} pixels\) exceeds limit"):
         read_image(tmp_path / "bomb.png", 1, 28)
+
+
+@pytest.mark.parametrize("dotted", [False, True])
+@pytest.mark.parametrize("gzipped", [False, True])
+@pytest.mark.parametrize("subfolder", ["", "fashion-mnist", "fashion-mnist/raw", "FashionMNIST/raw"])
+def test_idx_files_under_every_common_name_and_folder(tmp_path, dotted, gzipped, subfolder):
+    from mondeq.data import write_synthetic_mnist
+
+    source = write_synthetic_mnist(tmp_path / "source", train=12, test=6)
+    folder = tmp_path / "data" / subfolder
+    folder.mkdir(parents=True)
+    for prefix, kind, ndim in [("train", "images", 3), ("train", "labels", 1), ("t10k", "images", 3), ("t10k", "labels", 1)]:
+        array = read_idx(source / f"{prefix}-{kind}-idx{ndim}-ubyte.gz", ndim)
+        name = f"{prefix}-{kind}{'.' if dotted else '-'}idx{ndim}-ubyte" + (".gz" if gzipped else "")
+        write_idx(folder / name, array)
+    train = load_dataset("fashion-mnist", "train", tmp_path / "data")
+    assert len(train) == 12 and train.images.shape == (12, 1, 28, 28)
+    assert len(load_dataset("fashion-mnist", "test", tmp_path / "data")) == 6
+
+
+def test_missing_idx_files_list_every_name_tried(tmp_path):
+    with pytest.raises(DataError) as error:
+        load_dataset("mnist", "train", tmp_path)
+    for name in (
+        "train-images-idx3-ubyte.gz",
+        "train-images-idx3-ubyte",
+        "train-images.idx3-ubyte.gz",
+        "train-images.idx3-ubyte",
+    ):
+        assert str(tmp_path / name) in str(error.value)

@@ -421,6 +421,13 @@ def _find(name: str, root: Path, filenames: list[str], system: bool, subfolder: 
     raise DataError(f"{name}: {' or '.join(filenames)} not found; looked for {looked}. Pass --data-dir to the folder with them.")
 
 
+def _idx_names(prefix: str, kind: str, ndim: int) -> list[str]:
+    """The names MNIST-format files go by: ``train-images-idx3-ubyte`` as distributed and
+    ``train-images.idx3-ubyte`` as widely shared copies name them, gzipped or raw."""
+    stems = [f"{prefix}-{kind}-idx{ndim}-ubyte", f"{prefix}-{kind}.idx{ndim}-ubyte"]
+    return [stem + suffix for stem in stems for suffix in (".gz", "")]
+
+
 def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None) -> ImageDataset:
     """Load ``split`` (``"train"`` or ``"test"``) of a data set in :data:`DATASETS`.
 
@@ -438,8 +445,8 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
         raise DataError(f"data folder {root} {'is not a folder' if root.exists() else 'does not exist'}")
     if name in ("mnist", "fashion-mnist"):
         prefix = "train" if split == "train" else "t10k"
-        image_file = _find(name, root, [f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-images-idx3-ubyte"], system)
-        label_file = _find(name, root, [f"{prefix}-labels-idx1-ubyte.gz", f"{prefix}-labels-idx1-ubyte"], system)
+        image_file = _find(name, root, _idx_names(prefix, "images", 3), system)
+        label_file = _find(name, root, _idx_names(prefix, "labels", 1), system)
         images = read_idx(image_file, 3)[:, None]
         labels = read_idx(label_file, 1).astype(np.int64)
         if images.shape[0] != labels.shape[0]:
