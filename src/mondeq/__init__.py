@@ -1,5 +1,7 @@
 """mondeq: monotone operator equilibrium networks (monDEQ) in PyTorch."""
 
+from importlib import metadata as _metadata
+
 from .activations import (
     HardTanh,
     LeakyReLU,
@@ -24,7 +26,10 @@ from .operators import FullyConnected, MonotoneOperator, MultiConv, Resolvent, S
 from .solvers import Anderson, DouglasRachford, ForwardBackward, PeacemanRachford, SolverOptions, get_solver
 from .stats import SolveRecord, SolverStats
 
-__version__ = "0.1.0"
+try:  # one source of truth: the version in pyproject.toml, as installed in the package metadata
+    __version__ = _metadata.version("mondeq")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Anderson",
