@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install mondeq into the current Python.
-#   scripts/setup.sh            the package, its command and the test tools
+#   scripts/setup.sh            the package, its command, the test tools and the docs builder
 #   scripts/setup.sh --data     also Debian's Fashion-MNIST package where apt is available
 # Puts the CPU build of torch 2.13.0 in place first where no torch is installed (a bare
 # `torch` requirement would pull a multi-GB CUDA build).
@@ -11,7 +11,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     "$PY" -m pip install --quiet torch==2.13.0 \
         || "$PY" -m pip install --quiet torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 fi
-"$PY" -m pip install --quiet -e ".[dev]"
+"$PY" -m pip install --quiet -e ".[dev,docs]"
 if [ "${1:-}" = "--data" ] && [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO=sudo

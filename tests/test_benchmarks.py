@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
+
 from mondeq.benchmarks import sections
 from mondeq.benchmarks.report import run_all
 
 
+@pytest.mark.slow
 def test_every_benchmark_runs_tiny(tmp_path):
     path = run_all(tiny=True, out=tmp_path)
     text = path.read_text()

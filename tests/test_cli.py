@@ -112,6 +112,7 @@ def test_help_lists_commands():
     assert "--max-iter" in mondeq("train", "--help").stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, signum):
     import time

@@ -90,6 +90,7 @@ def test_distributed_checkpoint_resumes_in_one_process(distributed_run):
     assert [row["epoch"] for row in history] == [1, 2]
 
 
+@pytest.mark.slow
 def test_torchrun_launches_the_train_command(tmp_path):
     data = write_mnist_like(tmp_path / "data", train=32, test=16)
     out = tmp_path / "run"
@@ -151,6 +152,7 @@ def _pid_of_rank(rank: int, marker: str) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_a_killed_rank_is_named_as_the_root_cause(tmp_path):
     import signal
     import time

@@ -14,10 +14,13 @@ import mondeq
 
 MODULES = ("operators", "activations", "solvers", "layer", "stats", "models", "train", "data", "checkpoint", "robust", "errors")
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("mkdocs") is None or not (ROOT / "mkdocs.yml").exists(),
-    reason="mkdocs is not installed (pip install -e '.[docs]') or no mkdocs.yml beside the sources",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("mkdocs") is None or not (ROOT / "mkdocs.yml").exists(),
+        reason="mkdocs is not installed (pip install -e '.[docs]') or no mkdocs.yml beside the sources",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
