@@ -319,3 +319,61 @@ def test_missing_idx_files_list_every_name_tried(tmp_path):
         "train-images.idx3-ubyte",
     ):
         assert str(tmp_path / name) in str(error.value)
+
+
+def write_image_folder(root, train: int = 40, test: int = 20):
+    """DIR/{train,test}/CLASS/*.png from synthetic MNIST-format images (class names from Fashion-MNIST)."""
+    from mondeq.data import write_synthetic_mnist
+
+    source = write_synthetic_mnist(root / "source", train=train, test=test)
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = read_idx(source / f"{prefix}-images-idx3-ubyte.gz", 3)
+        labels = read_idx(source / f"{prefix}-labels-idx1-ubyte.gz", 1)
+        for k, (image, label) in enumerate(zip(images, labels)):
+            folder = root / "images" / split / DATASETS["fashion-mnist"].classes[label].replace("/", "-")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folder / f"{k}.png")
+    return root / "images", images, labels
+
+
+def test_image_folder_data_set(tmp_path):
+    from mondeq.data import folder_info
+
+    root, test_images, test_labels = write_image_folder(tmp_path)
+    train, test = load_dataset("folder", "train", root), load_dataset("folder", "test", root)
+    info = folder_info(root)
+    assert (info.channels, info.image_size) == (1, 28) and info.classes == sorted(info.classes)
+    assert len(train) == 40 and len(test) == 20 and train.images.shape[1:] == (1, 28, 28)
+    # every test image comes back with its class, whatever the order of the files
+    by_class = {name: i for i, name in enumerate(info.classes)}
+    expected = sorted(
+        (DATASETS["fashion-mnist"].classes[y].replace("/", "-"), img.tobytes()) for img, y in zip(test_images, test_labels)
+    )
+    got = sorted((info.classes[y], img[0].numpy().tobytes()) for img, y in zip(test.images, test.labels))
+    assert got == expected and set(by_class) >= {name for name, _ in got}
+    assert abs(float(train.normalize(train.images).mean())) < 1e-5  # normalised with the train split's mean
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(DataError, match="expected DIR/train/CLASS"):
+        load_dataset("folder", "train", tmp_path)
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(DataError, match="no class sub-folders with images"):
+        load_dataset("folder", "train", tmp_path)
+
+
+def test_train_and_predict_on_an_image_folder(tmp_path, capsys):
+    from mondeq.cli import main
+
+    root, _, _ = write_image_folder(tmp_path)
+    out = tmp_path / "run"
+    args = ["--dataset", "folder", "--data-dir", str(root), "--model", "fc", "--width", "8", "--out", str(out)]
+    assert main(["train", *args, "--no-progress", "--batch-size", "8"]) == 0
+    image = next((root / "test").glob("*/*.png"))
+    assert main(["predict", str(out), str(image)]) == 0
+    predicted = capsys.readouterr().out.strip().splitlines()[-1]
+    assert predicted.startswith(f"{image}: ") and predicted.split(": ")[1].split(" (p=")[0] in folder_classes(root)
+
+
+def folder_classes(root):
+    return {d.name for d in (root / "train").iterdir()}

@@ -88,10 +88,10 @@ checkpoint and stops; --resume continues it."""
 
 
 def train_arguments(p: argparse.ArgumentParser) -> None:
-    from .data import DATASETS
+    from .data import DATASET_NAMES
     from .models import MODEL_KINDS, model_options
 
-    p.add_argument("--dataset", choices=sorted(DATASETS), help="default fashion-mnist")
+    p.add_argument("--dataset", choices=DATASET_NAMES, help="default fashion-mnist; folder: --data-dir DIR/{train,test}/CLASS/*")
     p.add_argument("--model", choices=MODEL_KINDS, help="default single-conv")
     p.add_argument("--epochs", type=POSITIVE_INT, help="epochs (default 1)")
     p.add_argument("--batch-size", type=POSITIVE_INT, help="training batch size (default 128)")
@@ -245,12 +245,12 @@ def predict_command(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .data import DATASETS, read_image
+    from .data import DatasetInfo, dataset_info, read_image
     from .models import load_model
 
     device = _set_up(args)
     model, meta = load_model(args.checkpoint, device)
-    info = DATASETS[meta["train"]["dataset"]]
+    info = DatasetInfo.from_dict(meta["data"]) if "data" in meta else dataset_info(meta["train"]["dataset"])
     images = torch.from_numpy(np.stack([read_image(path, info.channels, info.image_size) for path in args.images]))
     model.eval()
     with torch.no_grad():

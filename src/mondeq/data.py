@@ -10,6 +10,7 @@ reads one image file (PNG, JPEG, TIFF, ... of any bit depth) for prediction.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import math
@@ -19,7 +20,7 @@ import pickletools
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,11 @@ from .errors import MondeqError
 
 __all__ = [
     "DATASETS",
+    "DATASET_NAMES",
     "DataError",
+    "FOLDER",
+    "dataset_info",
+    "folder_info",
     "ImageDataset",
     "Batches",
     "default_data_dir",
@@ -70,6 +75,13 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: bool = False  # whether training uses crop + flip augmentation by default
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DatasetInfo:
+        return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
 
     def normalize(self, images: Tensor) -> Tensor:
         """``uint8`` images ``(N, C, H, W)`` to floats normalised with this data set's mean and std."""
@@ -434,10 +446,12 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
     Files are looked for under ``data_dir``, which must exist; without it, under
     :func:`default_data_dir` and then in the system folders of :data:`SYSTEM_DIRS`.
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    if name not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASET_NAMES}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if name == FOLDER:
+        return _load_folder(split, data_dir)
     info = DATASETS[name]
     system = data_dir is None  # an explicit folder is the only place looked in
     root = default_data_dir() if system else Path(data_dir)
@@ -466,6 +480,77 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
     if labels.min() < 0 or labels.max() >= len(info.classes):
         raise DataError(f"{name} {split}: labels span {labels.min()}..{labels.max()}, outside 0..{len(info.classes) - 1}")
     return ImageDataset(torch.from_numpy(np.array(images)), torch.from_numpy(labels), info)
+
+
+#: The data set read from a folder of images in class sub-folders (``DIR/train/CLASS/*``, ``DIR/test/CLASS/*``).
+FOLDER = "folder"
+#: Every name :func:`load_dataset` accepts.
+DATASET_NAMES = [*DATASETS, FOLDER]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def _class_images(folder: Path) -> list[tuple[str, list[Path]]]:
+    """``(class, image files)`` per sub-folder of ``folder``, in sorted order."""
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} not found: expected DIR/train/CLASS/*.png and DIR/test/CLASS/*.png")
+    classes = [
+        (d.name, sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        for d in sorted(folder.iterdir())
+        if d.is_dir()
+    ]
+    if not classes or not any(files for _, files in classes):
+        raise DataError(f"image folder {folder} has no class sub-folders with images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return classes
+
+
+@functools.lru_cache(maxsize=4)
+def _folder_info(root: Path) -> DatasetInfo:
+    """Classes, channels, size and normalisation of an image folder, from its training split: grey
+    when the first image is, its width as the (square) size, mean and std over the training images."""
+    from PIL import Image, UnidentifiedImageError
+
+    classes = _class_images(root / "train")
+    first = next(files[0] for _, files in classes if files)
+    try:
+        with Image.open(first) as image:
+            channels, size = (1 if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "F") else 3), image.width
+    except (OSError, UnidentifiedImageError) as error:
+        raise DataError(f"cannot read image {first}: {error}") from error
+    images = np.stack([read_image(path, channels, size) for _, files in classes for path in files]).astype(np.float64) / 255
+    mean = tuple(float(v) for v in images.mean(axis=(0, 2, 3)))
+    std = tuple(max(float(v), 1e-3) for v in images.std(axis=(0, 2, 3)))
+    return DatasetInfo(FOLDER, channels, size, [name for name, _ in classes], mean, std)
+
+
+def folder_info(data_dir: str | Path) -> DatasetInfo:
+    """The :class:`DatasetInfo` of the image folder ``data_dir`` (see :data:`FOLDER`)."""
+    return _folder_info(Path(data_dir).resolve())
+
+
+def dataset_info(name: str, data_dir: str | Path | None = None) -> DatasetInfo:
+    """Shape, classes and normalisation of a data set: fixed for the named ones, read for a folder."""
+    if name == FOLDER:
+        if data_dir is None:
+            raise DataError("--dataset folder needs --data-dir DIR (with DIR/train/CLASS/* and DIR/test/CLASS/*)")
+        return folder_info(data_dir)
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASET_NAMES}")
+    return DATASETS[name]
+
+
+def _load_folder(split: str, data_dir: str | Path | None) -> ImageDataset:
+    info = dataset_info(FOLDER, data_dir)
+    root = Path(data_dir)
+    present = dict(_class_images(root / split))
+    unknown = set(present) - set(info.classes)
+    if unknown:
+        raise DataError(f"{root / split} has classes {sorted(unknown)} that {root / 'train'} lacks")
+    pairs = [(path, label) for label, name in enumerate(info.classes) for path in present.get(name, [])]
+    if not pairs:
+        raise DataError(f"{root / split} holds no images")
+    images = np.stack([read_image(path, info.channels, info.image_size) for path, _ in pairs])
+    labels = np.array([label for _, label in pairs], dtype=np.int64)
+    return ImageDataset(torch.from_numpy(images), torch.from_numpy(labels), info)
 
 
 def read_image(path: str | Path, channels: int, size: int) -> np.ndarray:

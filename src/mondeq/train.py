@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, require, save_checkpoint
-from .data import DATASETS, Batches, ImageDataset, load_dataset
+from .data import DATASET_NAMES, Batches, ImageDataset, dataset_info, load_dataset
 from .devices import resolve_device
 from .errors import ConfigError
 from .files import check_writable, output_dir, write_atomic
@@ -91,8 +91,8 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}")
+        if self.dataset not in DATASET_NAMES:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {DATASET_NAMES}")
         if self.model not in MODEL_KINDS:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {list(MODEL_KINDS)}")
         if self.lr_schedule not in ("step", "one-cycle", "constant"):
@@ -106,7 +106,7 @@ class TrainConfig:
         self.model_config()  # validates the model options
 
     def model_config(self) -> ModelConfig:
-        info = DATASETS[self.dataset]
+        info = dataset_info(self.dataset, self.data_dir)
         return preset_config(self.model, self.dataset, info.channels, info.image_size, len(info.classes), **self.model_options)
 
     @classmethod
@@ -398,6 +398,7 @@ class Trainer:
         meta = {
             "model": self.model.config.to_dict(),
             "train": asdict(self.config),
+            "data": self.train_set.info.to_dict(),  # classes and normalisation, for predict
             "epoch": self.epoch,
             "batch": self.batch,
             "world_size": distributed.world_size(),
@@ -489,7 +490,7 @@ class Trainer:
             self.train_set,
             cfg.batch_size,
             shuffle=True,
-            augment=DATASETS[cfg.dataset].augment if cfg.augment is None else cfg.augment,
+            augment=self.train_set.info.augment if cfg.augment is None else cfg.augment,
             seed=cfg.seed,
             epoch=self.epoch,
             rank=distributed.rank(),
