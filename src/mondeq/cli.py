@@ -49,11 +49,6 @@ NON_NEGATIVE = _number(float, 0)
 VALUE_TYPES = {"positive_int": POSITIVE_INT, "count": COUNT, "positive": POSITIVE}
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 # -- options every command shares ------------------------------------------------------------
 def _device_options(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
@@ -429,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run a command; an error in what was asked (options, files, data) is one line on stderr and exit code 2."""
     from .devices import tune_allocator
-    from .errors import MondeqError
+    from .errors import MondeqError, first_line
 
     args = build_parser().parse_args(argv)
     tune_allocator()
@@ -438,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     except MondeqError as error:
         if args.debug:
             raise
-        print(f"mondeq {args.command}: error: {_first_line(error)}", file=sys.stderr)
+        print(f"mondeq {args.command}: error: {first_line(error)}", file=sys.stderr)
         return 2
 
 

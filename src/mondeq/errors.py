@@ -13,6 +13,7 @@ __all__ = [
     "DoubleBackwardError",
     "MondeqError",
     "StepSizeWarning",
+    "first_line",
     "ignore_convergence_warnings",
 ]
 
@@ -48,6 +49,12 @@ class DoubleBackwardError(MondeqError, RuntimeError):
     The implicit backward pass is itself an equilibrium solve run without an autograd tape,
     so it has no derivative of its own; differentiating it would silently give wrong values.
     """
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none), for one-line reports."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from torch.nn.utils import parametrize
 from .activations import ACTIVATIONS
 from .checkpoint import CheckpointError, load_checkpoint, require
 from .devices import resolve_device
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .layer import MonDEQ
 from .operators import FullyConnected, MonotoneOperator, MultiConv, SingleConv
 from .solvers import SOLVERS
@@ -259,8 +259,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mo
         model = MonDEQClassifier(ModelConfig.from_dict(meta["model"]))
         model.load_state_dict(state)
     except (KeyError, ValueError, TypeError, RuntimeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"checkpoint {path} does not describe a valid model: {first}") from error
+        raise CheckpointError(f"checkpoint {path} does not describe a valid model: {first_line(error)}") from error
     alpha = meta.get("alpha", model.layer.alpha)
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
         raise CheckpointError(f"checkpoint {path} holds an invalid step size alpha={alpha!r}")

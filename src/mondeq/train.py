@@ -30,7 +30,7 @@ from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, require, save_checkpoint
 from .data import DATASET_NAMES, Batches, ImageDataset, dataset_info, load_dataset
 from .devices import resolve_device
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .files import check_writable, output_dir, write_atomic
 from .models import MODEL_KINDS, ModelConfig, MonDEQClassifier, model_options, preset_config
 
@@ -316,10 +316,6 @@ def evaluate(
     )
 
 
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
 class Trainer:
     """Runs ``config`` to completion, writing checkpoints, ``metrics.csv`` and TensorBoard logs to ``config.out``.
 
@@ -351,7 +347,7 @@ class Trainer:
             self.model = MonDEQClassifier(config.model_config()).to(self.device)
             self.model.layer.linear.check_step_size(self.model.layer.alpha)  # before an epoch, not after
         except (ValueError, TypeError) as error:
-            raise ConfigError(f"model {config.model!r} cannot be built as asked: {_first_line(error)}") from error
+            raise ConfigError(f"model {config.model!r} cannot be built as asked: {first_line(error)}") from error
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.epoch, self.batch = 0, 0
         self.running = RunningTotals()
@@ -368,7 +364,8 @@ class Trainer:
         differs from the stored one is refused with a ``ValueError`` naming it.
         """
         run = Path(run)
-        meta, _, _ = load_checkpoint(run)
+        checkpoint = load_checkpoint(run)
+        meta = checkpoint[0]
         require(meta, "train", "model", where=f"checkpoint {run}")
         stored = dict(meta["train"], out=str(run if run.is_dir() else run.parent))
         options = {k: v for k, v in (options or {}).items() if v is not None}
@@ -387,7 +384,7 @@ class Trainer:
         except TypeError as error:
             raise CheckpointError(f"checkpoint {run} holds an invalid training configuration: {error}") from error
         trainer = cls(config, progress=progress, **datasets)
-        trainer.resume()
+        trainer.resume(run, checkpoint)
         return trainer
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -408,10 +405,11 @@ class Trainer:
         }
         return save_checkpoint(self.out / "checkpoint", self.model, self.optimizer, meta)
 
-    def resume(self, path: str | Path | None = None) -> None:
-        """Continue from a checkpoint (default: the one in ``config.out``)."""
+    def resume(self, path: str | Path | None = None, checkpoint: tuple | None = None) -> None:
+        """Continue from a checkpoint (default: the one in ``config.out``); ``checkpoint`` is what
+        :func:`~mondeq.checkpoint.load_checkpoint` already read from ``path``, when it was."""
         path = path or self.out
-        meta, state, optimizer_state = load_checkpoint(path)
+        meta, state, optimizer_state = checkpoint or load_checkpoint(path)
         require(meta, "model", "alpha", "epoch", "batch", "running", "history", where=f"checkpoint {path}")
         if meta["model"] != self.model.config.to_dict():
             raise CheckpointError(
@@ -425,7 +423,7 @@ class Trainer:
             epoch, batch = int(meta["epoch"]), int(meta["batch"])
             self.model.layer.alpha = meta["alpha"]
         except (RuntimeError, ValueError, TypeError, KeyError) as error:
-            raise CheckpointError(f"cannot resume from checkpoint {path}: {_first_line(error)}") from error
+            raise CheckpointError(f"cannot resume from checkpoint {path}: {first_line(error)}") from error
         self.epoch, self.batch, self.running = epoch, batch, running
         saved_world = meta.get("world_size", 1)
         if self.batch and saved_world != distributed.world_size():
