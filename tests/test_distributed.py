@@ -14,6 +14,9 @@ from datafiles import write_mnist_like
 from mondeq.data import load_dataset
 from mondeq.train import TrainConfig, Trainer
 
+#: `mondeq` under torchrun, two processes on this machine.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mondeq"]
+
 
 def config(out, batch_size):
     return TrainConfig(
@@ -96,8 +99,7 @@ def test_torchrun_launches_the_train_command(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     train = f"train --data-dir {data} --model fc --width 8 --epochs 1 --batch-size 8 --out {out} --no-progress"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mondeq"]
-    command += train.split()
+    command = [*TORCHRUN, *train.split()]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("test accuracy") == 1  # only rank 0 reports
@@ -161,8 +163,7 @@ def test_a_killed_rank_is_named_as_the_root_cause(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     train = f"train --data-dir {data} --model fc --width 8 --epochs 100000 --batch-size 8 --out {out} --no-progress"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mondeq"]
-    process = subprocess.Popen([*command, *train.split()], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen([*TORCHRUN, *train.split()], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
     while not (out / "metrics.csv").exists() and time.time() < deadline:
         time.sleep(0.2)
