@@ -90,15 +90,33 @@ def test_custom_activation_by_subclassing():
         def derivative(self, x):
             return 1 / (3 * self.forward(x) ** 2 + 1)
 
-        def inverse(self, z):
-            return z + z**3
-
-        def inverse_derivative(self, z):
-            return 1 + 3 * z**2
-
     act = Cubic()
     z = act.prox(X, 0.5)
     assert torch.allclose(0.5 * z + 0.5 * (z + z**3), X, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["tanh", "sigmoid", "softplus"])
+@pytest.mark.parametrize("alpha", [0.05, 0.5, 2.0, 20.0])
+def test_prox_converges_in_few_newton_steps_even_at_the_ends_of_the_range(name, alpha):
+    """Near sigma's range ends (z ~ 1e-30 for sigmoid at x = -70) Newton on the pre-activation
+    stays quadratic: a handful of steps, and the optimality condition holds in u = sigma^{-1}(z)."""
+    act = get_activation(name)
+    calls = []
+    derivative = act.derivative
+    act.derivative = lambda u: calls.append(1) or derivative(u)
+    x = torch.cat([torch.linspace(-70, 70, 301, dtype=torch.float64), torch.tensor([-1e3, 1e3], dtype=torch.float64)])
+    u = act._prox_preactivation(x, alpha)
+    assert len(calls) <= 12
+    assert torch.allclose(alpha * u + (1 - alpha) * act(u), x, rtol=1e-12, atol=1e-12)
+    assert torch.equal(act.prox(x, alpha), act(u))
+
+
+def test_prox_derivative_matches_finite_differences():
+    act = get_activation("tanh")
+    x = torch.linspace(-3, 3, 61, dtype=torch.float64)
+    h = 1e-6
+    numeric = (act.prox(x + h, 0.3) - act.prox(x - h, 0.3)) / (2 * h)
+    assert torch.allclose(act.prox_derivative(x, 0.3), numeric, atol=1e-8)
 
 
 def test_unknown_activation_is_named():

@@ -4,23 +4,24 @@ A monDEQ needs :math:`\sigma = \operatorname{prox}_f` for a closed convex :math:
 an elementwise map means :math:`\sigma` is nondecreasing and 1-Lipschitz. The splitting
 methods with step size :math:`\alpha` need :math:`\operatorname{prox}_{\alpha f}`, which is
 *not* :math:`\sigma` unless :math:`f` is an indicator (ReLU, hard-tanh). Since
-:math:`\sigma^{-1} = I + \partial f`,
+:math:`\sigma^{-1} = I + \partial f`, :math:`z = \operatorname{prox}_{\alpha f}(x)` solves
+:math:`(1 - \alpha) z + \alpha \sigma^{-1}(z) = x`; written for the pre-activation
+:math:`u = \sigma^{-1}(z)`, i.e. :math:`z = \sigma(u)`,
 
 .. math::
-    z = \operatorname{prox}_{\alpha f}(x) \iff (1 - \alpha) z + \alpha \sigma^{-1}(z) = x,
+    g(u) = \alpha u + (1 - \alpha)\,\sigma(u) - x = 0, \qquad
+    g'(u) = \alpha + (1 - \alpha)\,\sigma'(u) \in [\min(\alpha, 1), \max(\alpha, 1)],
 
-a scalar equation whose left side has slope :math:`1 - \alpha + \alpha (\sigma^{-1})' \ge 1`;
-:class:`ProximalActivation` solves it by safeguarded Newton iteration, and subclasses with a
-closed form override :meth:`ProximalActivation.prox`.
+a scalar equation on the whole real line whose slope is bounded above and below (no domain
+edge where :math:`\sigma^{-1}` blows up). :class:`ProximalActivation` solves it by Newton's
+method with a bisection safeguard, and subclasses with a closed form override
+:meth:`ProximalActivation.prox`.
 
 To add an activation, subclass :class:`ProximalActivation` and implement ``forward``
-(:math:`\sigma`), ``derivative`` (:math:`\sigma'`), and either ``prox`` or the pair
-``inverse`` / ``inverse_derivative`` together with the open ``domain`` of :math:`\sigma^{-1}`.
+(:math:`\sigma`) and ``derivative`` (:math:`\sigma'`); override ``prox`` when it has a closed form.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +47,6 @@ class ProximalActivation(nn.Module):
     tape); ``derivative`` gives :math:`\sigma'` for the implicit backward pass.
     """
 
-    #: The open interval containing the range of sigma (where sigma^{-1} is defined).
-    domain: tuple[float, float] = (-math.inf, math.inf)
     newton_steps: int = 50
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -57,47 +56,49 @@ class ProximalActivation(nn.Module):
         r""":math:`\sigma'(x)`, values in :math:`[0, 1]`."""
         raise NotImplementedError
 
-    def inverse(self, z: Tensor) -> Tensor:  # pragma: no cover - abstract
-        r""":math:`\sigma^{-1}(z)` on :attr:`domain`."""
-        raise NotImplementedError
-
-    def inverse_derivative(self, z: Tensor) -> Tensor:  # pragma: no cover - abstract
-        r""":math:`(\sigma^{-1})'(z) \ge 1`."""
-        raise NotImplementedError
-
     def prox(self, x: Tensor, alpha: float) -> Tensor:
-        r""":math:`\operatorname{prox}_{\alpha f}(x)`: solves :math:`(1-\alpha)z + \alpha\sigma^{-1}(z) = x`.
-
-        Newton's method from :math:`z = \sigma(x)` with a bisection safeguard on the bracket
-        ``domain``; the residual function is strictly increasing with slope :math:`\ge 1`.
-        """
+        r""":math:`\operatorname{prox}_{\alpha f}(x) = \sigma(u)` where :math:`\alpha u + (1-\alpha)\sigma(u) = x`."""
         if alpha == 1.0:
             return self.forward(x)
-        lo_bound, hi_bound = self.domain
-        eps = torch.finfo(x.dtype).eps
-        z = self.forward(x)
-        # The residual r(z) = (1-a) z + a s^{-1}(z) - x has slope >= 1, so the root lies
-        # within |r(s(x))| = |1-a| |s(x) - x| of s(x).
-        radius = abs(1 - alpha) * (z - x).abs()
-        lo = torch.clamp(z - radius, min=lo_bound)
-        hi = torch.clamp(z + radius, max=hi_bound)
-        for _ in range(self.newton_steps):
-            z = z.clamp(lo_bound + 4 * eps, hi_bound - 4 * eps)
-            residual = (1 - alpha) * z + alpha * self.inverse(z) - x
-            step = residual / ((1 - alpha) + alpha * self.inverse_derivative(z))
-            if bool((step.abs() <= 4 * eps * (1 + z.abs())).all()):
-                break
-            hi = torch.where(residual > 0, z, hi)
-            lo = torch.where(residual <= 0, z, lo)
-            newton = z - step
-            inside = (newton > lo) & (newton < hi)
-            z = torch.where(inside, newton, 0.5 * (lo + hi))
-        return z
+        return self.forward(self._prox_preactivation(x, alpha))
 
     def prox_derivative(self, x: Tensor, alpha: float) -> Tensor:
-        r"""Derivative of :math:`\operatorname{prox}_{\alpha f}` at :math:`x`."""
-        z = self.prox(x, alpha)
-        return 1.0 / ((1 - alpha) + alpha * self.inverse_derivative(z))
+        r"""Derivative of :math:`\operatorname{prox}_{\alpha f}` at :math:`x`:
+        :math:`\sigma'(u) / (\alpha + (1 - \alpha)\sigma'(u))`."""
+        d = self.derivative(self._prox_preactivation(x, alpha))
+        return d / (alpha + (1 - alpha) * d)
+
+    def _prox_preactivation(self, x: Tensor, alpha: float) -> Tensor:
+        r"""The root :math:`u` of :math:`g(u) = \alpha u + (1-\alpha)\sigma(u) - x`.
+
+        Newton's method from :math:`u = x`, safeguarded by bisection: :math:`g` is increasing with
+        slope at least :math:`s = \min(\alpha, 1)`, so the root lies within :math:`|g(x)| / s` of
+        :math:`x`, and each step shrinks that bracket. Stops when every Newton step is below the
+        rounding error of :math:`g` (a few ulps of its terms) divided by its slope; an element whose
+        step is that small stays put.
+        """
+        if alpha == 1.0:
+            return x
+        eps = torch.finfo(x.dtype).eps
+        u = x
+        residual = (1 - alpha) * (self.forward(u) - u)  # g(x)
+        radius = residual.abs() / min(alpha, 1.0)
+        lo, hi = u - radius, u + radius
+        scale = x.abs()  # size of the terms of g, for the rounding error of the residual
+        for _ in range(self.newton_steps):
+            slope = alpha + (1 - alpha) * self.derivative(u)
+            step = residual / slope
+            done = step.abs() <= 4 * eps * (1 + u.abs() + scale / slope)
+            if bool(done.all()):
+                break
+            hi = torch.where(residual > 0, u, hi)
+            lo = torch.where(residual <= 0, u, lo)
+            newton = u - step
+            u = torch.where(done, u, torch.where((newton >= lo) & (newton <= hi), newton, 0.5 * (lo + hi)))
+            sigma = self.forward(u)
+            residual = alpha * u + (1 - alpha) * sigma - x
+            scale = (alpha * u).abs() + ((1 - alpha) * sigma).abs() + x.abs()
+        return u
 
 
 class ReLU(ProximalActivation):
@@ -155,9 +156,8 @@ class LeakyReLU(ProximalActivation):
 
 
 class Tanh(ProximalActivation):
-    r""":math:`\sigma = \tanh`, :math:`\sigma^{-1} = \operatorname{artanh}` on :math:`(-1, 1)`."""
-
-    domain = (-1.0, 1.0)
+    r""":math:`\sigma = \tanh`, the prox of
+    :math:`f(z) = z\operatorname{artanh} z + \tfrac12\log(1 - z^2) - \tfrac12 z^2` on :math:`(-1, 1)`."""
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.tanh(x)
@@ -165,17 +165,9 @@ class Tanh(ProximalActivation):
     def derivative(self, x: Tensor) -> Tensor:
         return 1 - torch.tanh(x) ** 2
 
-    def inverse(self, z: Tensor) -> Tensor:
-        return torch.atanh(z)
-
-    def inverse_derivative(self, z: Tensor) -> Tensor:
-        return 1 / (1 - z**2)
-
 
 class Sigmoid(ProximalActivation):
-    r""":math:`\sigma(x) = 1 / (1 + e^{-x})`, :math:`\sigma^{-1} = \operatorname{logit}` on :math:`(0, 1)`."""
-
-    domain = (0.0, 1.0)
+    r""":math:`\sigma(x) = 1 / (1 + e^{-x})`, with :math:`\sigma^{-1} = \operatorname{logit}` on :math:`(0, 1)`."""
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.sigmoid(x)
@@ -184,30 +176,15 @@ class Sigmoid(ProximalActivation):
         s = torch.sigmoid(x)
         return s * (1 - s)
 
-    def inverse(self, z: Tensor) -> Tensor:
-        return torch.logit(z)
-
-    def inverse_derivative(self, z: Tensor) -> Tensor:
-        return 1 / (z * (1 - z))
-
 
 class Softplus(ProximalActivation):
     r""":math:`\sigma(x) = \log(1 + e^x)`, :math:`\sigma^{-1}(z) = \log(e^z - 1)` on :math:`(0, \infty)`."""
-
-    domain = (0.0, math.inf)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.softplus(x)
 
     def derivative(self, x: Tensor) -> Tensor:
         return torch.sigmoid(x)
-
-    def inverse(self, z: Tensor) -> Tensor:
-        # log(e^z - 1) = z + log(1 - e^{-z}), stable for large z.
-        return z + torch.log(-torch.expm1(-z))
-
-    def inverse_derivative(self, z: Tensor) -> Tensor:
-        return -1 / torch.expm1(-z)
 
 
 ACTIVATIONS: dict[str, type[ProximalActivation]] = {
