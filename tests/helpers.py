@@ -7,7 +7,7 @@ import torch
 from mondeq import FullyConnected, MultiConv, SingleConv
 from mondeq.operators import MonotoneOperator
 
-OPERATOR_NAMES = ["fc", "single", "single-odd", "multi2", "multi3"]
+OPERATOR_NAMES = ["fc", "single", "single-odd", "single-strided", "multi2", "multi3"]
 
 
 def make_operator(name: str, m: float = 0.5, seed: int = 0, scale: float = 1.0) -> MonotoneOperator:
@@ -17,6 +17,7 @@ def make_operator(name: str, m: float = 0.5, seed: int = 0, scale: float = 1.0) 
         "fc": lambda: FullyConnected(6, 9, m=m),
         "single": lambda: SingleConv(2, 3, 6, m=m),
         "single-odd": lambda: SingleConv(1, 2, 5, m=m),
+        "single-strided": lambda: SingleConv(2, 3, 12, m=m, stride=2),  # 6 x 6 equilibrium
         "multi2": lambda: MultiConv(2, (2, 3), 8, m=m),
         "multi3": lambda: MultiConv(1, (2, 2, 2), 12, m=m),
     }[name]()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import OPERATOR_NAMES, make_operator
+from helpers import OPERATOR_NAMES, make_input, make_operator
 from mondeq import FullyConnected, MultiConv, SingleConv
 
 
@@ -66,6 +66,17 @@ def test_single_conv_matches_explicit_circular_convolution():
 
     expected = (1 - op.m) * img - conv_t(conv(img, w.A), w.A) + conv(img, w.S)
     assert rel(op.multiply(z).reshape(img.shape), expected.detach()) < 1e-10
+
+
+def test_strided_injection_matches_torch_conv2d():
+    """U x with stride 2: torch's circular-padded strided Conv2d with bias, on a 12 x 12 image."""
+    op = make_operator("single-strided")
+    x = make_input(op)
+    layer = torch.nn.Conv2d(2, 3, 3, stride=2, padding=1, padding_mode="circular").double()
+    layer.load_state_dict(op.U.state_dict())
+    expected = layer(x)
+    assert expected.shape == (3, 3, 6, 6)
+    assert rel(op.inject(x), expected.flatten(1).detach()) < 1e-12
 
 
 @pytest.mark.parametrize("name", OPERATOR_NAMES)
@@ -140,6 +151,8 @@ def test_structured_views():
         (lambda: SingleConv(1, 4, 8, kernel_size=4), "odd"),
         (lambda: MultiConv(1, (4, 4, 4, 4), 28), "tier 2 has side 7"),
         (lambda: MultiConv(1, (4, 4), 14, kernel_size=9), "kernel_size"),
+        (lambda: SingleConv(1, 4, 15, stride=2), "not a multiple of the injection stride 2"),
+        (lambda: MultiConv(1, (4, 4), 12, stride=4), r"image_size 12 \(stride 4\) does not support 2 tiers: tier 0 has side 3"),
         (lambda: FullyConnected(4, 5).resolvent(0.0), "alpha must be > 0"),
     ],
 )

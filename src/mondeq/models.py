@@ -67,7 +67,10 @@ class ModelConfig:
         default_factory=lambda: [54], metadata=_option("channels (one per tier for multi-conv)", "positive_int", nargs="+")
     )
     kernel_size: int = 3
-    pool: int = 4
+    pool: int = field(default=4, metadata=_option("average pooling of the single-conv readout (preset 4)", "positive_int"))
+    stride: int = field(
+        default=1, metadata=_option("stride of the conv models' input injection: 2 halves the equilibrium's side", "positive_int")
+    )
     m: float = field(default=1.0, metadata=_option("monotonicity margin m > 0 (preset 1.0)", "positive"))
     activation: str = field(default="relu", metadata=_option("proximal activation (preset relu)", "choice", choices=ACTIVATIONS))
     solver: str = field(default="pr", metadata=_option("splitting method (preset pr)", "choice", choices=SOLVERS))
@@ -143,12 +146,16 @@ KINDS: dict[str, ClassifierKind] = {
         sizes={"mnist": 87, "fashion-mnist": 87, "cifar10": 200, "svhn": 200},
     ),
     "single-conv": ClassifierKind(
-        operator=lambda c: SingleConv(c.in_channels, c.channels[0], c.image_size, kernel_size=c.kernel_size, m=c.m),
+        operator=lambda c: SingleConv(
+            c.in_channels, c.channels[0], c.image_size, kernel_size=c.kernel_size, m=c.m, stride=c.stride
+        ),
         pool=lambda c, z: F.avg_pool2d(z, c.pool),
         sizes={"mnist": 54, "fashion-mnist": 54, "cifar10": 81, "svhn": 81},
     ),
     "multi-conv": ClassifierKind(
-        operator=lambda c: MultiConv(c.in_channels, tuple(c.channels), c.image_size, kernel_size=c.kernel_size, m=c.m),
+        operator=lambda c: MultiConv(
+            c.in_channels, tuple(c.channels), c.image_size, kernel_size=c.kernel_size, m=c.m, stride=c.stride
+        ),
         pool=lambda c, z: z[-1],  # the coarsest tier
         sizes={"mnist": (16, 32, 32), "fashion-mnist": (16, 32, 32), "cifar10": (16, 32, 60), "svhn": (16, 32, 60)},
     ),
@@ -168,6 +175,8 @@ def preset_config(kind: str, dataset: str, in_channels: int, image_size: int, nu
             raise ConfigError(f"unknown model option {key!r}")
     given = {k: (list(v) if k == "channels" else v) for k, v in overrides.items() if v is not None}
     config = ModelConfig(kind=kind, in_channels=in_channels, image_size=image_size, num_classes=num_classes, **{**sized, **given})
+    if kind == "fc" and config.stride != 1:
+        raise ConfigError(f"stride {config.stride} applies to the convolutional models, not fc")
     if kind == "single-conv" and len(config.channels) != 1:
         raise ConfigError(f"single-conv takes one channel count, got {config.channels}")
     return config

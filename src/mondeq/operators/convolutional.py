@@ -146,16 +146,20 @@ class MultiConv(MonotoneOperator):
     Args:
         in_channels: channels of the input image.
         channels: channels per tier, e.g. ``(16, 32, 32)``.
-        image_size: side of the (square) input; tier :math:`i` has side ``image_size / 2**i``.
+        image_size: side of the (square) input; tier :math:`i` has side
+            ``image_size / stride / 2**i``.
         kernel_size: odd kernel size of every convolution.
         m: monotonicity margin, :math:`m > 0`.
+        stride: stride of the input injection ``U`` (1: the first tier has the image's size;
+            2: half of it, a quarter of the cost per iteration).
 
     Shape:
         - Input: :math:`(N, C_{in}, s, s)`.
         - Hidden state: flat :math:`(N, \sum_i c_i s_i^2)`; :meth:`unflatten` gives the tuple
           of tiers :math:`(N, c_i, s_i, s_i)`.
 
-    The input is injected into the first tier by a circular convolution ``U`` with bias.
+    The input is injected into the first tier by a circular convolution ``U`` with bias and
+    stride ``stride``; :math:`W` and its monotonicity do not depend on ``U``.
     """
 
     def __init__(
@@ -165,6 +169,7 @@ class MultiConv(MonotoneOperator):
         image_size: int,
         kernel_size: int = 3,
         m: float = 0.1,
+        stride: int = 1,
     ) -> None:
         super().__init__(m)
         in_channels = positive_int("in_channels", in_channels)
@@ -176,17 +181,21 @@ class MultiConv(MonotoneOperator):
         image_size = positive_int("image_size", image_size)
         if positive_int("kernel_size", kernel_size) % 2 != 1:
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
-        sizes = [image_size // 2**i for i in range(len(channels))]
+        stride = positive_int("stride", stride)
+        if image_size % stride:
+            raise ValueError(f"image_size {image_size} is not a multiple of the injection stride {stride}")
+        sizes = [image_size // stride // 2**i for i in range(len(channels))]
         for i, s in enumerate(sizes):
             if s < kernel_size or (i + 1 < len(sizes) and s % 2):
                 raise ValueError(
-                    f"image_size {image_size} does not support {len(channels)} tiers: tier {i} has "
+                    f"image_size {image_size} (stride {stride}) does not support {len(channels)} tiers: tier {i} has "
                     f"side {s}, which must be >= kernel_size {kernel_size} and even for every tier "
                     "but the last"
                 )
         self.in_channels = in_channels
         self.channels = channels
         self.image_size = image_size
+        self.stride = stride
         self.sizes = tuple(sizes)
         self.kernel_size = kernel_size
         self.features = sum(c * s * s for c, s in zip(channels, sizes))
@@ -238,7 +247,7 @@ class MultiConv(MonotoneOperator):
             )
 
     def inject(self, x: Tensor) -> Tensor:
-        first = circular_conv(x, self.U.weight) + self.U.bias[:, None, None]
+        first = circular_conv(x, self.U.weight, stride=self.stride) + self.U.bias[:, None, None]
         flat = first.flatten(1)
         if self.num_tiers == 1:
             return flat
@@ -383,7 +392,7 @@ class MultiConv(MonotoneOperator):
     def extra_repr(self) -> str:
         return (
             f"in_channels={self.in_channels}, channels={self.channels}, image_size={self.image_size}, "
-            f"kernel_size={self.kernel_size}, m={self.m}"
+            f"kernel_size={self.kernel_size}, m={self.m}" + (f", stride={self.stride}" if self.stride != 1 else "")
         )
 
 
@@ -396,16 +405,21 @@ class SingleConv(MultiConv):
         image_size: side of the (square) input.
         kernel_size: odd kernel size.
         m: monotonicity margin.
+        stride: stride of the input injection; the hidden image has side ``image_size / stride``.
 
     Shape:
-        - Input: :math:`(N, C_{in}, s, s)`; hidden state flat :math:`(N, c s^2)`,
-          :meth:`unflatten` gives :math:`(N, c, s, s)`.
+        - Input: :math:`(N, C_{in}, s, s)`; hidden state flat :math:`(N, c h^2)` with
+          :math:`h = s / \text{stride}`, :meth:`unflatten` gives :math:`(N, c, h, h)`.
 
     The resolvent solves a :math:`c \times c` system per frequency of the real FFT.
     """
 
-    def __init__(self, in_channels: int, channels: int, image_size: int, kernel_size: int = 3, m: float = 0.1) -> None:
-        super().__init__(in_channels, (positive_int("channels", channels),), image_size, kernel_size=kernel_size, m=m)
+    def __init__(
+        self, in_channels: int, channels: int, image_size: int, kernel_size: int = 3, m: float = 0.1, stride: int = 1
+    ) -> None:
+        super().__init__(
+            in_channels, (positive_int("channels", channels),), image_size, kernel_size=kernel_size, m=m, stride=stride
+        )
 
     def unflatten(self, z: Tensor) -> Tensor:  # type: ignore[override]
         return self.tiers(z)[0]
