@@ -38,6 +38,11 @@ from pathlib import Path
 BAD_INPUTS: list[tuple[str, str, str]] = [
     ("threads 0", "train --data-dir {data} --threads 0", "--threads: 0 must be"),
     ("threads -1", "train --data-dir {data} --threads -1", "--threads: -1 must be"),
+    ("time-budget 0", "train --data-dir {data} --time-budget 0m", "--time-budget: 0m must be a finite duration > 0"),
+    ("time-budget text", "train --data-dir {data} --time-budget soon", "--time-budget: 'soon' is not a duration"),
+    ("recipe unknown", "train --data-dir {data} --recipe fast", "--recipe: invalid choice: 'fast'"),
+    ("stride fc", "train --data-dir {data} --model fc --stride 2", "stride 2 applies to the convolutional models"),
+    ("stride odd size", "train --data-dir {data} --stride 3", "not a multiple of the injection stride 3"),
     ("max-alpha 0", "train --data-dir {data} --max-alpha 0", "--max-alpha: 0 must be"),
     ("max-alpha -1", "train --data-dir {data} --max-alpha -1", "--max-alpha: -1 must be"),
     ("lr inf", "train --data-dir {data} --lr inf", "--lr: inf must be finite"),

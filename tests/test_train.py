@@ -56,6 +56,55 @@ def test_resume_matches_uninterrupted_run(tmp_path, data, model):
     assert resumed_history[-1]["train_loss"] == pytest.approx(history[-1]["train_loss"], rel=1e-12)
 
 
+class FakeClock:
+    """A clock that advances 10 s per training step and stands still otherwise."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.now = 1000.0
+        step = trainer._train_step
+
+        def timed_step(*args):
+            step(*args)
+            self.now += 10.0
+
+        trainer._train_step = timed_step
+        trainer.clock = lambda: self.now
+
+
+def test_time_budget_stops_evaluates_saves_and_resumes(tmp_path, data):
+    """6 batches per epoch at 10 s each: a 1.5-minute budget ends after 9 steps, half-way through
+    epoch 2, with an evaluation recorded as epoch 1.5; resumed with 3 minutes it runs to 180 s."""
+    train, test = data
+    config = make_config(tmp_path, "fc", epochs=None, time_budget=1.5, lr_schedule="one-cycle")
+    assert config.epochs == 1000  # the budget decides
+    trainer = Trainer(config, train, test, progress=False)
+    clock = FakeClock(trainer)
+    history = trainer.fit()
+    assert [row["epoch"] for row in history] == [1, 1.5]
+    assert [row["elapsed_seconds"] for row in history] == [60.0, 90.0]
+    assert 0 < history[-1]["test_accuracy"] <= 1 and history[-1]["test_loss"] > 0
+    meta, _, _ = load_checkpoint(tmp_path)
+    assert (meta["epoch"], meta["batch"], meta["elapsed"]) == (1, 3, 90.0)
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 3
+    assert trainer.fit() == history and clock.now == 1090.0  # the budget is spent: nothing more runs
+
+    resumed = Trainer.resume_run(tmp_path, {"time_budget": 3.0}, progress=False, train_set=train, test_set=test)
+    FakeClock(resumed)
+    history = resumed.fit()
+    assert [row["epoch"] for row in history] == [1, 1.5, 2, 3]
+    assert [row["elapsed_seconds"] for row in history] == [60.0, 90.0, 120.0, 180.0]
+    assert load_checkpoint(tmp_path)[0]["epoch"] == 3
+    with pytest.raises(ValueError, match="time_budget must be > 0"):
+        make_config(tmp_path, "fc", time_budget=0)
+
+
+def test_one_cycle_spans_the_time_budget():
+    config = TrainConfig(lr=1e-3, lr_schedule="one-cycle", time_budget=60.0, model_options={"channels": [4]})
+    assert learning_rate(config, 0.0, progress=0.0) == pytest.approx((1e-4, 0.95))
+    assert learning_rate(config, 3.0, progress=0.4) == pytest.approx((1e-3, 0.85))  # peak at 40% of the budget
+    assert learning_rate(config, 9.0, progress=0.9) == pytest.approx((1e-4, 0.95))
+
+
 def test_training_learns_and_logs(tmp_path, data):
     train, test = data
     trainer = Trainer(make_config(tmp_path, "fc", epochs=4, lr=1e-2), train, test, progress=False)

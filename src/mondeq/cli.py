@@ -41,6 +41,21 @@ def _number(kind: type, minimum: float, strict: bool = False):
     return parse
 
 
+def duration_minutes(text: str) -> float:
+    """An argparse type: ``90s``, ``45m``, ``1.5h`` or a bare number of minutes, as minutes > 0."""
+    units = {"s": 1 / 60, "m": 1.0, "h": 60.0}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1.0)
+    try:
+        value = float(number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90s, 45m or 1h") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite duration > 0")
+    return value
+
+
+duration_minutes.__name__ = "duration"
+
 POSITIVE_INT = _number(int, 1)
 COUNT = _number(int, 0)
 POSITIVE = _number(float, 0, strict=True)
@@ -85,10 +100,23 @@ checkpoint and stops; --resume continues it."""
 def train_arguments(p: argparse.ArgumentParser) -> None:
     from .data import DATASET_NAMES
     from .models import MODEL_KINDS, model_options
+    from .train import RECIPES
 
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        help="a tested set of options (explicit flags override it): "
+        + "; ".join(f"{name}: {recipe.summary}" for name, recipe in RECIPES.items()),
+    )
     p.add_argument("--dataset", choices=DATASET_NAMES, help="default fashion-mnist; folder: --data-dir DIR/{train,test}/CLASS/*")
     p.add_argument("--model", choices=MODEL_KINDS, help="default single-conv")
-    p.add_argument("--epochs", type=POSITIVE_INT, help="epochs (default 1)")
+    p.add_argument("--epochs", type=POSITIVE_INT, help="epochs (default 1; with --time-budget: until the budget is spent)")
+    p.add_argument(
+        "--time-budget",
+        type=duration_minutes,
+        metavar="DURATION",
+        help="wall time for the whole run (90s, 45m, 1h): stops in time to evaluate and save",
+    )
     p.add_argument("--batch-size", type=POSITIVE_INT, help="training batch size (default 128)")
     p.add_argument("--test-batch-size", type=POSITIVE_INT, help="evaluation batch size (default 400)")
     p.add_argument("--lr", type=POSITIVE, help="(peak) learning rate (default 1e-3)")
@@ -149,11 +177,13 @@ def train_command(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, device: str) -> int:
     from .distributed import is_main
     from .models import model_options
-    from .train import TrainConfig, Trainer
+    from .train import RECIPES, TrainConfig, Trainer
 
     fields = TrainConfig.__dataclass_fields__
     options = {k: v for k, v in vars(args).items() if k in fields and v is not None and k != "device"}
     options["model_options"] = {o.name: getattr(args, o.name) for o in model_options() if getattr(args, o.name) is not None}
+    if args.recipe:
+        options = RECIPES[args.recipe].options(options)
     default_out = f"runs/{options.get('dataset', fields['dataset'].default)}-{options.get('model', fields['model'].default)}"
     if args.resume:
         run = Path(args.resume) if isinstance(args.resume, str) else Path(options.get("out", default_out))

@@ -130,9 +130,13 @@ class ImageDataset:
         return ImageDataset(self.images[:count], self.labels[:count], self.info)
 
 
-def augment_batch(images: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
-    """Random crop with zero padding and random horizontal flip, per image, with torch ops."""
+def augment_batch(images: Tensor, generator: torch.Generator, padding: int | None = None) -> Tensor:
+    """Random crop with zero padding and random horizontal flip, per image, with torch ops.
+
+    ``padding`` defaults to an eighth of the image side (4 pixels for CIFAR-10's 32, 3 for 28).
+    """
     n, _, h, w = images.shape
+    padding = max(1, w // 8) if padding is None else padding
     padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)

@@ -46,7 +46,10 @@ __all__ = [
 ]
 
 #: Options that may differ from a run's stored configuration when it is resumed.
-RESUMABLE_OPTIONS = ("epochs", "threads", "data_dir", "device", "checkpoint_every")
+RESUMABLE_OPTIONS = ("epochs", "threads", "data_dir", "device", "checkpoint_every", "time_budget")
+
+#: Epoch cap of a run given a time budget and no epoch count.
+BUDGET_EPOCHS = 1000
 
 METRIC_FIELDS = [
     "epoch",
@@ -61,6 +64,7 @@ METRIC_FIELDS = [
     "epoch_seconds",
     "alpha",
     "lr",
+    "elapsed_seconds",
 ]
 
 
@@ -70,7 +74,7 @@ class TrainConfig:
 
     dataset: str = "fashion-mnist"
     model: str = "single-conv"
-    epochs: int = 1
+    epochs: int | None = None  # 1, or BUDGET_EPOCHS with a time budget
     batch_size: int = 128
     test_batch_size: int = 400
     lr: float = 1e-3
@@ -87,14 +91,22 @@ class TrainConfig:
     train_limit: int | None = None
     test_limit: int | None = None
     checkpoint_every: float = 10.0  # minutes between mid-epoch checkpoints (0: only at epoch ends)
+    #: Minutes of wall time for the whole run, evaluations included: training stops between two
+    #: batches early enough for a last evaluation, which is recorded and saved (None: no limit).
+    time_budget: float | None = None
+    recipe: str | None = None  # the name of the recipe the options came from (a record only)
     #: Overrides of the preset's :class:`~mondeq.models.ModelConfig` (``width``, ``channels``, ``m``, ...).
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.epochs is None:
+            self.epochs = BUDGET_EPOCHS if self.time_budget is not None else 1
         if self.dataset not in DATASET_NAMES:
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {DATASET_NAMES}")
         if self.model not in MODEL_KINDS:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {list(MODEL_KINDS)}")
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise ConfigError(f"unknown recipe {self.recipe!r}; choose one of {sorted(RECIPES)}")
         if self.lr_schedule not in ("step", "one-cycle", "constant"):
             raise ConfigError(f"lr_schedule must be step, one-cycle or constant, got {self.lr_schedule!r}")
         for name in ("epochs", "batch_size", "test_batch_size", "lr_step", "threads", "train_limit", "test_limit"):
@@ -102,6 +114,7 @@ class TrainConfig:
         for name in ("lr", "max_alpha"):
             _check_number(name, getattr(self, name), positive=True)
         _check_number("checkpoint_every", self.checkpoint_every, minimum=0)
+        _check_number("time_budget", self.time_budget, positive=True)
         self.model_options = {k: v for k, v in self.model_options.items() if v is not None}
         self.model_config()  # validates the model options
 
@@ -135,6 +148,44 @@ def _check_number(name: str, value, minimum: float | None = None, positive: bool
         raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A named set of :class:`TrainConfig` options (``model_options`` among them) that was measured.
+
+    Attributes:
+        summary: one line for ``mondeq train --help``.
+        settings: the options; explicit ones given with the recipe override them.
+        measured: where its result is recorded.
+    """
+
+    summary: str
+    settings: dict[str, Any]
+    measured: str = "docs/results.md"
+
+    def options(self, explicit: dict[str, Any]) -> dict[str, Any]:
+        """The recipe's options updated by ``explicit`` ones (model options merged key by key)."""
+        model = {**self.settings.get("model_options", {}), **explicit.get("model_options", {})}
+        return {**self.settings, **explicit, "model_options": model}
+
+
+#: Recipes for ``mondeq train --recipe NAME``.
+RECIPES: dict[str, Recipe] = {
+    "fmnist-hour": Recipe(
+        summary="Fashion-MNIST in one hour on 2 CPU cores (single-conv at 14x14, 60 channels, ~95k parameters)",
+        settings={
+            "dataset": "fashion-mnist",
+            "model": "single-conv",
+            "time_budget": 59.0,  # the whole command, start-up included, within the hour
+            "lr": 2e-3,
+            "lr_schedule": "one-cycle",
+            "augment": True,
+            "out": "runs/fmnist-hour",
+            "model_options": {"channels": [60], "stride": 2, "pool": 2},
+        },
+    ),
+}
+
+
 @dataclass
 class RunningTotals:
     """Sums over the batches of the current epoch (this process's share), stored in checkpoints by name."""
@@ -165,24 +216,26 @@ class RunningTotals:
         return cls(**{k: float(v) for k, v in stored.items()})
 
 
-def learning_rate(config: TrainConfig, t: float) -> tuple[float, float | None]:
+def learning_rate(config: TrainConfig, t: float, progress: float | None = None) -> tuple[float, float | None]:
     """``(lr, beta1)`` at fractional epoch ``t``; ``beta1`` is ``None`` unless one-cycle.
 
     One-cycle (as in the paper's CIFAR runs): lr rises linearly from ``lr/10`` to ``lr`` over the
     first half of the cycle, falls back over the second, then stays at ``lr/10``; Adam's
-    ``beta1`` moves inversely between 0.95 and 0.85. The cycle spans ``epochs - 5`` epochs for
-    long runs and 80% of the run for short ones.
+    ``beta1`` moves inversely between 0.95 and 0.85. ``progress`` is the fraction of the run
+    done (default ``t / epochs``; the fraction of the time budget for a budgeted run). The cycle
+    spans ``epochs - 5`` epochs for long runs and 80% of the run for short and budgeted ones.
     """
     if config.lr_schedule == "constant":
         return config.lr, None
     if config.lr_schedule == "step":
         return config.lr * 0.1 ** math.floor(t / config.lr_step), None
     total = config.epochs
-    cycle = total - 5 if total > 10 else 0.8 * total
-    points = [0.0, cycle / 2, cycle, total]
+    progress = t / total if progress is None else progress
+    cycle = (total - 5) / total if total > 10 and config.time_budget is None else 0.8
+    points = [0.0, cycle / 2, cycle, 1.0]
     low = config.lr / 10
-    lr = float(np.interp(t, points, [low, config.lr, low, low]))
-    beta1 = float(np.interp(t, points, [0.95, 0.85, 0.95, 0.95]))
+    lr = float(np.interp(progress, points, [low, config.lr, low, low]))
+    beta1 = float(np.interp(progress, points, [0.95, 0.85, 0.95, 0.95]))
     return lr, beta1
 
 
@@ -324,7 +377,16 @@ class Trainer:
     :meth:`fit` raises :class:`TrainingInterrupted`; a checkpoint is also written every
     ``config.checkpoint_every`` minutes, so even ``kill -9`` loses at most that much work.
     Resuming reproduces an uninterrupted run bit for bit.
+
+    With ``config.time_budget`` the run ends when the budget is spent: training stops between
+    two batches early enough for a last evaluation (its expected time is held back), which is
+    recorded as a fractional epoch and saved; one-cycle then spans the budget. A budgeted run's
+    learning rate follows the clock, so it is not bit-reproducible; resuming it with a larger
+    ``time_budget`` continues from the exact position.
     """
+
+    #: The clock of the time budget and of periodic checkpoints (seconds; replaceable in tests).
+    clock: Callable[[], float] = staticmethod(time.monotonic)
 
     def __init__(
         self,
@@ -354,7 +416,10 @@ class Trainer:
         self.progress = progress and distributed.is_main()
         self.history: list[dict[str, float]] = []
         self.wrapped = distributed.wrap(self.model)
-        self._last_save = time.monotonic()
+        self._last_save = self.clock()
+        self.elapsed = 0.0  # seconds of this run before the current fit() call
+        self._clock_start: float | None = None
+        self._evaluation_seconds: float | None = None
 
     @classmethod
     def resume_run(cls, run: str | Path, options: dict[str, Any] | None = None, progress: bool = True, **datasets) -> Trainer:
@@ -389,7 +454,7 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self) -> Path | None:
-        self._last_save = time.monotonic()
+        self._last_save = self.clock()
         if not distributed.is_main():
             return None
         meta = {
@@ -402,6 +467,7 @@ class Trainer:
             "alpha": self.model.layer.alpha,
             "running": asdict(self.running),
             "history": self.history,
+            "elapsed": self.elapsed_seconds(),
         }
         return save_checkpoint(self.out / "checkpoint", self.model, self.optimizer, meta)
 
@@ -430,38 +496,65 @@ class Trainer:
             # Mid-epoch with another number of processes: skip as many examples as were seen.
             self.batch = math.ceil(self.batch * saved_world / distributed.world_size())
         self.history = meta["history"]
-        self._last_save = time.monotonic()
+        self.elapsed = float(meta.get("elapsed", 0.0))
+        self._last_save = self.clock()
+
+    # -- time -----------------------------------------------------------------------------
+    def elapsed_seconds(self) -> float:
+        """Wall time this run has spent so far, across resumptions."""
+        return self.elapsed if self._clock_start is None else self.clock() - self._clock_start
+
+    def out_of_time(self) -> bool:
+        """Whether the time budget leaves no room for another batch and the final evaluation
+        (every rank gets the same answer)."""
+        if self.config.time_budget is None:
+            return False
+        reserve = self._evaluation_seconds
+        if reserve is None:  # no evaluation yet: from the forward solves' time per training image
+            r = self.running
+            reserve = 1.5 * r.forward_seconds / r.examples * len(self.test_set) if r.examples else 0.0
+        return distributed.any_rank(self.elapsed_seconds() + reserve >= 60 * self.config.time_budget)
+
+    def _progress(self, index: int, num_batches: int) -> float:
+        """The fraction of the run done: of the time budget, or of the epochs."""
+        if self.config.time_budget is None:
+            return (self.epoch + index / num_batches) / self.config.epochs
+        spent = min(1.0, self.elapsed_seconds() / (60 * self.config.time_budget))
+        return distributed.broadcast_float(spent)
 
     # -- loop -----------------------------------------------------------------------------
     def fit(self, stop_after_batches: int | None = None) -> list[dict[str, float]]:
-        """Train until ``config.epochs``.
+        """Train until ``config.epochs`` or until the time budget is spent.
 
         Raises :class:`TrainingInterrupted` after saving when SIGINT or SIGTERM arrives.
         ``stop_after_batches`` stops (after saving, without raising) once that many batches ran
         in this call, to simulate an interruption.
         """
-        budget = math.inf if stop_after_batches is None else stop_after_batches
+        self._batches_left = math.inf if stop_after_batches is None else stop_after_batches
+        self._clock_start = self.clock() - self.elapsed
         writer = self._tensorboard()
         try:
             with _StopRequests(announce=distributed.is_main()) as stops:
-                while self.epoch < self.config.epochs:
+                while self.epoch < self.config.epochs and not self.out_of_time():
                     start = time.perf_counter()
-                    budget, num_batches = self._train_epoch(stops, budget)
-                    if budget < 0:
+                    stopped, num_batches = self._train_epoch(stops)
+                    if stopped == "batches":
                         self.save()
                         return self.history
-                    row = self._end_epoch(num_batches, time.perf_counter() - start, stops)
+                    row = self._end_epoch(num_batches, time.perf_counter() - start, stops, complete=stopped is None)
                     for key, value in row.items() if writer is not None else ():
                         writer.add_scalar(key, value, row["epoch"])
         finally:
+            self.elapsed, self._clock_start = self.elapsed_seconds(), None
             if writer is not None:
                 writer.close()
         return self.history
 
-    def _train_epoch(self, stops: _StopRequests, budget: float) -> tuple[float, int]:
-        """Train the rest of the current epoch, at most ``budget`` batches.
+    def _train_epoch(self, stops: _StopRequests) -> tuple[str | None, int]:
+        """Train the rest of the current epoch.
 
-        Returns the budget left (-1 when it ran out before the epoch's end) and the epoch's batch count.
+        Returns why it stopped early (``"batches"``: ``stop_after_batches`` ran out, ``"time"``:
+        the time budget; ``None``: the epoch is complete) and the epoch's batch count.
         """
         batches = self._batches()
         bar = self._bar(len(batches))
@@ -469,18 +562,20 @@ class Trainer:
             for index, (x, y) in enumerate(batches):
                 if index < self.batch:
                     continue
-                if budget <= 0:
-                    return -1, len(batches)
+                if self._batches_left <= 0:
+                    return "batches", len(batches)
                 self._between_batches(stops)
+                if self.out_of_time():
+                    return "time", len(batches)
                 self._train_step(x, y, index, len(batches))
                 self.batch = index + 1
-                budget -= 1
+                self._batches_left -= 1
                 self._show(bar)
         finally:
             if bar is not None:
                 bar.close()
         self._between_batches(stops)
-        return budget, len(batches)
+        return None, len(batches)
 
     def _batches(self) -> Batches:
         cfg = self.config
@@ -502,7 +597,7 @@ class Trainer:
             self.save()
             raise TrainingInterrupted(stops.signum or signal.SIGTERM)
         every = self.config.checkpoint_every
-        if every and time.monotonic() - self._last_save >= 60 * every:
+        if every and self.clock() - self._last_save >= 60 * every:
             self.save()
 
     def _show(self, bar) -> None:
@@ -524,7 +619,7 @@ class Trainer:
         if cfg.tune_alpha and index in (30, num_batches // 2):
             model.layer.alpha = distributed.broadcast_float(tune_alpha(model, x, cfg.max_alpha))
         model.train()
-        lr, beta1 = learning_rate(cfg, self.epoch + index / num_batches)
+        lr, beta1 = learning_rate(cfg, self.epoch + index / num_batches, self._progress(index, num_batches))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
             if beta1 is not None:
@@ -546,17 +641,22 @@ class Trainer:
             backward_seconds=stats.backward.seconds if stats.backward else 0.0,
         )
 
-    def _end_epoch(self, num_batches: int, seconds: float, stops: _StopRequests) -> dict[str, float]:
-        """Evaluate, then advance epoch, position, totals and history together and save."""
+    def _end_epoch(self, num_batches: int, seconds: float, stops: _StopRequests, complete: bool = True) -> dict[str, float]:
+        """Evaluate, then advance epoch, position, totals and history together and save.
+
+        An incomplete epoch (the time budget ran out) is recorded as a fractional epoch and
+        leaves the position inside it, so that a resumed run with more time continues there.
+        """
         cfg = self.config
         totals = self.running.summed_over_ranks()
         evaluation = evaluate(self.model, self.test_set, cfg.test_batch_size, self.device, stop=stops.requested)
         if evaluation is None:  # stopped during evaluation: the position is "all batches done"
             self.save()
             raise TrainingInterrupted(stops.signum or signal.SIGTERM)
-        batches = num_batches * distributed.world_size()
+        self._evaluation_seconds = evaluation.seconds
+        batches = max(num_batches if complete else self.batch, 1) * distributed.world_size()
         row = {
-            "epoch": self.epoch + 1,
+            "epoch": self.epoch + 1 if complete else round(self.epoch + self.batch / num_batches, 3),
             "train_loss": totals.loss / totals.examples,
             "train_accuracy": totals.correct / totals.examples,
             "test_loss": evaluation.loss,
@@ -568,16 +668,21 @@ class Trainer:
             "epoch_seconds": seconds,
             "alpha": self.model.layer.alpha,
             "lr": self.optimizer.param_groups[0]["lr"],
+            "elapsed_seconds": self.elapsed_seconds(),
         }
-        self.history, self.epoch, self.batch = [*self.history, row], self.epoch + 1, 0
-        self.running = RunningTotals()
+        if complete:
+            self.history, self.epoch, self.batch = [*self.history, row], self.epoch + 1, 0
+            self.running = RunningTotals()
+        else:
+            self.history = [*self.history, row]
         self.save()
         if distributed.is_main():
             self._write_csv()
+            of = f"/{cfg.epochs}" if cfg.time_budget is None else f" (time budget {cfg.time_budget:.4g} min)"
             print(
-                f"epoch {row['epoch']}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
+                f"epoch {row['epoch']}{of}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
                 f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f} | fwd {row['forward_iterations']:.1f} "
-                f"bwd {row['backward_iterations']:.1f} iters | {seconds:.1f}s",
+                f"bwd {row['backward_iterations']:.1f} iters | {seconds:.1f}s, {row['elapsed_seconds'] / 60:.1f} min in all",
                 flush=True,
             )
         return row
