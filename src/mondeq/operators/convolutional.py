@@ -107,6 +107,37 @@ def ungroup(x: Tensor) -> Tensor:
     return x.reshape(h, h, 2, 2, c, r).permute(2, 0, 3, 1, 4, 5).reshape(2 * h, 2 * h, c, r)
 
 
+def _conjugate_rows(x: Tensor) -> Tensor:
+    """``x[(-k) mod s]`` along the first (frequency) dim: the rows of the conjugate frequencies."""
+    s = x.shape[0]
+    return x[(-torch.arange(s, device=x.device)) % s]
+
+
+def half_group(x: Tensor) -> Tensor:
+    r"""One-sided ``(s, s/2+1, c, r)`` spectrum of real images to alias groups ``(h, h//2+1, 4c, r)``, :math:`h = s/2`.
+
+    The groups of :func:`group` with column :math:`b \le h/2`: the others are the complex
+    conjugates of these (group :math:`(a, b)` pairs with :math:`(-a, -b)`), so a real linear map
+    needs only them. Their frequencies in columns :math:`h + b` lie outside the one-sided
+    spectrum and come from :math:`X(k, h + b) = \overline{X(-k, h - b)}`.
+    """
+    s, _, c, r = x.shape
+    h = s // 2
+    width = h // 2 + 1
+    columns = h - torch.arange(width, device=x.device)
+    both = torch.stack([x[:, :width], _conjugate_rows(x[:, columns]).conj()])  # (q, p h + a, b, c, r)
+    return both.reshape(2, 2, h, width, c, r).permute(2, 3, 1, 0, 4, 5).reshape(h, width, 4 * c, r)
+
+
+def half_ungroup(x: Tensor) -> Tensor:
+    """Inverse of :func:`half_group`: the one-sided ``(s, s/2+1, c, r)`` spectrum from the half of the groups."""
+    h, width, c4, r = x.shape
+    c = c4 // 4
+    parts = x.reshape(h, width, 2, 2, c, r).permute(3, 2, 0, 1, 4, 5).reshape(2, 2 * h, width, c, r)
+    columns = h - torch.arange(width, h + 1, device=x.device)  # X(k, j) = conj X(-k, 2h - j), column h + (h - j)
+    return torch.cat([parts[0], _conjugate_rows(parts[1][:, columns]).conj()], dim=1)
+
+
 def group_block_diagonal(p: Tensor) -> Tensor:
     """Per-frequency ``(s, s, c, c)`` matrices as block-diagonal ``(s/2, s/2, 4c, 4c)`` group matrices."""
     s, _, c, _ = p.shape
@@ -310,18 +341,17 @@ class MultiConv(MonotoneOperator):
 
     # -- resolvent ------------------------------------------------------------------------
     def resolvent_factors(
-        self, conv_weights: _ConvWeights, alpha: float, onesided: bool | None = None
+        self, conv_weights: _ConvWeights, alpha: float, onesided: bool = True
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         r"""Block LDU factors of :math:`\hat M = I + \alpha(I - \hat W)` in the Fourier basis.
 
         Returns ``(lower, diag_inv, upper)``: ``lower[i]`` :math:`= M_{i+1,i} S_i^{-1}`,
         ``diag_inv[i]`` :math:`= S_i^{-1}` (per alias group of tier ``i``, per frequency on the
-        last tier), ``upper[i]`` :math:`= S_i^{-1} M_{i,i+1}`. By default a single tier keeps
-        only the frequencies of the real FFT (``onesided``).
+        last tier), ``upper[i]`` :math:`= S_i^{-1} M_{i,i+1}`. With ``onesided`` (the default)
+        only the half that real images need: the frequencies of the real FFT on the last tier,
+        the alias groups of :func:`half_group` on the others.
         """
         weights = conv_weights.tiers
-        if onesided is None:
-            onesided = self.num_tiers == 1
         scale = 1 + alpha * self.m
         diag_inv, lower, upper = [], [], []
         correction = None  # Q_i = M_{i,i-1} S_{i-1}^{-1} M_{i-1,i}
@@ -347,14 +377,18 @@ class MultiConv(MonotoneOperator):
             upper.append(schur_inv @ coupling.mH)
             correction = lower[-1] @ coupling.mH
             diag_inv.append(schur_inv)
+        if onesided:  # the groups that half_group keeps: columns b <= h/2 of the (h, h) group grid
+            keep = [slice(0, self.sizes[i + 1] // 2 + 1) for i in range(len(lower))]
+            lower = [m[:, k].contiguous() for m, k in zip(lower, keep)]
+            upper = [m[:, k].contiguous() for m, k in zip(upper, keep)]
+            diag_inv = [m[:, k].contiguous() for m, k in zip(diag_inv, keep)] + diag_inv[len(keep) :]
         return lower, diag_inv, upper
 
     def build_resolvent(self, conv_weights: _ConvWeights, alpha: float) -> Resolvent:
         lower, diag_inv, upper = self.resolvent_factors(conv_weights, alpha)
-        onesided = self.num_tiers == 1
 
         def forward_transform(y: Tensor) -> list[Tensor]:
-            return [to_fourier(t, onesided) for t in self.tiers(y)]
+            return [to_fourier(t, onesided=True) for t in self.tiers(y)]
 
         def inverse_transform(z_hat: list[Tensor]) -> Tensor:
             return self.flatten(tuple(from_fourier(t, s) for t, s in zip(z_hat, self.sizes)))
@@ -364,13 +398,13 @@ class MultiConv(MonotoneOperator):
             eliminated = []
             current = y_hat[0]
             for i in range(len(lo)):
-                grouped = group(current)
+                grouped = half_group(current)
                 eliminated.append(grouped)
                 current = y_hat[i + 1] - lo[i] @ grouped
             z = dinv[-1] @ current
             z_hat = [z]
             for i in reversed(range(len(lo))):
-                z = ungroup(dinv[i] @ eliminated[i] - up[i] @ z)
+                z = half_ungroup(dinv[i] @ eliminated[i] - up[i] @ z)
                 z_hat.insert(0, z)
             return inverse_transform(z_hat)
 
