@@ -3,11 +3,58 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from mondeq import FullyConnected, MultiConv, SingleConv
+from mondeq import FullyConnected, Monotone, MultiConv, SingleConv
 from mondeq.operators import MonotoneOperator
 
-OPERATOR_NAMES = ["fc", "single", "single-odd", "single-strided", "multi2", "multi3"]
+#: Operators added for shapes and map kinds beyond the paper's; the heaviest parametrised tests
+#: (every activation x every solver) run them on a representative subset, to keep the suite fast.
+EXTRA_OPERATORS = ("single-nonsquare", "multi-nonsquare", "generic-conv1d", "generic-linear")
+
+OPERATOR_NAMES = [
+    "fc",
+    "single",
+    "single-odd",
+    "single-strided",
+    "single-nonsquare",
+    "multi2",
+    "multi3",
+    "multi-nonsquare",
+    "generic-conv1d",
+    "generic-linear",
+]
+
+
+class Skew(nn.Module):
+    """A user-written linear map: multiplication by a parameter matrix on flat hidden states."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n, n) / n**0.5)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.weight.T
+
+
+def generic_conv1d(m: float) -> Monotone:
+    """A 1-D sequence operator: A a circular Conv1d widening 3 -> 4 channels, B a zero-padded Conv1d."""
+    op = Monotone(
+        A=nn.Conv1d(3, 4, 3, padding=1, padding_mode="circular", bias=False),
+        B=nn.Conv1d(3, 3, 5, padding=2, bias=False),
+        injection=nn.Conv1d(2, 3, 3, padding=1),
+        hidden_shape=(3, 7),
+        m=m,
+    )
+    op.input_shape = (2, 7)
+    return op
+
+
+def generic_linear(m: float) -> Monotone:
+    """A: nn.Linear(10 -> 6) (a low-rank A^T A), B a user module, injection nn.Linear(5 -> 10)."""
+    op = Monotone(A=nn.Linear(10, 6, bias=False), B=Skew(10), injection=nn.Linear(5, 10), hidden_shape=(10,), m=m)
+    op.input_shape = (5,)
+    return op
 
 
 def make_operator(name: str, m: float = 0.5, seed: int = 0, scale: float = 1.0) -> MonotoneOperator:
@@ -18,8 +65,12 @@ def make_operator(name: str, m: float = 0.5, seed: int = 0, scale: float = 1.0) 
         "single": lambda: SingleConv(2, 3, 6, m=m),
         "single-odd": lambda: SingleConv(1, 2, 5, m=m),
         "single-strided": lambda: SingleConv(2, 3, 12, m=m, stride=2),  # 6 x 6 equilibrium
+        "single-nonsquare": lambda: SingleConv(1, 2, (5, 8), m=m),  # odd height, even width
         "multi2": lambda: MultiConv(2, (2, 3), 8, m=m),
+        "multi-nonsquare": lambda: MultiConv(1, (2, 2), (12, 6), m=m),  # tiers 12x6 and 6x3
         "multi3": lambda: MultiConv(1, (2, 2, 2), 12, m=m),
+        "generic-conv1d": lambda: generic_conv1d(m),
+        "generic-linear": lambda: generic_linear(m),
     }[name]()
     op.double()
     with torch.no_grad():
@@ -30,10 +81,12 @@ def make_operator(name: str, m: float = 0.5, seed: int = 0, scale: float = 1.0) 
 
 def make_input(op: MonotoneOperator, batch: int = 3, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    if isinstance(op, FullyConnected):
+    if hasattr(op, "input_shape"):
+        shape = (batch, *op.input_shape)
+    elif isinstance(op, FullyConnected):
         shape = (batch, op.in_features)
     else:
-        shape = (batch, op.in_channels, op.image_size, op.image_size)
+        shape = (batch, op.in_channels, *op.image_shape)
     return torch.randn(*shape, generator=generator, dtype=torch.float64)
 
 

@@ -9,8 +9,8 @@ from mondeq.benchmarks.report import run_all
 
 # Two halves of about equal time, so that the two xdist workers share them.
 GROUPS = {
-    "processes": ["memory", "data_parallel"],
-    "in-process": ["solvers", "resolvent", "training_step", "peers", "scaling", "robustness"],
+    "processes": ["memory", "data_parallel", "threads"],
+    "in-process": ["solvers", "resolvent", "training_step", "peers", "scaling", "robustness", "time_to_accuracy", "evaluation"],
 }
 
 
@@ -35,8 +35,9 @@ def test_every_benchmark_runs_tiny(tmp_path, group):
         unrolled = [r["saved_mb"] for r in results["memory"]["rows"] if r["mode"] == "unrolled"]
         assert implicit[0] == implicit[-1] and unrolled[-1] > unrolled[0]
         assert all(r["images_per_second"] > 0 for r in results["data_parallel"]["rows"])
+        assert len(results["threads"]["rows"]) == 6 and all(r["seconds_per_batch"] > 0 for r in results["threads"]["rows"])
         return
-    for title in ("Solver comparison", "Resolvent cost", "Training step", "Peers", "Scaling"):
+    for title in ("Solver comparison", "Resolvent cost", "Training step", "Peers", "Scaling", "Time to accuracy"):
         assert title in text
     robustness = (tmp_path / "robustness-tiny.md").read_text()  # a section with a page of its own
     assert "certified / PGD at eps=0.5" in robustness and "Robustness" not in text
@@ -45,3 +46,11 @@ def test_every_benchmark_runs_tiny(tmp_path, group):
     # the numbers are real measurements, not placeholders
     assert all(r["solve_ms"] > 0 and r["floor_ms"] > 0 for r in results["resolvent"]["rows"])
     assert all(r["mondeq_ms"] > 0 and r["reference_ms"] > 0 for r in results["training_step"]["rows"])
+    curves = results["time_to_accuracy"]["curves"]
+    assert {"explicit CNN", "MLP"} < set(curves) and any(name.startswith("monDEQ") for name in curves)
+    assert all(len(c["points"]) == 2 and all(0 <= a <= 1 for _, a in c["points"]) for c in curves.values())
+    assert (tmp_path / "bench-tiny" / "time_accuracy.png").is_file()
+    throughput = results["evaluation"]["rows"]
+    assert {r["model"] for r in throughput} == {"single-conv", "multi-conv"} and all(
+        r["images_per_second"] > 0 for r in throughput
+    )

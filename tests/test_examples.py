@@ -17,6 +17,7 @@ EXPECTED = {
     "numpy_arrays.py": "test accuracy",
     "compare_solvers.py": "dr:",
     "certify_robustness.py": "certified",
+    "own_monotone_layer.py": "GMRES iterations",
 }
 
 

@@ -113,7 +113,7 @@ def test_every_call_is_sound_or_a_documented_error(
     if isinstance(op, FullyConnected):
         assert [t.shape for t in tiers] == [(batch, op.features)]
     else:
-        assert [t.shape for t in tiers] == [(batch, c, s, s) for c, s in zip(op.channels, op.sizes)]
+        assert [t.shape for t in tiers] == [(batch, c, *s) for c, s in zip(op.channels, op.sizes)]
     assert all(t.dtype == dtype for t in tiers)
     z = op.flatten(out)
     assert torch.isfinite(z).all() or diverged(caught)

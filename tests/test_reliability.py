@@ -16,7 +16,7 @@ from mondeq.data import load_dataset
 from mondeq.files import OutputError, output_dir, write_atomic
 from mondeq.train import TrainConfig, Trainer, TrainingInterrupted
 
-TIMING = {"forward_seconds", "backward_seconds", "epoch_seconds"}
+TIMING = {"forward_seconds", "backward_seconds", "epoch_seconds", "elapsed_seconds"}
 
 
 @pytest.fixture(scope="module")
@@ -386,7 +386,7 @@ full = Trainer(TrainConfig(**options, out=str(tmp / "full"), model_options=sizes
 expected = full.fit()
 for name, value in resumed.model.state_dict().items():
     assert torch.equal(value, full.model.state_dict()[name]), name
-timing = {"forward_seconds", "backward_seconds", "epoch_seconds"}
+timing = {"forward_seconds", "backward_seconds", "epoch_seconds", "elapsed_seconds"}
 strip = lambda rows: [{k: v for k, v in row.items() if k not in timing} for row in rows]
 assert strip(history) == strip(expected)
 print("identical")

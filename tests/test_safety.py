@@ -149,7 +149,7 @@ def test_empty_and_single_sample_batches(name, solver, anderson, batch):
     x = make_input(op, batch=batch).requires_grad_(True)
     out = layer(x)
     tiers = out if isinstance(out, tuple) else (out,)
-    expected = [(c, s, s) for c, s in zip(op.channels, op.sizes)] if name != "fc" else [(op.features,)]
+    expected = [(c, *s) for c, s in zip(op.channels, op.sizes)] if name != "fc" else [(op.features,)]
     assert [tuple(t.shape) for t in tiers] == [(batch, *shape) for shape in expected]
     assert layer.stats.forward.converged
     sum(t.pow(2).sum() for t in tiers).backward()

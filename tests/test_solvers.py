@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import OPERATOR_NAMES, dense_equilibrium, make_input, make_operator
+from helpers import EXTRA_OPERATORS, OPERATOR_NAMES, dense_equilibrium, make_input, make_operator
 from mondeq import ConvergenceError, ConvergenceWarning, MonDEQ, SolveRecord, SolverOptions, get_activation, get_solver
 from mondeq.solvers import Anderson, DouglasRachford, SplittingProblem, Status, solve
 
@@ -21,8 +21,11 @@ def layer_for(op, solver, activation="relu", alpha=None, **kw):
     return MonDEQ(op, activation=activation, solver=solver, alpha=alpha, tol=1e-11, max_iter=5000, **kw)
 
 
-@pytest.mark.parametrize("name", OPERATOR_NAMES)
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+CASES = [(name, act) for name in OPERATOR_NAMES if name not in EXTRA_OPERATORS for act in ACTIVATIONS]
+CASES += [(name, act) for name in EXTRA_OPERATORS for act in ("relu", "tanh")]
+
+
+@pytest.mark.parametrize("name, activation", CASES)
 def test_all_solvers_agree_with_dense_reference(name, activation):
     op = make_operator(name, scale=0.4)
     x = make_input(op)

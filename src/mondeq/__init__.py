@@ -22,7 +22,7 @@ from .errors import (
     ignore_convergence_warnings,
 )
 from .layer import MonDEQ
-from .operators import FullyConnected, MonotoneOperator, MultiConv, Resolvent, SingleConv
+from .operators import FullyConnected, KrylovStats, Monotone, MonotoneOperator, MultiConv, Resolvent, SingleConv
 from .solvers import Anderson, DouglasRachford, ForwardBackward, PeacemanRachford, SolverOptions, get_solver
 from .stats import SolveRecord, SolverStats
 
@@ -41,9 +41,11 @@ __all__ = [
     "ForwardBackward",
     "FullyConnected",
     "HardTanh",
+    "KrylovStats",
     "LeakyReLU",
     "MonDEQ",
     "MondeqError",
+    "Monotone",
     "MonotoneOperator",
     "MultiConv",
     "PeacemanRachford",

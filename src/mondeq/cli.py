@@ -118,7 +118,7 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
         help="wall time for the whole run (90s, 45m, 1h): stops in time to evaluate and save",
     )
     p.add_argument("--batch-size", type=POSITIVE_INT, help="training batch size (default 128)")
-    p.add_argument("--test-batch-size", type=POSITIVE_INT, help="evaluation batch size (default 400)")
+    p.add_argument("--test-batch-size", type=POSITIVE_INT, help="evaluation batch size (default 128)")
     p.add_argument("--lr", type=POSITIVE, help="(peak) learning rate (default 1e-3)")
     p.add_argument("--lr-schedule", choices=["step", "one-cycle", "constant"], help="default step")
     p.add_argument("--lr-step", type=POSITIVE_INT, help="epochs between 10x decays of the step schedule (default 10)")
@@ -225,7 +225,7 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
     from .solvers import SOLVERS
 
     p.add_argument("checkpoint", help="run folder or checkpoint file")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=400)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=128, help="evaluation batch size (default 128)")
     p.add_argument("--limit", type=POSITIVE_INT, help="evaluate only the first N test images")
     p.add_argument("--solver", choices=sorted(SOLVERS), help="override the splitting method")
     p.add_argument("--tol", type=POSITIVE, help="override the tolerance")

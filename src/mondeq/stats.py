@@ -22,6 +22,9 @@ class SolveRecord:
             reached its tolerance.
         residuals: ``residuals[k]`` is the residual after iteration ``k + 1``, reached
             ``times[k]`` seconds after the start.
+        inner_iterations: iterations of an iterative resolvent's inner solves over the whole
+            solve (``None`` for a direct resolvent).
+        inner_residual: their largest final relative residual (``None`` likewise).
     """
 
     iterations: int
@@ -30,15 +33,26 @@ class SolveRecord:
     status: Status
     residuals: list[float] = field(default_factory=list, repr=False)
     times: list[float] = field(default_factory=list, repr=False)
+    inner_iterations: int | None = None
+    inner_residual: float | None = None
 
     @property
     def converged(self) -> bool:
         return self.status is Status.CONVERGED
 
     @classmethod
-    def of(cls, result: SolverResult) -> SolveRecord:
-        """The record of a solver's result."""
-        return cls(result.iterations, result.residual, result.seconds, result.status, result.residuals, result.times)
+    def of(cls, result: SolverResult, inner: object | None = None) -> SolveRecord:
+        """The record of a solver's result (and of the resolvent's inner solves, ``inner``, when iterative)."""
+        return cls(
+            result.iterations,
+            result.residual,
+            result.seconds,
+            result.status,
+            result.residuals,
+            result.times,
+            None if inner is None else inner.iterations,
+            None if inner is None else inner.residual,
+        )
 
 
 def _flat(direction: str, key: str) -> property:

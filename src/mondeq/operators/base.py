@@ -44,12 +44,15 @@ class Resolvent:
     r""":math:`(I + \alpha(I - W))^{-1}`, built once and applied many times; :attr:`T` is the transpose.
 
     Built from both directions, so that a transposed view shares whatever either direction
-    materialises lazily (e.g. adjoint factors).
+    materialises lazily (e.g. adjoint factors). An iterative resolvent carries ``inner``, the
+    statistics and tolerance of its inner solves (e.g. :class:`~mondeq.operators.KrylovStats`),
+    which the layer sets before each equilibrium solve and reports in its stats.
     """
 
-    def __init__(self, solve: Callable[[Tensor], Tensor], solve_transpose: Callable[[Tensor], Tensor]):
+    def __init__(self, solve: Callable[[Tensor], Tensor], solve_transpose: Callable[[Tensor], Tensor], inner: Any | None = None):
         self._solve = solve
         self._solve_transpose = solve_transpose
+        self.inner = inner
 
     def solve(self, y: Tensor) -> Tensor:
         r""":math:`(I + \alpha(I - W))^{-1} y` for flat ``y`` of shape ``(batch, features)``."""
@@ -58,7 +61,7 @@ class Resolvent:
     @property
     def T(self) -> Resolvent:
         r""":math:`(I + \alpha(I - W^\top))^{-1} = ((I + \alpha(I - W))^{-1})^\top`."""
-        return Resolvent(self._solve_transpose, self._solve)
+        return Resolvent(self._solve_transpose, self._solve, self.inner)
 
 
 @dataclass(frozen=True, eq=False)
@@ -244,7 +247,8 @@ class MonotoneOperator(nn.Module):
             u = v - self.apply_weights(v, weights)
             return u - self.apply_weights(u, weights.T)
 
-        return largest_singular_value(gram, start, iterations, tol=1e-6)
+        with torch.no_grad():
+            return largest_singular_value(gram, start, iterations, tol=1e-6)
 
     def extra_repr(self) -> str:
         return f"features={self.features}, m={self.m}"

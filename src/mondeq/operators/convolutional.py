@@ -53,13 +53,13 @@ def transpose_kernel(kernel: Tensor) -> Tensor:
     return kernel.transpose(0, 1).flip(2, 3)
 
 
-def symbol(kernel: Tensor, size: int, onesided: bool = False) -> Tensor:
-    r"""Per-frequency matrices :math:`\hat K(f)` of a circular convolution: ``(size, size, out, in)``.
+def symbol(kernel: Tensor, size: tuple[int, int], onesided: bool = False) -> Tensor:
+    r"""Per-frequency matrices :math:`\hat K(f)` of a circular convolution on ``size = (H, W)`` images: ``(H, W, out, in)``.
 
-    With ``onesided`` only the frequencies of the real FFT: ``(size, size // 2 + 1, out, in)``.
+    With ``onesided`` only the frequencies of the real FFT: ``(H, W // 2 + 1, out, in)``.
     """
     out_c, in_c, k, _ = kernel.shape
-    placed = kernel.new_zeros(out_c, in_c, size, size)
+    placed = kernel.new_zeros(out_c, in_c, *size)
     placed[..., :k, :k] = kernel
     placed = torch.roll(placed, shifts=(-(k // 2), -(k // 2)), dims=(2, 3))
     fft = torch.fft.rfft2 if onesided else torch.fft.fft2
@@ -77,7 +77,7 @@ def batched_fft(transform: Callable[..., Tensor], x: Tensor, **kwargs: Any) -> T
 
 
 def to_fourier(image: Tensor, onesided: bool) -> Tensor:
-    """Unitary 2-D DFT of ``(B, c, s, s)`` images in the layout ``(s, s or s//2+1, c, B)``.
+    """Unitary 2-D DFT of ``(B, c, H, W)`` images in the layout ``(H, W or W//2+1, c, B)``.
 
     Transforming dims (0, 1) of a permuted view is markedly faster on CPU than the default
     layout, and leaves frequencies leading, as the per-frequency matrix products want.
@@ -87,24 +87,24 @@ def to_fourier(image: Tensor, onesided: bool) -> Tensor:
     return batched_fft(fft, image.permute(2, 3, 1, 0)).contiguous()
 
 
-def from_fourier(spectrum: Tensor, size: int) -> Tensor:
-    """Inverse of :func:`to_fourier` for spectra of real images (full or one-sided): ``(B, c, s, s)``."""
-    half = spectrum[:, : size // 2 + 1]
-    return batched_fft(torch.fft.irfft2, half, s=(size, size)).permute(3, 2, 0, 1)
+def from_fourier(spectrum: Tensor, size: tuple[int, int]) -> Tensor:
+    """Inverse of :func:`to_fourier` for spectra of real ``size = (H, W)`` images (full or one-sided): ``(B, c, H, W)``."""
+    half = spectrum[:, : size[1] // 2 + 1]
+    return batched_fft(torch.fft.irfft2, half, s=tuple(size)).permute(3, 2, 0, 1)
 
 
 def group(x: Tensor) -> Tensor:
-    """``(s, s, c, r)`` per-frequency layout to ``(s/2, s/2, 4c, r)`` alias groups."""
-    s, _, c, r = x.shape
-    h = s // 2
-    return x.reshape(2, h, 2, h, c, r).permute(1, 3, 0, 2, 4, 5).reshape(h, h, 4 * c, r)
+    """``(H, W, c, r)`` per-frequency layout to ``(H/2, W/2, 4c, r)`` alias groups."""
+    rows, cols, c, r = x.shape
+    h, w = rows // 2, cols // 2
+    return x.reshape(2, h, 2, w, c, r).permute(1, 3, 0, 2, 4, 5).reshape(h, w, 4 * c, r)
 
 
 def ungroup(x: Tensor) -> Tensor:
     """Inverse of :func:`group`."""
-    h, _, c4, r = x.shape
+    h, w, c4, r = x.shape
     c = c4 // 4
-    return x.reshape(h, h, 2, 2, c, r).permute(2, 0, 3, 1, 4, 5).reshape(2 * h, 2 * h, c, r)
+    return x.reshape(h, w, 2, 2, c, r).permute(2, 0, 3, 1, 4, 5).reshape(2 * h, 2 * w, c, r)
 
 
 def _conjugate_rows(x: Tensor) -> Tensor:
@@ -113,40 +113,41 @@ def _conjugate_rows(x: Tensor) -> Tensor:
     return x[(-torch.arange(s, device=x.device)) % s]
 
 
-def half_group(x: Tensor) -> Tensor:
-    r"""One-sided ``(s, s/2+1, c, r)`` spectrum of real images to alias groups ``(h, h//2+1, 4c, r)``, :math:`h = s/2`.
+def half_group(x: Tensor, width: int) -> Tensor:
+    r"""One-sided ``(H, W/2+1, c, r)`` spectrum of real ``H x W`` images (``W = width``) to the alias
+    groups ``(H/2, W/4+1, 4c, r)`` (``W/4`` rounded down).
 
-    The groups of :func:`group` with column :math:`b \le h/2`: the others are the complex
-    conjugates of these (group :math:`(a, b)` pairs with :math:`(-a, -b)`), so a real linear map
-    needs only them. Their frequencies in columns :math:`h + b` lie outside the one-sided
-    spectrum and come from :math:`X(k, h + b) = \overline{X(-k, h - b)}`.
+    The groups of :func:`group` with column :math:`b \le w/2`, :math:`w = W/2`: the others are
+    the complex conjugates of these (group :math:`(a, b)` pairs with :math:`(-a, -b)`), so a real
+    linear map needs only them. Their frequencies in columns :math:`w + b` lie outside the
+    one-sided spectrum and come from :math:`X(k, w + b) = \overline{X(-k, w - b)}`.
     """
-    s, _, c, r = x.shape
-    h = s // 2
-    width = h // 2 + 1
-    columns = h - torch.arange(width, device=x.device)
-    both = torch.stack([x[:, :width], _conjugate_rows(x[:, columns]).conj()])  # (q, p h + a, b, c, r)
-    return both.reshape(2, 2, h, width, c, r).permute(2, 3, 1, 0, 4, 5).reshape(h, width, 4 * c, r)
+    rows, _, c, r = x.shape
+    h, w = rows // 2, width // 2
+    kept = w // 2 + 1
+    columns = w - torch.arange(kept, device=x.device)
+    both = torch.stack([x[:, :kept], _conjugate_rows(x[:, columns]).conj()])  # (q, p h + a, b, c, r)
+    return both.reshape(2, 2, h, kept, c, r).permute(2, 3, 1, 0, 4, 5).reshape(h, kept, 4 * c, r)
 
 
-def half_ungroup(x: Tensor) -> Tensor:
-    """Inverse of :func:`half_group`: the one-sided ``(s, s/2+1, c, r)`` spectrum from the half of the groups."""
-    h, width, c4, r = x.shape
-    c = c4 // 4
-    parts = x.reshape(h, width, 2, 2, c, r).permute(3, 2, 0, 1, 4, 5).reshape(2, 2 * h, width, c, r)
-    columns = h - torch.arange(width, h + 1, device=x.device)  # X(k, j) = conj X(-k, 2h - j), column h + (h - j)
+def half_ungroup(x: Tensor, width: int) -> Tensor:
+    """Inverse of :func:`half_group`: the one-sided ``(H, W/2+1, c, r)`` spectrum from the half of the groups."""
+    h, kept, c4, r = x.shape
+    c, w = c4 // 4, width // 2
+    parts = x.reshape(h, kept, 2, 2, c, r).permute(3, 2, 0, 1, 4, 5).reshape(2, 2 * h, kept, c, r)
+    columns = w - torch.arange(kept, w + 1, device=x.device)  # X(k, j) = conj X(-k, 2w - j), column w + (w - j)
     return torch.cat([parts[0], _conjugate_rows(parts[1][:, columns]).conj()], dim=1)
 
 
 def group_block_diagonal(p: Tensor) -> Tensor:
-    """Per-frequency ``(s, s, c, c)`` matrices as block-diagonal ``(s/2, s/2, 4c, 4c)`` group matrices."""
-    s, _, c, _ = p.shape
-    h = s // 2
-    blocks = p.reshape(2, h, 2, h, c, c).permute(1, 3, 0, 2, 4, 5).reshape(h, h, 4, c, c)
-    out = p.new_zeros(h, h, 4, c, 4, c)
+    """Per-frequency ``(H, W, c, c)`` matrices as block-diagonal ``(H/2, W/2, 4c, 4c)`` group matrices."""
+    rows, cols, c, _ = p.shape
+    h, w = rows // 2, cols // 2
+    blocks = p.reshape(2, h, 2, w, c, c).permute(1, 3, 0, 2, 4, 5).reshape(h, w, 4, c, c)
+    out = p.new_zeros(h, w, 4, c, 4, c)
     idx = torch.arange(4, device=p.device)
     out[:, :, idx, :, idx, :] = blocks.permute(2, 0, 1, 3, 4)
-    return out.reshape(h, h, 4 * c, 4 * c)
+    return out.reshape(h, w, 4 * c, 4 * c)
 
 
 @dataclass
@@ -159,7 +160,7 @@ class _TierWeights:
 @dataclass
 class _ConvWeights:
     tiers: list[_TierWeights]
-    #: For a single tier, W per frequency of the real FFT, (s, s//2+1, c, c): W z is then a
+    #: For a single tier, W per frequency of the real FFT, (H, W//2+1, c, c): W z is then a
     #: product per frequency, several times cheaper than the three convolutions.
     fourier: Tensor | None
 
@@ -177,17 +178,17 @@ class MultiConv(MonotoneOperator):
     Args:
         in_channels: channels of the input image.
         channels: channels per tier, e.g. ``(16, 32, 32)``.
-        image_size: side of the (square) input; tier :math:`i` has side
-            ``image_size / stride / 2**i``.
+        image_size: side of a square input, or its ``(height, width)``; tier :math:`i` has
+            ``image_size / stride / 2**i`` (each side).
         kernel_size: odd kernel size of every convolution.
         m: monotonicity margin, :math:`m > 0`.
         stride: stride of the input injection ``U`` (1: the first tier has the image's size;
             2: half of it, a quarter of the cost per iteration).
 
     Shape:
-        - Input: :math:`(N, C_{in}, s, s)`.
-        - Hidden state: flat :math:`(N, \sum_i c_i s_i^2)`; :meth:`unflatten` gives the tuple
-          of tiers :math:`(N, c_i, s_i, s_i)`.
+        - Input: :math:`(N, C_{in}, H, W)`.
+        - Hidden state: flat :math:`(N, \sum_i c_i H_i W_i)`; :meth:`unflatten` gives the tuple
+          of tiers :math:`(N, c_i, H_i, W_i)`.
 
     The input is injected into the first tier by a circular convolution ``U`` with bias and
     stride ``stride``; :math:`W` and its monotonicity do not depend on ``U``.
@@ -197,7 +198,7 @@ class MultiConv(MonotoneOperator):
         self,
         in_channels: int,
         channels: tuple[int, ...] | list[int],
-        image_size: int,
+        image_size: int | tuple[int, int],
         kernel_size: int = 3,
         m: float = 0.1,
         stride: int = 1,
@@ -209,27 +210,36 @@ class MultiConv(MonotoneOperator):
         if not channels:
             raise ValueError("channels must name at least one tier, got an empty sequence")
         channels = tuple(positive_int(f"channels[{i}]", c) for i, c in enumerate(channels))
-        image_size = positive_int("image_size", image_size)
+        shape = image_size if isinstance(image_size, (tuple, list)) else (image_size, image_size)
+        if len(shape) != 2:
+            raise ValueError(f"image_size must be a side or a (height, width) pair, got {image_size!r}")
+        shape = tuple(positive_int("image_size", side) for side in shape)
         if positive_int("kernel_size", kernel_size) % 2 != 1:
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
         stride = positive_int("stride", stride)
-        if image_size % stride:
-            raise ValueError(f"image_size {image_size} is not a multiple of the injection stride {stride}")
-        sizes = [image_size // stride // 2**i for i in range(len(channels))]
-        for i, s in enumerate(sizes):
-            if s < kernel_size or (i + 1 < len(sizes) and s % 2):
+
+        def named(size: tuple[int, ...]) -> str:
+            return str(size[0]) if len(set(size)) == 1 else "x".join(map(str, size))
+
+        if any(side % stride for side in shape):
+            raise ValueError(f"image_size {named(shape)} is not a multiple of the injection stride {stride}")
+        sizes = [tuple(side // stride // 2**i for side in shape) for i in range(len(channels))]
+        for i, size in enumerate(sizes):
+            if min(size) < kernel_size or (i + 1 < len(sizes) and any(side % 2 for side in size)):
                 raise ValueError(
-                    f"image_size {image_size} (stride {stride}) does not support {len(channels)} tiers: tier {i} has "
-                    f"side {s}, which must be >= kernel_size {kernel_size} and even for every tier "
+                    f"image_size {named(shape)} (stride {stride}) does not support {len(channels)} tiers: tier {i} "
+                    f"has side {named(size)}, which must be >= kernel_size {kernel_size} and even for every tier "
                     "but the last"
                 )
         self.in_channels = in_channels
         self.channels = channels
-        self.image_size = image_size
+        self.image_size = image_size if isinstance(image_size, int) else shape
+        self.image_shape = shape
         self.stride = stride
-        self.sizes = tuple(sizes)
+        #: (height, width) of each tier.
+        self.sizes: tuple[tuple[int, int], ...] = tuple(sizes)
         self.kernel_size = kernel_size
-        self.features = sum(c * s * s for c, s in zip(channels, sizes))
+        self.features = sum(c * h * w for c, (h, w) in zip(channels, sizes))
         k = kernel_size
         self.U = nn.Conv2d(in_channels, channels[0], k, bias=True)
         self.A = nn.ParameterList([nn.Parameter(torch.empty(c, c, k, k)) for c in channels])
@@ -258,9 +268,9 @@ class MultiConv(MonotoneOperator):
 
     def tiers(self, z: Tensor) -> tuple[Tensor, ...]:
         """Views of the tiers ``(N, c_i, s_i, s_i)`` of a flat hidden state."""
-        sections = [c * s * s for c, s in zip(self.channels, self.sizes)]
+        sections = [c * h * w for c, (h, w) in zip(self.channels, self.sizes)]
         parts = torch.split(z, sections, dim=1)
-        return tuple(p.reshape(z.shape[0], c, s, s) for p, c, s in zip(parts, self.channels, self.sizes))
+        return tuple(p.reshape(z.shape[0], c, *size) for p, c, size in zip(parts, self.channels, self.sizes))
 
     def flatten(self, z: Tensor | tuple[Tensor, ...]) -> Tensor:
         tiers = (z,) if isinstance(z, Tensor) else z
@@ -269,7 +279,7 @@ class MultiConv(MonotoneOperator):
         return torch.cat([t.flatten(1) for t in tiers], dim=1)
 
     def check_input(self, x: Tensor) -> None:
-        expected = (self.in_channels, self.image_size, self.image_size)
+        expected = (self.in_channels, *self.image_shape)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
                 f"{type(self).__name__} expects input of shape (batch, {expected[0]}, {expected[1]}, "
@@ -333,7 +343,7 @@ class MultiConv(MonotoneOperator):
             ata = circular_conv(rows[i], transpose_kernel(w.A))
             if w.down is not None:
                 nxt = rows[i + 1]
-                up = nxt.new_zeros(nxt.shape[0], nxt.shape[1], self.sizes[i], self.sizes[i])
+                up = nxt.new_zeros(nxt.shape[0], nxt.shape[1], *self.sizes[i])
                 up[:, :, ::2, ::2] = nxt
                 ata = ata + circular_conv(up, transpose_kernel(w.down))
             out.append((1 - self.m) * zi - ata + skews[i])
@@ -364,7 +374,7 @@ class MultiConv(MonotoneOperator):
                 per_freq = per_freq - correction
             if w.down is None:
                 if onesided:
-                    per_freq = per_freq[:, : s // 2 + 1]
+                    per_freq = per_freq[:, : s[1] // 2 + 1]
                 diag_inv.append(torch.linalg.inv(per_freq))
                 break
             down_hat = 0.5 * group(symbol(w.down, s).permute(0, 1, 3, 2)).transpose(-1, -2)
@@ -378,7 +388,7 @@ class MultiConv(MonotoneOperator):
             correction = lower[-1] @ coupling.mH
             diag_inv.append(schur_inv)
         if onesided:  # the groups that half_group keeps: columns b <= h/2 of the (h, h) group grid
-            keep = [slice(0, self.sizes[i + 1] // 2 + 1) for i in range(len(lower))]
+            keep = [slice(0, self.sizes[i + 1][1] // 2 + 1) for i in range(len(lower))]
             lower = [m[:, k].contiguous() for m, k in zip(lower, keep)]
             upper = [m[:, k].contiguous() for m, k in zip(upper, keep)]
             diag_inv = [m[:, k].contiguous() for m, k in zip(diag_inv, keep)] + diag_inv[len(keep) :]
@@ -398,13 +408,13 @@ class MultiConv(MonotoneOperator):
             eliminated = []
             current = y_hat[0]
             for i in range(len(lo)):
-                grouped = half_group(current)
+                grouped = half_group(current, self.sizes[i][1])
                 eliminated.append(grouped)
                 current = y_hat[i + 1] - lo[i] @ grouped
             z = dinv[-1] @ current
             z_hat = [z]
             for i in reversed(range(len(lo))):
-                z = half_ungroup(dinv[i] @ eliminated[i] - up[i] @ z)
+                z = half_ungroup(dinv[i] @ eliminated[i] - up[i] @ z, self.sizes[i][1])
                 z_hat.insert(0, z)
             return inverse_transform(z_hat)
 
@@ -436,20 +446,26 @@ class SingleConv(MultiConv):
     Args:
         in_channels: channels of the input image.
         channels: hidden channels :math:`c`.
-        image_size: side of the (square) input.
+        image_size: side of a square input, or its ``(height, width)``.
         kernel_size: odd kernel size.
         m: monotonicity margin.
-        stride: stride of the input injection; the hidden image has side ``image_size / stride``.
+        stride: stride of the input injection; the hidden image is ``image_size / stride``.
 
     Shape:
-        - Input: :math:`(N, C_{in}, s, s)`; hidden state flat :math:`(N, c h^2)` with
-          :math:`h = s / \text{stride}`, :meth:`unflatten` gives :math:`(N, c, h, h)`.
+        - Input: :math:`(N, C_{in}, H, W)`; hidden state flat :math:`(N, c h w)` with
+          :math:`(h, w) = (H, W) / \text{stride}`, :meth:`unflatten` gives :math:`(N, c, h, w)`.
 
     The resolvent solves a :math:`c \times c` system per frequency of the real FFT.
     """
 
     def __init__(
-        self, in_channels: int, channels: int, image_size: int, kernel_size: int = 3, m: float = 0.1, stride: int = 1
+        self,
+        in_channels: int,
+        channels: int,
+        image_size: int | tuple[int, int],
+        kernel_size: int = 3,
+        m: float = 0.1,
+        stride: int = 1,
     ) -> None:
         super().__init__(
             in_channels, (positive_int("channels", channels),), image_size, kernel_size=kernel_size, m=m, stride=stride

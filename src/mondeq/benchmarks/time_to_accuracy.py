@@ -1,0 +1,163 @@
+"""Time to accuracy: test accuracy against wall-clock training time on Fashion-MNIST.
+
+The monDEQ of the ``fmnist-hour`` recipe and explicit baselines of comparable size (a CNN, an
+MLP, a Neural ODE when torchdiffeq is installed) are each trained with the recipe's settings
+(Adam, one-cycle over the budget, crop + flip augmentation, batch 128) for the same wall-clock
+budget, and evaluated on the full test set at evenly spaced times (evaluation time is not
+counted). The budget per model is ``MONDEQ_RACE_MINUTES`` (default 60; the tiny smoke run: 1 s
+on synthetic images). With ``MONDEQ_RECIPE_RUN`` naming the run folder of a full
+``mondeq train --recipe fmnist-hour`` run, its per-epoch test accuracies against elapsed time
+(evaluations counted there) are drawn on the same axes.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import DATASETS, Batches, DataError, ImageDataset, load_dataset
+from ..errors import ignore_convergence_warnings
+from ..models import MonDEQClassifier, preset_config
+from ..train import RECIPES, TrainConfig, learning_rate, tune_alpha
+from . import Section
+from .common import pyplot, save_figure
+from .peers import NeuralODE, accuracy, explicit_cnn
+
+RECIPE = "fmnist-hour"
+
+
+def mlp(hidden: int = 120) -> nn.Module:
+    """784-hidden-10 ReLU network (95k parameters at 120 hidden units)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+
+def contenders(tiny: bool) -> dict[str, nn.Module]:
+    settings = RECIPES[RECIPE].settings
+    options = dict(settings["model_options"], **({"channels": [4]} if tiny else {}))
+    models: dict[str, nn.Module] = {
+        f"monDEQ ({RECIPE} recipe)": MonDEQClassifier(preset_config("single-conv", "fashion-mnist", 1, 28, 10, **options)),
+        "explicit CNN": explicit_cnn(),
+        "MLP": mlp(),
+    }
+    try:
+        import torchdiffeq  # noqa: F401
+
+        models["Neural ODE (dopri5)"] = NeuralODE(8 if tiny else 48)
+    except ImportError:
+        pass
+    return models
+
+
+def data(tiny: bool) -> tuple[ImageDataset, ImageDataset]:
+    if not tiny:
+        try:
+            return load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
+        except DataError:
+            pass
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (64, 1, 28, 28), generator=generator, dtype=torch.uint8)
+    synthetic = ImageDataset(images, torch.randint(0, 10, (64,), generator=generator), DATASETS["fashion-mnist"])
+    return synthetic, synthetic
+
+
+def train_for(model: nn.Module, config: TrainConfig, train: ImageDataset, test: ImageDataset, marks: int) -> list:
+    """Train ``model`` for ``config.time_budget`` minutes of training time; ``(seconds, test accuracy)``
+    at ``marks`` evenly spaced times."""
+    budget = 60 * config.time_budget
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    points, trained_for, epoch = [], 0.0, 0
+    due = [budget * (k + 1) / marks for k in range(marks)]
+    while due:
+        batches = Batches(train, config.batch_size, shuffle=True, augment=config.augment, seed=config.seed, epoch=epoch)
+        for index, (x, y) in enumerate(batches):
+            start = time.perf_counter()
+            if isinstance(model, MonDEQClassifier) and index in (30, len(batches) // 2):
+                tune_alpha(model, x, config.max_alpha)  # as the trainer does
+            lr, beta1 = learning_rate(config, epoch, progress=min(1.0, trained_for / budget))
+            for group in optimizer.param_groups:
+                group["lr"], group["betas"] = lr, (beta1, group["betas"][1])
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            with ignore_convergence_warnings():
+                F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            trained_for += time.perf_counter() - start
+            if trained_for >= due[0]:
+                points.append((trained_for, accuracy(model, test)))
+                due.pop(0)
+                if not due:
+                    break
+        epoch += 1
+    return points
+
+
+def recipe_run_curve(folder: str | None) -> list | None:
+    """``(elapsed seconds, test accuracy)`` per row of a run's metrics.csv, if ``folder`` is given."""
+    if not folder:
+        return None
+    with open(Path(folder) / "metrics.csv") as handle:
+        return [(float(r["elapsed_seconds"]), float(r["test_accuracy"])) for r in csv.DictReader(handle)]
+
+
+def run(tiny: bool = False) -> dict:
+    minutes = 1 / 60 if tiny else float(os.environ.get("MONDEQ_RACE_MINUTES", 60))
+    settings = {k: v for k, v in RECIPES[RECIPE].settings.items() if k not in ("out", "model_options")}
+    config = TrainConfig(**{**settings, "time_budget": minutes})
+    train, test = data(tiny)
+    curves = {}
+    for name, model in contenders(tiny).items():
+        torch.manual_seed(0)
+        points = train_for(model, config, train, test, marks=2 if tiny else 5)
+        curves[name] = {"points": points, "parameters": sum(p.numel() for p in model.parameters())}
+    return {
+        "minutes": minutes,
+        "curves": curves,
+        "test_examples": len(test),
+        "recipe_run": recipe_run_curve(None if tiny else os.environ.get("MONDEQ_RECIPE_RUN")),
+    }
+
+
+def plot(result: dict, folder) -> list:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, curve in result["curves"].items():
+        minutes = [t / 60 for t, _ in curve["points"]]
+        ax.plot(minutes, [100 * a for _, a in curve["points"]], "o-", label=f"{name}, {curve['parameters'] / 1e3:.0f}k params")
+    if result.get("recipe_run"):
+        run = result["recipe_run"]
+        ax.plot(
+            [t / 60 for t, _ in run], [100 * a for _, a in run], "s--", label=f"monDEQ, full {RECIPE} run (evaluations counted)"
+        )
+    ax.axhline(92, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="wall-clock time (min)", ylabel="test accuracy (%)", title="Fashion-MNIST, 2 CPU cores, equal time")
+    ax.set_ylim(bottom=max(0, min(ax.get_ylim()[0], 80)))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return [save_figure(fig, folder / "time_accuracy.png")]
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Each model trained for {result['minutes']:.3g} minutes of wall-clock training time with the `{RECIPE}` "
+        f"recipe's optimiser settings; test accuracy on {result['test_examples']:,} test images.",
+        "",
+        "| model | parameters | test accuracy at the end | best | at half the time |",
+        "|---|---|---|---|---|",
+    ]
+    for name, curve in result["curves"].items():
+        accs = [a for _, a in curve["points"]]
+        half = accs[len(accs) // 2 - 1] if len(accs) > 1 else accs[0]
+        lines.append(f"| {name} | {curve['parameters']:,} | {100 * accs[-1]:.2f}% | {100 * max(accs):.2f}% | {100 * half:.2f}% |")
+    if result.get("recipe_run"):
+        seconds, final = result["recipe_run"][-1]
+        lines += ["", f"Full `{RECIPE}` run: {100 * final:.2f}% after {seconds / 60:.1f} minutes, evaluations included."]
+    return "\n".join(lines)
+
+
+SECTION = Section(title="8. Time to accuracy", order=9, run=run, markdown=markdown, plot=plot)
