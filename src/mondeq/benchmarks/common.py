@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .. import plot
-from ..data import DataError, load_dataset
+from ..data import DATASETS, DataError, ImageDataset, load_dataset
 from ..models import ModelConfig, MonDEQClassifier, load_model, preset_config
 
 KINDS = ("fc", "single-conv", "multi-conv")
@@ -108,3 +108,10 @@ def batch(scale: Scale, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(scale.batch, 1, scale.image_size, scale.image_size, generator=generator)
     return x, torch.randint(0, 10, (scale.batch,), generator=generator)
+
+
+def synthetic_images(size: int = 28, count: int = 64) -> ImageDataset:
+    """``count`` random ``size x size`` images with random labels, shaped like Fashion-MNIST (seed 0)."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (count, 1, size, size), generator=generator, dtype=torch.uint8)
+    return ImageDataset(images, torch.randint(0, 10, (count,), generator=generator), DATASETS["fashion-mnist"])

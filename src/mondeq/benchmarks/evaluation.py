@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CheckpointError
-from ..data import DATASETS, DataError, ImageDataset, load_dataset
+from ..data import DataError, ImageDataset, load_dataset
 from ..errors import ignore_convergence_warnings
 from ..models import MonDEQClassifier, load_model, preset_config
 from ..train import RECIPES, TrainConfig, evaluate
 from . import Section
-from .common import Scale, model_at
+from .common import Scale, model_at, synthetic_images
 
 BATCH_SIZES = (400, 128, 32)
 TOLERANCES = (1e-2, 1e-3, 1e-4)
@@ -32,10 +32,7 @@ def test_images(tiny: bool) -> ImageDataset:
             return load_dataset("fashion-mnist", "test")
         except DataError:
             pass
-    generator = torch.Generator().manual_seed(0)
-    size = 8 if tiny else 28
-    images = torch.randint(0, 255, (64, 1, size, size), generator=generator, dtype=torch.uint8)
-    return ImageDataset(images, torch.randint(0, 10, (64,), generator=generator), DATASETS["fashion-mnist"])
+    return synthetic_images(8 if tiny else 28)
 
 
 def recipe_model(tiny: bool, trained: bool) -> MonDEQClassifier | None:

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import DATASETS, Batches, DataError, ImageDataset, load_dataset
+from ..data import Batches, DataError, ImageDataset, load_dataset
 from ..errors import ignore_convergence_warnings
 from ..models import MonDEQClassifier, preset_config
 from . import Section
-from .common import Scale, batch, model_at, pyplot, save_figure
+from .common import Scale, batch, model_at, pyplot, save_figure, synthetic_images
 
 
 def deq_peers(scale: Scale, tol: float = 1e-4, max_iter: int = 200) -> list[dict]:
@@ -143,9 +143,7 @@ def race(scale: Scale, budget: float, checkpoints: int = 4) -> dict:
     except DataError:
         train = test = None
     if scale.tiny or train is None:
-        generator = torch.Generator().manual_seed(0)
-        images = torch.randint(0, 255, (64, 1, 28, 28), generator=generator, dtype=torch.uint8)
-        train = test = ImageDataset(images, torch.randint(0, 10, (64,), generator=generator), DATASETS["fashion-mnist"])
+        train = test = synthetic_images()
     torch.manual_seed(0)
     channels = [scale.single_channels]
     models: dict[str, nn.Module] = {

@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import DATASETS, Batches, DataError, ImageDataset, load_dataset
+from ..data import Batches, DataError, ImageDataset, load_dataset
 from ..errors import ignore_convergence_warnings
 from ..models import MonDEQClassifier, preset_config
 from ..train import RECIPES, TrainConfig, learning_rate, tune_alpha
 from . import Section
-from .common import pyplot, save_figure
+from .common import pyplot, save_figure, synthetic_images
 from .peers import NeuralODE, accuracy, explicit_cnn
 
 RECIPE = "fmnist-hour"
@@ -60,9 +60,7 @@ def data(tiny: bool) -> tuple[ImageDataset, ImageDataset]:
             return load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
         except DataError:
             pass
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 255, (64, 1, 28, 28), generator=generator, dtype=torch.uint8)
-    synthetic = ImageDataset(images, torch.randint(0, 10, (64,), generator=generator), DATASETS["fashion-mnist"])
+    synthetic = synthetic_images()
     return synthetic, synthetic
 
 
