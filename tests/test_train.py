@@ -98,6 +98,33 @@ def test_time_budget_stops_evaluates_saves_and_resumes(tmp_path, data):
         make_config(tmp_path, "fc", time_budget=0)
 
 
+def test_time_budget_stop_is_final_when_the_next_evaluation_is_quicker(tmp_path, data, monkeypatch):
+    """The first evaluation takes 25 s, later ones 1 s: the budget (90 s) stops epoch 2 before its
+    step at 70 s (70 + 25 >= 90); the run must not train on because the quicker evaluation then
+    leaves room (seen on a GPU shared by three runs: a second fractional row 0.03 epochs later)."""
+    import dataclasses
+
+    import mondeq.train
+
+    durations = iter([25.0])
+    real_evaluate = mondeq.train.evaluate
+    monkeypatch.setattr(
+        mondeq.train, "evaluate", lambda *a, **k: dataclasses.replace(real_evaluate(*a, **k), seconds=next(durations, 1.0))
+    )
+    train, test = data
+    trainer = Trainer(make_config(tmp_path, "fc", epochs=None, time_budget=1.5), train, test, progress=False)
+    clock = FakeClock(trainer)
+    history = trainer.fit()
+    assert [row["epoch"] for row in history] == [1, 1.167] and clock.now == 1070.0
+    assert trainer.fit() == history and clock.now == 1070.0
+    resumed = Trainer.resume_run(tmp_path, progress=False, train_set=train, test_set=test)
+    FakeClock(resumed)
+    assert resumed.fit() == history  # resumed with the same budget: still spent
+    resumed = Trainer.resume_run(tmp_path, {"time_budget": 2.0}, progress=False, train_set=train, test_set=test)
+    FakeClock(resumed)
+    assert [row["epoch"] for row in resumed.fit()] == [1, 1.167, 2]
+
+
 def test_one_cycle_spans_the_time_budget():
     config = TrainConfig(lr=1e-3, lr_schedule="one-cycle", time_budget=60.0, model_options={"channels": [4]})
     assert learning_rate(config, 0.0, progress=0.0) == pytest.approx((1e-4, 0.95))

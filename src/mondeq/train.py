@@ -423,6 +423,9 @@ class Trainer:
         self.elapsed = 0.0  # seconds of this run before the current fit() call
         self._clock_start: float | None = None
         self._evaluation_seconds: float | None = None
+        #: The time budget (minutes) the run last ran out of: it stays stopped until given a larger one,
+        #: even when its next evaluation would be quicker than the last (the reserve it stopped for).
+        self.budget_spent: float | None = None
 
     @classmethod
     def resume_run(cls, run: str | Path, options: dict[str, Any] | None = None, progress: bool = True, **datasets) -> Trainer:
@@ -471,6 +474,7 @@ class Trainer:
             "running": asdict(self.running),
             "history": self.history,
             "elapsed": self.elapsed_seconds(),
+            "budget_spent": self.budget_spent,
         }
         return save_checkpoint(self.out / "checkpoint", self.model, self.optimizer, meta)
 
@@ -502,6 +506,7 @@ class Trainer:
             self.batch = math.ceil(self.batch * saved_world / distributed.world_size())
         self.history = meta["history"]
         self.elapsed = float(meta.get("elapsed", 0.0))
+        self.budget_spent = meta.get("budget_spent")
         self._last_save = self.clock()
 
     # -- time -----------------------------------------------------------------------------
@@ -514,6 +519,8 @@ class Trainer:
         (every rank gets the same answer)."""
         if self.config.time_budget is None:
             return False
+        if self.budget_spent is not None and self.budget_spent >= self.config.time_budget:
+            return True
         reserve = self._evaluation_seconds
         if reserve is None:  # no evaluation yet: from the forward solves' time per training image
             r = self.running
@@ -546,8 +553,10 @@ class Trainer:
                     if stopped == "batches":
                         self.save()
                         return self.history
-                    if stopped == "time" and self.batch == 0:  # out of time before this epoch's first batch
-                        break
+                    if stopped == "time":
+                        self.budget_spent = self.config.time_budget
+                        if self.batch == 0:  # out of time before this epoch's first batch
+                            break
                     row = self._end_epoch(num_batches, time.perf_counter() - start, stops, complete=stopped is None)
                     for key, value in row.items() if writer is not None else ():
                         writer.add_scalar(key, value, row["epoch"])
