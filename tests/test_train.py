@@ -129,7 +129,8 @@ def test_one_cycle_spans_the_time_budget():
     config = TrainConfig(lr=1e-3, lr_schedule="one-cycle", time_budget=60.0, model_options={"channels": [4]})
     assert learning_rate(config, 0.0, progress=0.0) == pytest.approx((1e-4, 0.95))
     assert learning_rate(config, 3.0, progress=0.4) == pytest.approx((1e-3, 0.85))  # peak at 40% of the budget
-    assert learning_rate(config, 9.0, progress=0.9) == pytest.approx((1e-4, 0.95))
+    assert learning_rate(config, 9.0, progress=0.9) == pytest.approx((5.5e-5, 0.95))  # halfway from lr/10 to lr/100
+    assert learning_rate(config, 9.9, progress=1.0) == pytest.approx((1e-5, 0.95))
 
 
 def test_training_learns_and_logs(tmp_path, data):
@@ -188,6 +189,7 @@ def test_learning_rate_schedules():
     cycle = TrainConfig(lr=1e-2, lr_schedule="one-cycle", epochs=65)
     assert learning_rate(cycle, 0) == pytest.approx((1e-3, 0.95))
     assert learning_rate(cycle, 30) == pytest.approx((1e-2, 0.85))
-    assert learning_rate(cycle, 62) == pytest.approx((1e-3, 0.95))
+    assert learning_rate(cycle, 60) == pytest.approx((1e-3, 0.95))
+    assert learning_rate(cycle, 62) == pytest.approx((6.4e-4, 0.95))
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig(lr_schedule="cosine")

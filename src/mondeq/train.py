@@ -222,7 +222,7 @@ def learning_rate(config: TrainConfig, t: float, progress: float | None = None) 
     """``(lr, beta1)`` at fractional epoch ``t``; ``beta1`` is ``None`` unless one-cycle.
 
     One-cycle (as in the paper's CIFAR runs): lr rises linearly from ``lr/10`` to ``lr`` over the
-    first half of the cycle, falls back over the second, then stays at ``lr/10``; Adam's
+    first half of the cycle, falls back over the second, then decays linearly to ``lr/100``; Adam's
     ``beta1`` moves inversely between 0.95 and 0.85. ``progress`` is the fraction of the run
     done (default ``t / epochs``; the fraction of the time budget for a budgeted run). The cycle
     spans ``epochs - 5`` epochs for long runs and 80% of the run for short and budgeted ones.
@@ -236,7 +236,7 @@ def learning_rate(config: TrainConfig, t: float, progress: float | None = None) 
     cycle = (total - 5) / total if total > 10 and config.time_budget is None else 0.8
     points = [0.0, cycle / 2, cycle, 1.0]
     low = config.lr / 10
-    lr = float(np.interp(progress, points, [low, config.lr, low, low]))
+    lr = float(np.interp(progress, points, [low, config.lr, low, low / 10]))
     beta1 = float(np.interp(progress, points, [0.95, 0.85, 0.95, 0.95]))
     return lr, beta1
 
