@@ -10,7 +10,7 @@ from mondeq.operators import MonotoneOperator
 
 #: Operators added for shapes and map kinds beyond the paper's; the heaviest parametrised tests
 #: (every activation x every solver) run them on a representative subset, to keep the suite fast.
-EXTRA_OPERATORS = ("single-nonsquare", "multi-nonsquare", "generic-conv1d", "generic-linear")
+EXTRA_OPERATORS = ("single-nonsquare", "single-1d", "single-3d", "multi-nonsquare", "generic-conv1d", "generic-linear")
 
 OPERATOR_NAMES = [
     "fc",
@@ -18,6 +18,8 @@ OPERATOR_NAMES = [
     "single-odd",
     "single-strided",
     "single-nonsquare",
+    "single-1d",
+    "single-3d",
     "multi2",
     "multi3",
     "multi-nonsquare",
@@ -66,6 +68,8 @@ def make_operator(name: str, m: float = 0.5, seed: int = 0, scale: float = 1.0) 
         "single-odd": lambda: SingleConv(1, 2, 5, m=m),
         "single-strided": lambda: SingleConv(2, 3, 12, m=m, stride=2),  # 6 x 6 equilibrium
         "single-nonsquare": lambda: SingleConv(1, 2, (5, 8), m=m),  # odd height, even width
+        "single-1d": lambda: SingleConv(2, 3, (7,), m=m),  # sequences of length 7
+        "single-3d": lambda: SingleConv(1, 2, (4, 3, 5), m=m),  # 4 x 3 x 5 volumes
         "multi2": lambda: MultiConv(2, (2, 3), 8, m=m),
         "multi-nonsquare": lambda: MultiConv(1, (2, 2), (12, 6), m=m),  # tiers 12x6 and 6x3
         "multi3": lambda: MultiConv(1, (2, 2, 2), 12, m=m),

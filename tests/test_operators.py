@@ -154,8 +154,35 @@ def test_structured_views():
         (lambda: SingleConv(1, 4, 15, stride=2), "not a multiple of the injection stride 2"),
         (lambda: MultiConv(1, (4, 4), 12, stride=4), r"image_size 12 \(stride 4\) does not support 2 tiers: tier 0 has side 3"),
         (lambda: FullyConnected(4, 5).resolvent(0.0), "alpha must be > 0"),
+        (lambda: MultiConv(1, (4, 4), (16,)), r"2 tiers need 2-D images, but image_size \(16,\) has 1 dimension"),
+        (lambda: MultiConv(1, (4, 4), (8, 8, 8)), "use one tier"),
+        (lambda: SingleConv(1, 4, (8, 8, 8, 8)), r"\(depth, height, width\), got \(8, 8, 8, 8\)"),
+        (lambda: SingleConv(1, 4, (2,)), "side 2, which must be >= kernel_size 3"),
     ],
 )
 def test_bad_construction_raises(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+@pytest.mark.parametrize("name, shape", [("single-1d", (2, 3, 7)), ("single-3d", (2, 2, 4, 3, 5))])
+def test_single_conv_in_one_and_three_dimensions(name, shape):
+    """The hidden state's structured view, the input check, and W against the same circular
+    convolutions done directly with torch's Conv1d / Conv3d and explicit padding."""
+    op = make_operator(name)
+    z = torch.randn(2, op.features, dtype=torch.float64)
+    assert op.unflatten(z).shape == shape
+    n = len(shape) - 2
+    w = op.weights().tiers[0]
+    conv = {1: torch.nn.functional.conv1d, 3: torch.nn.functional.conv3d}[n]
+
+    def circular(x, kernel):
+        return conv(torch.nn.functional.pad(x, (1,) * (2 * n), mode="circular"), kernel)
+
+    image = op.unflatten(z)
+    a = circular(image, w.A)
+    a_t = circular(a, w.A.transpose(0, 1).flip(tuple(range(2, 2 + n))))
+    expected = (1 - op.m) * image - a_t + circular(image, w.S)
+    torch.testing.assert_close(op.multiply(z), expected.flatten(1), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=rf"expects input of shape \(batch, {op.in_channels}, "):
+        op.check_input(torch.zeros(2, op.in_channels, *shape[2:], 1, dtype=torch.float64))  # one spatial dim too many

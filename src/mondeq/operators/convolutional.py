@@ -24,6 +24,11 @@ diagonal over alias groups, and block (Schur-complement) elimination
 
 needs only inverses of :math:`4c_i \times 4c_i` matrices per alias group (:math:`c \times c`
 per frequency on the coarsest tier). A single tier uses the real FFT (half spectrum).
+
+**Dimensions.** A single tier works on signals of any of 1, 2 or 3 spatial dimensions
+(``(N, C, L)``, ``(N, C, H, W)``, ``(N, C, D, H, W)``) with the same n-dimensional code: the
+convolutions, symbols and FFTs below take the dimension from their arguments. Several tiers
+need 2-D images (the alias groups of a stride-2 convolution are written for two dimensions).
 """
 
 from __future__ import annotations
@@ -42,55 +47,65 @@ from .base import MonotoneOperator, Resolvent, positive_int
 __all__ = ["MultiConv", "SingleConv"]
 
 
+_CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_MODULES = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
 def circular_conv(x: Tensor, kernel: Tensor, stride: int = 1) -> Tensor:
-    """2-D convolution (cross-correlation) with circular padding that keeps the size / stride."""
-    pad = kernel.shape[-1] // 2
-    return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="circular"), kernel, stride=stride)
+    """1-, 2- or 3-D convolution (cross-correlation) with circular padding that keeps the size / stride."""
+    n, pad = kernel.dim() - 2, kernel.shape[-1] // 2
+    return _CONVOLUTIONS[n](F.pad(x, (pad,) * (2 * n), mode="circular"), kernel, stride=stride)
 
 
 def transpose_kernel(kernel: Tensor) -> Tensor:
     """The kernel of the adjoint circular convolution (odd kernel sizes)."""
-    return kernel.transpose(0, 1).flip(2, 3)
+    return kernel.transpose(0, 1).flip(tuple(range(2, kernel.dim())))
 
 
-def symbol(kernel: Tensor, size: tuple[int, int], onesided: bool = False) -> Tensor:
-    r"""Per-frequency matrices :math:`\hat K(f)` of a circular convolution on ``size = (H, W)`` images: ``(H, W, out, in)``.
+def symbol(kernel: Tensor, size: tuple[int, ...], onesided: bool = False) -> Tensor:
+    r"""Per-frequency matrices :math:`\hat K(f)` of a circular convolution on signals of ``size``
+    (e.g. ``(H, W)``): ``(*size, out, in)``.
 
-    With ``onesided`` only the frequencies of the real FFT: ``(H, W // 2 + 1, out, in)``.
+    With ``onesided`` only the frequencies of the real FFT: the last size becomes ``size[-1] // 2 + 1``.
     """
-    out_c, in_c, k, _ = kernel.shape
-    placed = kernel.new_zeros(out_c, in_c, *size)
-    placed[..., :k, :k] = kernel
-    placed = torch.roll(placed, shifts=(-(k // 2), -(k // 2)), dims=(2, 3))
-    fft = torch.fft.rfft2 if onesided else torch.fft.fft2
-    return fft(placed).conj().permute(2, 3, 0, 1).resolve_conj().contiguous()
+    n, k = len(size), kernel.shape[-1]
+    dims = tuple(range(2, 2 + n))
+    placed = kernel.new_zeros(*kernel.shape[:2], *size)
+    placed[(..., *[slice(0, k)] * n)] = kernel
+    placed = torch.roll(placed, shifts=(-(k // 2),) * n, dims=dims)
+    fft = torch.fft.rfftn if onesided else torch.fft.fftn
+    return fft(placed, dim=dims).conj().permute(*dims, 0, 1).resolve_conj().contiguous()
 
 
-def batched_fft(transform: Callable[..., Tensor], x: Tensor, **kwargs: Any) -> Tensor:
-    """``transform(x, dim=(0, 1), norm="ortho", **kwargs)`` for ``x`` with the batch last.
+def batched_fft(transform: Callable[..., Tensor], x: Tensor, ndim: int, **kwargs: Any) -> Tensor:
+    """``transform(x, dim=(0, ..., ndim - 1), norm="ortho", **kwargs)`` for ``x`` with the batch last.
 
     FFT libraries reject an empty batch: it is padded with one zero sample, dropped again.
     """
+    dims = tuple(range(ndim))
     if x.shape[-1] == 0:
-        return transform(F.pad(x, (0, 1)), dim=(0, 1), norm="ortho", **kwargs)[..., :0]
-    return transform(x, dim=(0, 1), norm="ortho", **kwargs)
+        return transform(F.pad(x, (0, 1)), dim=dims, norm="ortho", **kwargs)[..., :0]
+    return transform(x, dim=dims, norm="ortho", **kwargs)
 
 
 def to_fourier(image: Tensor, onesided: bool) -> Tensor:
-    """Unitary 2-D DFT of ``(B, c, H, W)`` images in the layout ``(H, W or W//2+1, c, B)``.
+    """Unitary n-D DFT of ``(B, c, *size)`` signals in the layout ``(*frequencies, c, B)``; with
+    ``onesided`` the last frequency axis has ``size[-1] // 2 + 1`` entries (real FFT).
 
-    Transforming dims (0, 1) of a permuted view is markedly faster on CPU than the default
+    Transforming the leading dims of a permuted view is markedly faster on CPU than the default
     layout, and leaves frequencies leading, as the per-frequency matrix products want.
     """
-    fft = torch.fft.rfft2 if onesided else torch.fft.fft2
+    n = image.dim() - 2
+    fft = torch.fft.rfftn if onesided else torch.fft.fftn
     # contiguous: batched complex matmul on a strided spectrum is about twice as slow
-    return batched_fft(fft, image.permute(2, 3, 1, 0)).contiguous()
+    return batched_fft(fft, image.permute(*range(2, 2 + n), 1, 0), n).contiguous()
 
 
-def from_fourier(spectrum: Tensor, size: tuple[int, int]) -> Tensor:
-    """Inverse of :func:`to_fourier` for spectra of real ``size = (H, W)`` images (full or one-sided): ``(B, c, H, W)``."""
-    half = spectrum[:, : size[1] // 2 + 1]
-    return batched_fft(torch.fft.irfft2, half, s=tuple(size)).permute(3, 2, 0, 1)
+def from_fourier(spectrum: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Inverse of :func:`to_fourier` for spectra of real signals of ``size`` (full or one-sided): ``(B, c, *size)``."""
+    n = len(size)
+    half = spectrum.narrow(n - 1, 0, size[-1] // 2 + 1)
+    return batched_fft(torch.fft.irfftn, half, n, s=tuple(size)).permute(n + 1, n, *range(n))
 
 
 def group(x: Tensor) -> Tensor:
@@ -198,7 +213,7 @@ class MultiConv(MonotoneOperator):
         self,
         in_channels: int,
         channels: tuple[int, ...] | list[int],
-        image_size: int | tuple[int, int],
+        image_size: int | tuple[int, ...],
         kernel_size: int = 3,
         m: float = 0.1,
         stride: int = 1,
@@ -211,9 +226,17 @@ class MultiConv(MonotoneOperator):
             raise ValueError("channels must name at least one tier, got an empty sequence")
         channels = tuple(positive_int(f"channels[{i}]", c) for i, c in enumerate(channels))
         shape = image_size if isinstance(image_size, (tuple, list)) else (image_size, image_size)
-        if len(shape) != 2:
-            raise ValueError(f"image_size must be a side or a (height, width) pair, got {image_size!r}")
+        if not 1 <= len(shape) <= 3:
+            raise ValueError(
+                "image_size must be a side (square image), (length,), (height, width) or (depth, height, width), "
+                f"got {image_size!r}"
+            )
         shape = tuple(positive_int("image_size", side) for side in shape)
+        if len(shape) != 2 and len(channels) > 1:
+            raise ValueError(
+                f"{len(channels)} tiers need 2-D images, but image_size {image_size!r} has {len(shape)} dimension(s): "
+                "use one tier (SingleConv) for 1-D and 3-D signals"
+            )
         if positive_int("kernel_size", kernel_size) % 2 != 1:
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
         stride = positive_int("stride", stride)
@@ -236,15 +259,15 @@ class MultiConv(MonotoneOperator):
         self.image_size = image_size if isinstance(image_size, int) else shape
         self.image_shape = shape
         self.stride = stride
-        #: (height, width) of each tier.
-        self.sizes: tuple[tuple[int, int], ...] = tuple(sizes)
+        #: Spatial size of each tier ((height, width) for images).
+        self.sizes: tuple[tuple[int, ...], ...] = tuple(sizes)
         self.kernel_size = kernel_size
-        self.features = sum(c * h * w for c, (h, w) in zip(channels, sizes))
-        k = kernel_size
-        self.U = nn.Conv2d(in_channels, channels[0], k, bias=True)
-        self.A = nn.ParameterList([nn.Parameter(torch.empty(c, c, k, k)) for c in channels])
-        self.B = nn.ParameterList([nn.Parameter(torch.empty(c, c, k, k)) for c in channels])
-        self.down = nn.ParameterList([nn.Parameter(torch.empty(c1, c0, k, k)) for c0, c1 in zip(channels[:-1], channels[1:])])
+        self.features = sum(c * math.prod(size) for c, size in zip(channels, sizes))
+        kernel = (kernel_size,) * len(shape)
+        self.U = _CONV_MODULES[len(shape)](in_channels, channels[0], kernel_size, bias=True)
+        self.A = nn.ParameterList([nn.Parameter(torch.empty(c, c, *kernel)) for c in channels])
+        self.B = nn.ParameterList([nn.Parameter(torch.empty(c, c, *kernel)) for c in channels])
+        self.down = nn.ParameterList([nn.Parameter(torch.empty(c1, c0, *kernel)) for c0, c1 in zip(channels[:-1], channels[1:])])
         self.A_scale = nn.Parameter(torch.ones(len(channels)))
         self.B_scale = nn.Parameter(torch.ones(len(channels)))
         self.down_scale = nn.Parameter(torch.ones(len(channels) - 1)) if len(channels) > 1 else None
@@ -267,8 +290,8 @@ class MultiConv(MonotoneOperator):
         return self.tiers(z)
 
     def tiers(self, z: Tensor) -> tuple[Tensor, ...]:
-        """Views of the tiers ``(N, c_i, s_i, s_i)`` of a flat hidden state."""
-        sections = [c * h * w for c, (h, w) in zip(self.channels, self.sizes)]
+        """Views of the tiers ``(N, c_i, *sizes[i])`` of a flat hidden state."""
+        sections = [c * math.prod(size) for c, size in zip(self.channels, self.sizes)]
         parts = torch.split(z, sections, dim=1)
         return tuple(p.reshape(z.shape[0], c, *size) for p, c, size in zip(parts, self.channels, self.sizes))
 
@@ -280,15 +303,14 @@ class MultiConv(MonotoneOperator):
 
     def check_input(self, x: Tensor) -> None:
         expected = (self.in_channels, *self.image_shape)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+        if x.dim() != len(expected) + 1 or tuple(x.shape[1:]) != expected:
             raise ValueError(
-                f"{type(self).__name__} expects input of shape (batch, {expected[0]}, {expected[1]}, "
-                f"{expected[2]}) (in_channels={self.in_channels}, image_size={self.image_size}), "
-                f"got {tuple(x.shape)}"
+                f"{type(self).__name__} expects input of shape (batch, {', '.join(map(str, expected))}) "
+                f"(in_channels={self.in_channels}, image_size={self.image_size}), got {tuple(x.shape)}"
             )
 
     def inject(self, x: Tensor) -> Tensor:
-        first = circular_conv(x, self.U.weight, stride=self.stride) + self.U.bias[:, None, None]
+        first = circular_conv(x, self.U.weight, stride=self.stride) + self.U.bias.view(-1, *[1] * len(self.image_shape))
         flat = first.flatten(1)
         if self.num_tiers == 1:
             return flat
@@ -374,7 +396,7 @@ class MultiConv(MonotoneOperator):
                 per_freq = per_freq - correction
             if w.down is None:
                 if onesided:
-                    per_freq = per_freq[:, : s[1] // 2 + 1]
+                    per_freq = per_freq.narrow(len(s) - 1, 0, s[-1] // 2 + 1)
                 diag_inv.append(torch.linalg.inv(per_freq))
                 break
             down_hat = 0.5 * group(symbol(w.down, s).permute(0, 1, 3, 2)).transpose(-1, -2)
@@ -441,28 +463,30 @@ class MultiConv(MonotoneOperator):
 
 
 class SingleConv(MultiConv):
-    r"""Single-convolution monotone operator: :class:`MultiConv` with one tier.
+    r"""Single-convolution monotone operator: :class:`MultiConv` with one tier, for 1-D, 2-D or 3-D signals.
 
     Args:
-        in_channels: channels of the input image.
+        in_channels: channels of the input.
         channels: hidden channels :math:`c`.
-        image_size: side of a square input, or its ``(height, width)``.
-        kernel_size: odd kernel size.
+        image_size: side of a square image, or the input's spatial size: ``(length,)`` for 1-D
+            signals, ``(height, width)`` for images, ``(depth, height, width)`` for volumes.
+        kernel_size: odd kernel size (along every spatial dimension).
         m: monotonicity margin.
-        stride: stride of the input injection; the hidden image is ``image_size / stride``.
+        stride: stride of the input injection; the hidden signal has size ``image_size / stride``.
 
     Shape:
-        - Input: :math:`(N, C_{in}, H, W)`; hidden state flat :math:`(N, c h w)` with
-          :math:`(h, w) = (H, W) / \text{stride}`, :meth:`unflatten` gives :math:`(N, c, h, w)`.
+        - Input: :math:`(N, C_{in}, *S)` with :math:`S` = ``image_size`` (e.g. :math:`(N, C_{in}, H, W)`);
+          hidden state flat :math:`(N, c \prod_j s_j)` with :math:`s = S / \text{stride}`,
+          :meth:`unflatten` gives :math:`(N, c, *s)`.
 
-    The resolvent solves a :math:`c \times c` system per frequency of the real FFT.
+    The resolvent solves a :math:`c \times c` system per frequency of the real n-D FFT.
     """
 
     def __init__(
         self,
         in_channels: int,
         channels: int,
-        image_size: int | tuple[int, int],
+        image_size: int | tuple[int, ...],
         kernel_size: int = 3,
         m: float = 0.1,
         stride: int = 1,
