@@ -1,13 +1,15 @@
 """A monotone layer built from your own linear maps: Fashion-MNIST read row by row as a sequence.
 
-Each image is a 28-step sequence of 28-pixel rows. The equilibrium layer is
-``Monotone(A, B, injection)`` with 1-D convolutions along the sequence as A and B: whatever
-their weights, W = (1 - m) I - A^T A + B - B^T is monotone, so the equilibrium exists, is
-unique and Peaceman-Rachford finds it (its resolvent by GMRES, warm-started). A linear head
-reads the pooled equilibrium. Fashion-MNIST comes from Debian's package or ``--data-dir``;
-without it (and with ``--tiny``) random images stand in.
+Each image is a 28-step sequence of 28-pixel rows. With ``--operator monotone`` (the default)
+the equilibrium layer is ``Monotone(A, B, injection)`` with 1-D convolutions along the sequence
+as A and B: whatever their weights, W = (1 - m) I - A^T A + B - B^T is monotone, so the
+equilibrium exists, is unique and Peaceman-Rachford finds it (its resolvent by GMRES,
+warm-started). With ``--operator fft`` it is the built-in ``SingleConv`` on 1-D signals, the
+same structure with circular convolutions, whose resolvent is exact in the Fourier domain.
+A linear head reads the pooled equilibrium. Fashion-MNIST comes from Debian's package or
+``--data-dir``; without it (and with ``--tiny``) random images stand in.
 
-    python examples/own_monotone_layer.py [--tiny] [--epochs 1] [--data-dir DIR]
+    python examples/own_monotone_layer.py [--operator monotone|fft] [--tiny] [--epochs 1] [--data-dir DIR]
 """
 
 import argparse
@@ -16,22 +18,25 @@ import time
 import torch
 from torch import nn
 
-from mondeq import MonDEQ, Monotone
+from mondeq import MonDEQ, Monotone, SingleConv
 from mondeq.data import DATASETS, Batches, DataError, ImageDataset, load_dataset
 
 
 class SequenceModel(nn.Module):
     """(N, 1, 28, 28) images -> 28 steps of 28 features -> monotone equilibrium (channels, 28) -> logits."""
 
-    def __init__(self, channels: int = 32, steps: int = 28, features: int = 28, classes: int = 10) -> None:
+    def __init__(self, operator: str = "monotone", channels: int = 32, steps: int = 28, features: int = 28, classes: int = 10):
         super().__init__()
-        operator = Monotone(
-            A=nn.Conv1d(channels, channels, 3, padding=1, bias=False),
-            B=nn.Conv1d(channels, channels, 3, padding=1, bias=False),
-            injection=nn.Conv1d(features, channels, 3, padding=1),
-            hidden_shape=(channels, steps),
-            m=1.0,
-        )
+        if operator == "monotone":  # your own maps: any linear modules
+            operator = Monotone(
+                A=nn.Conv1d(channels, channels, 3, padding=1, bias=False),
+                B=nn.Conv1d(channels, channels, 3, padding=1, bias=False),
+                injection=nn.Conv1d(features, channels, 3, padding=1),
+                hidden_shape=(channels, steps),
+                m=1.0,
+            )
+        else:  # the built-in operator on sequences of length `steps`: circular convolutions, FFT resolvent
+            operator = SingleConv(features, channels, (steps,), m=1.0)
         self.equilibrium = MonDEQ(operator, solver="pr", tol=1e-2, max_iter=50)
         self.head = nn.Linear(channels * (steps // 4), classes)
 
@@ -55,13 +60,14 @@ def data(tiny: bool, data_dir: str | None) -> tuple[ImageDataset, ImageDataset]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--operator", choices=["monotone", "fft"], default="monotone", help="Monotone(A, B) or SingleConv")
     parser.add_argument("--tiny", action="store_true", help="a few steps on random images")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--data-dir")
     args = parser.parse_args()
     torch.manual_seed(0)
     train, test = data(args.tiny, args.data_dir)
-    model = SequenceModel(channels=4 if args.tiny else 32)
+    model = SequenceModel(args.operator, channels=4 if args.tiny else 32)
     print(f"{sum(p.numel() for p in model.parameters()):,} parameters")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     start = time.perf_counter()
@@ -74,9 +80,10 @@ def main() -> None:
             optimizer.step()
             if step % 100 == 0:
                 stats = model.equilibrium.stats
+                inner = f", {stats.forward.inner_iterations} GMRES iterations" if args.operator == "monotone" else ""
                 print(
                     f"epoch {epoch + 1} step {step}: loss {loss.item():.3f}, {stats.forward.iterations} forward / "
-                    f"{stats.backward.iterations} backward iterations, {stats.forward.inner_iterations} GMRES iterations"
+                    f"{stats.backward.iterations} backward iterations{inner}"
                 )
     model.eval()
     correct = 0

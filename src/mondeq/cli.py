@@ -56,6 +56,18 @@ def duration_minutes(text: str) -> float:
 
 duration_minutes.__name__ = "duration"
 
+
+def model_name(text: str) -> str:
+    """An argparse type: a preset (fc, single-conv, multi-conv) or a ``package.module:function`` entry point."""
+    from .models import MODEL_KINDS, is_entry_point
+
+    if text in MODEL_KINDS or is_entry_point(text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is neither a preset ({', '.join(MODEL_KINDS)}) nor a 'package.module:function'")
+
+
+model_name.__name__ = "model"
+
 POSITIVE_INT = _number(int, 1)
 COUNT = _number(int, 0)
 POSITIVE = _number(float, 0, strict=True)
@@ -109,7 +121,13 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
         + "; ".join(f"{name}: {recipe.summary}" for name, recipe in RECIPES.items()),
     )
     p.add_argument("--dataset", choices=DATASET_NAMES, help="default fashion-mnist; folder: --data-dir DIR/{train,test}/CLASS/*")
-    p.add_argument("--model", choices=MODEL_KINDS, help="default single-conv")
+    p.add_argument(
+        "--model",
+        type=model_name,
+        metavar="{" + ",".join(MODEL_KINDS) + "} or MODULE:FUNCTION",
+        help="a preset (default single-conv), or your own model: FUNCTION(in_channels=, image_size=, num_classes=) "
+        "in MODULE returns an nn.Module with a MonDEQ layer (docs: Your own monotone layer)",
+    )
     p.add_argument("--epochs", type=POSITIVE_INT, help="epochs (default 1; with --time-budget: until the budget is spent)")
     p.add_argument(
         "--time-budget",
@@ -184,7 +202,8 @@ def _train(args: argparse.Namespace, device: str) -> int:
     options["model_options"] = {o.name: getattr(args, o.name) for o in model_options() if getattr(args, o.name) is not None}
     if args.recipe:
         options = RECIPES[args.recipe].options(options)
-    default_out = f"runs/{options.get('dataset', fields['dataset'].default)}-{options.get('model', fields['model'].default)}"
+    model = options.get("model", fields["model"].default).rpartition(":")[2]  # an entry point's function name
+    default_out = f"runs/{options.get('dataset', fields['dataset'].default)}-{model}"
     if args.resume:
         run = Path(args.resume) if isinstance(args.resume, str) else Path(options.get("out", default_out))
         trainer = Trainer.resume_run(run, {**options, "device": device}, progress=not args.no_progress)
@@ -245,7 +264,7 @@ def eval_command(args: argparse.Namespace) -> int:
     result = evaluate(model, test, args.batch_size, device)
     report = {
         "dataset": meta["train"]["dataset"],
-        "model": meta["model"]["kind"],
+        "model": meta["model"].get("kind") or meta["model"].get("entry_point"),
         "examples": result.examples,
         "test_accuracy": round(result.accuracy, 4),
         "test_loss": round(result.loss, 4),
@@ -299,7 +318,7 @@ def plot_arguments(p: argparse.ArgumentParser) -> None:
 def plot_command(args: argparse.Namespace) -> int:
     from .data import Batches
     from .files import output_dir
-    from .models import load_model
+    from .models import equilibrium_input, load_model
     from .plot import convergence_traces, plot_certified, plot_convergence, plot_training_curves
 
     device = _set_up(args)
@@ -313,8 +332,8 @@ def plot_command(args: argparse.Namespace) -> int:
     model, meta = load_model(run, device)
     test = _checkpoint_test_set(meta, args.data_dir)
     x, _ = next(iter(Batches(test, args.batch_size, device=device)))
-    traces = convergence_traces(model.layer, x, tol=args.tol, max_iter=args.max_iter)
-    title = f"{meta['model']['kind']} on {meta['train']['dataset']}, batch of {len(x)}"
+    traces = convergence_traces(model.layer, equilibrium_input(model, x), tol=args.tol, max_iter=args.max_iter)
+    title = f"{meta['model'].get('kind') or meta['model'].get('entry_point')} on {meta['train']['dataset']}, batch of {len(x)}"
     written.append(plot_convergence(traces, out / "convergence.png", title))
     for path in written:
         print(path)
@@ -335,12 +354,18 @@ def certify_arguments(p: argparse.ArgumentParser) -> None:
 
 def certify_command(args: argparse.Namespace) -> int:
     from .checkpoint import checkpoint_paths
+    from .errors import ConfigError
     from .files import write_atomic
-    from .models import load_model
+    from .models import MonDEQClassifier, load_model
     from .robust import evaluate_robustness, lipschitz_bound
 
     device = _set_up(args)
     model, meta = load_model(args.checkpoint, device)
+    if not isinstance(model, MonDEQClassifier):
+        raise ConfigError(
+            f"certify needs a preset model (fc, single-conv, multi-conv), not {meta['model'].get('entry_point')!r}: "
+            "its bound ||R|| ||U|| / m holds for an equilibrium read out by one linear map"
+        )
     model.layer.configure(tol=args.tol)  # margins of the true equilibrium
     bound = lipschitz_bound(model)
     test = _checkpoint_test_set(meta, args.data_dir, args.limit)

@@ -6,13 +6,22 @@ Each classifier is a :class:`~mondeq.MonDEQ` layer followed by a readout:
 - ``single-conv``: single convolution, 4x4 average pooling, linear readout.
 - ``multi-conv``: multi-tier convolution, linear readout of the coarsest tier.
 
+Any other architecture enters through an entry point ``"package.module:function"``
+(:class:`EntryPointConfig`): the function builds the user's ``nn.Module`` with a
+:class:`~mondeq.MonDEQ` layer inside, and :class:`EntryPointModel` gives the trainer and the
+``mondeq`` commands what they need of it.
+
 Sizes follow the paper (Winston & Kolter 2020, and its public experiments) per data set;
 every size is overridable. All presets use ``m = 1``, Peaceman-Rachford, ``tol = 1e-2``.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -35,10 +44,16 @@ __all__ = [
     "KINDS",
     "MODEL_KINDS",
     "ClassifierKind",
+    "EntryPointConfig",
+    "EntryPointModel",
     "ModelConfig",
     "MonDEQClassifier",
     "SpectralBound",
+    "build_model",
+    "equilibrium_input",
+    "is_entry_point",
     "load_model",
+    "model_config_from_dict",
     "model_options",
     "preset_config",
 ]
@@ -260,12 +275,110 @@ class MonDEQClassifier(nn.Module):
         return self.readout(self.features(x))
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MonDEQClassifier, dict[str, Any]]:
+def is_entry_point(model: str) -> bool:
+    """Whether ``model`` names a user's model, ``"package.module:function"``, rather than a preset."""
+    return ":" in model
+
+
+def load_entry_point(spec: str) -> Callable[..., Any]:
+    """The function named by ``"package.module:function"`` (the current folder is searched too, as
+    ``python -m`` does); :class:`~mondeq.errors.ConfigError` saying what is wrong otherwise."""
+    module_name, _, name = spec.partition(":")
+    if not module_name or not name:
+        raise ConfigError(f"model entry point {spec!r} must read 'package.module:function'")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(f"model entry point {spec!r}: cannot import {module_name!r}: {first_line(error)}") from error
+    try:
+        function = functools.reduce(getattr, name.split("."), module)
+    except AttributeError as error:
+        raise ConfigError(f"model entry point {spec!r}: module {module_name!r} has no {name!r}") from error
+    if not callable(function):
+        raise ConfigError(f"model entry point {spec!r} is a {type(function).__name__}, not a function")
+    return function
+
+
+@dataclass
+class EntryPointConfig:
+    """A user-defined model: ``entry_point`` names a function called as
+    ``function(in_channels=C, image_size=S, num_classes=K)`` that returns an ``nn.Module`` mapping
+    ``(N, C, S, S)`` images to ``(N, K)`` logits, with at least one :class:`~mondeq.MonDEQ` layer
+    inside (stored in checkpoints as JSON, like :class:`ModelConfig`)."""
+
+    entry_point: str
+    in_channels: int
+    image_size: int
+    num_classes: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_config_from_dict(data: dict) -> ModelConfig | EntryPointConfig:
+    """A checkpoint's ``model`` entry: a preset's :class:`ModelConfig` or an :class:`EntryPointConfig`."""
+    if "entry_point" in data:
+        known = {f.name for f in fields(EntryPointConfig)}
+        if set(data) != known:
+            raise ConfigError(f"a model entry point's config has the keys {sorted(known)}, got {sorted(data)}")
+        return EntryPointConfig(**data)
+    return ModelConfig.from_dict(data)
+
+
+class EntryPointModel(nn.Module):
+    """A user's model built by its entry point, with what the trainer and the commands use:
+    :attr:`config` and :attr:`layer`, the first :class:`~mondeq.MonDEQ` inside it (its step size
+    is tuned, its iterations logged). The user's module is :attr:`net`; ``forward`` is its own."""
+
+    def __init__(self, config: EntryPointConfig) -> None:
+        super().__init__()
+        self.config = config
+        build = load_entry_point(config.entry_point)
+        net = build(in_channels=config.in_channels, image_size=config.image_size, num_classes=config.num_classes)
+        if not isinstance(net, nn.Module):
+            raise ConfigError(f"model entry point {config.entry_point!r} returned a {type(net).__name__}, not an nn.Module")
+        if not any(isinstance(m, MonDEQ) for m in net.modules()):
+            raise ConfigError(
+                f"model entry point {config.entry_point!r} returned a {type(net).__name__} without a MonDEQ layer "
+                "(the trainer tunes its step size and reports its iterations)"
+            )
+        self.net = net
+
+    @property
+    def layer(self) -> MonDEQ:
+        """The first monDEQ layer of the user's model, in module order."""
+        return next(m for m in self.net.modules() if isinstance(m, MonDEQ))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def build_model(config: ModelConfig | EntryPointConfig) -> MonDEQClassifier | EntryPointModel:
+    """The classifier a configuration describes: a preset's or the user's."""
+    return EntryPointModel(config) if isinstance(config, EntryPointConfig) else MonDEQClassifier(config)
+
+
+@torch.no_grad()
+def equilibrium_input(model: nn.Module, x: Tensor) -> Tensor:
+    """What ``model.layer`` receives when ``model`` runs on ``x`` (``x`` itself for the presets;
+    the output of a user model's stem)."""
+    seen: list[Tensor] = []
+    handle = model.layer.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MonDEQClassifier | EntryPointModel, dict[str, Any]]:
     """The classifier of a checkpoint (run folder or file), and the checkpoint's metadata."""
     meta, state, _ = load_checkpoint(path)
     require(meta, "model", "train", where=f"checkpoint {path}")
     try:
-        model = MonDEQClassifier(ModelConfig.from_dict(meta["model"]))
+        model = build_model(model_config_from_dict(meta["model"]))
         model.load_state_dict(state)
     except (KeyError, ValueError, TypeError, RuntimeError) as error:
         raise CheckpointError(f"checkpoint {path} does not describe a valid model: {first_line(error)}") from error

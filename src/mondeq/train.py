@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, require, save_checkpoint
@@ -32,7 +33,16 @@ from .data import DATASET_NAMES, Batches, ImageDataset, dataset_info, load_datas
 from .devices import resolve_device
 from .errors import ConfigError, first_line
 from .files import check_writable, output_dir, write_atomic
-from .models import MODEL_KINDS, ModelConfig, MonDEQClassifier, model_options, preset_config
+from .models import (
+    MODEL_KINDS,
+    EntryPointConfig,
+    ModelConfig,
+    build_model,
+    is_entry_point,
+    model_config_from_dict,
+    model_options,
+    preset_config,
+)
 
 __all__ = [
     "RECIPES",
@@ -105,8 +115,8 @@ class TrainConfig:
             self.epochs = BUDGET_EPOCHS if self.time_budget is not None else 1
         if self.dataset not in DATASET_NAMES:
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {DATASET_NAMES}")
-        if self.model not in MODEL_KINDS:
-            raise ConfigError(f"unknown model {self.model!r}; choose one of {list(MODEL_KINDS)}")
+        if self.model not in MODEL_KINDS and not is_entry_point(self.model):
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {list(MODEL_KINDS)} or a 'package.module:function'")
         if self.recipe is not None and self.recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {self.recipe!r}; choose one of {sorted(RECIPES)}")
         if self.lr_schedule not in ("step", "one-cycle", "constant"):
@@ -120,8 +130,15 @@ class TrainConfig:
         self.model_options = {k: v for k, v in self.model_options.items() if v is not None}
         self.model_config()  # validates the model options
 
-    def model_config(self) -> ModelConfig:
+    def model_config(self) -> ModelConfig | EntryPointConfig:
         info = dataset_info(self.dataset, self.data_dir)
+        if is_entry_point(self.model):
+            if self.model_options:
+                raise ConfigError(
+                    f"model options ({', '.join(sorted(self.model_options))}) size the presets; "
+                    f"the entry point {self.model!r} builds its own model"
+                )
+            return EntryPointConfig(self.model, info.channels, info.image_size, len(info.classes))
         return preset_config(self.model, self.dataset, info.channels, info.image_size, len(info.classes), **self.model_options)
 
     @classmethod
@@ -242,7 +259,7 @@ def learning_rate(config: TrainConfig, t: float, progress: float | None = None) 
 
 
 @torch.no_grad()
-def tune_alpha(model: MonDEQClassifier, x: torch.Tensor, max_alpha: float) -> float:
+def tune_alpha(model: nn.Module, x: torch.Tensor, max_alpha: float) -> float:
     """Pick the step size with the fewest forward iterations on batch ``x`` (the paper's search).
 
     Tries ``max_alpha, max_alpha/2, ...`` until the iteration count grows; keeps the current alpha
@@ -332,7 +349,7 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(
-    model: MonDEQClassifier,
+    model: nn.Module,
     dataset: ImageDataset,
     batch_size: int,
     device: str | torch.device = "cpu",
@@ -409,7 +426,7 @@ class Trainer:
         self.train_set = (train_set or load_dataset(config.dataset, "train", config.data_dir)).subset(config.train_limit)
         self.test_set = (test_set or load_dataset(config.dataset, "test", config.data_dir)).subset(config.test_limit)
         try:
-            self.model = MonDEQClassifier(config.model_config()).to(self.device)
+            self.model = build_model(config.model_config()).to(self.device)
             self.model.layer.linear.check_step_size(self.model.layer.alpha)  # before an epoch, not after
         except (ValueError, TypeError) as error:
             raise ConfigError(f"model {config.model!r} cannot be built as asked: {first_line(error)}") from error
@@ -485,7 +502,7 @@ class Trainer:
         meta, state, optimizer_state = checkpoint or load_checkpoint(path)
         require(meta, "model", "alpha", "epoch", "batch", "running", "history", where=f"checkpoint {path}")
         try:  # through ModelConfig: fields added since the checkpoint was written take their defaults
-            stored = ModelConfig.from_dict(meta["model"]).to_dict()
+            stored = model_config_from_dict(meta["model"]).to_dict()
         except (ValueError, TypeError) as error:
             raise CheckpointError(f"checkpoint {path} describes an invalid model: {first_line(error)}") from error
         if stored != self.model.config.to_dict():
