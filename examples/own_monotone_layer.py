@@ -4,8 +4,9 @@ Each image is a 28-step sequence of 28-pixel rows. With ``--operator monotone`` 
 the equilibrium layer is ``Monotone(A, B, injection)`` with 1-D convolutions along the sequence
 as A and B: whatever their weights, W = (1 - m) I - A^T A + B - B^T is monotone, so the
 equilibrium exists, is unique and Peaceman-Rachford finds it (its resolvent by GMRES,
-warm-started). With ``--operator fft`` it is the built-in ``SingleConv`` on 1-D signals, the
-same structure with circular convolutions, whose resolvent is exact in the Fourier domain.
+warm-started). With ``--operator fft`` it is the built-in ``SingleConv`` on 1-D signals: A and
+B circular convolutions with normalised kernels (g K / ||K||), the resolvent exact in the
+Fourier domain.
 A linear head reads the pooled equilibrium. Fashion-MNIST comes from Debian's package or
 ``--data-dir``; without it (and with ``--tiny``) random images stand in.
 
@@ -25,9 +26,9 @@ from mondeq.data import DATASETS, Batches, DataError, ImageDataset, load_dataset
 class SequenceModel(nn.Module):
     """(N, 1, 28, 28) images -> 28 steps of 28 features -> monotone equilibrium (channels, 28) -> logits."""
 
-    def __init__(self, operator: str = "monotone", channels: int = 32, steps: int = 28, features: int = 28, classes: int = 10):
+    def __init__(self, kind: str = "monotone", channels: int = 32, steps: int = 28, features: int = 28, classes: int = 10):
         super().__init__()
-        if operator == "monotone":  # your own maps: any linear modules
+        if kind == "monotone":  # your own maps: any linear modules
             operator = Monotone(
                 A=nn.Conv1d(channels, channels, 3, padding=1, bias=False),
                 B=nn.Conv1d(channels, channels, 3, padding=1, bias=False),
@@ -35,8 +36,10 @@ class SequenceModel(nn.Module):
                 hidden_shape=(channels, steps),
                 m=1.0,
             )
-        else:  # the built-in operator on sequences of length `steps`: circular convolutions, FFT resolvent
+        elif kind == "fft":  # the built-in operator on sequences of length `steps`: circular convolutions, FFT resolvent
             operator = SingleConv(features, channels, (steps,), m=1.0)
+        else:
+            raise ValueError(f"kind must be 'monotone' or 'fft', got {kind!r}")
         self.equilibrium = MonDEQ(operator, solver="pr", tol=1e-2, max_iter=50)
         self.head = nn.Linear(channels * (steps // 4), classes)
 

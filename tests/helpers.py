@@ -68,7 +68,7 @@ def make_operator(name: str, m: float = 0.5, seed: int = 0, scale: float = 1.0) 
         "single-odd": lambda: SingleConv(1, 2, 5, m=m),
         "single-strided": lambda: SingleConv(2, 3, 12, m=m, stride=2),  # 6 x 6 equilibrium
         "single-nonsquare": lambda: SingleConv(1, 2, (5, 8), m=m),  # odd height, even width
-        "single-1d": lambda: SingleConv(2, 3, (7,), m=m),  # sequences of length 7
+        "single-1d": lambda: SingleConv(2, 3, (8,), m=m),  # sequences of length 8 (even: the Nyquist bin)
         "single-3d": lambda: SingleConv(1, 2, (4, 3, 5), m=m),  # 4 x 3 x 5 volumes
         "multi2": lambda: MultiConv(2, (2, 3), 8, m=m),
         "multi-nonsquare": lambda: MultiConv(1, (2, 2), (12, 6), m=m),  # tiers 12x6 and 6x3

@@ -10,8 +10,8 @@ from datafiles import write_mnist_like
 from mondeq.cli import main
 from mondeq.data import load_dataset
 from mondeq.errors import ConfigError
-from mondeq.models import EntryPointModel, load_model
-from mondeq.train import TrainConfig, Trainer
+from mondeq.models import EntryPointConfig, EntryPointModel, equilibrium_input, load_model
+from mondeq.train import TrainConfig, Trainer, tune_alpha
 
 MODULE = "mondeq_test_user_models"
 SOURCE = '''
@@ -29,6 +29,17 @@ def build(in_channels, image_size, num_classes, channels=4):
         nn.AdaptiveAvgPool2d(2),
         nn.Flatten(),
         nn.Linear(4 * channels, num_classes),
+    )
+
+
+def build_bn(in_channels, image_size, num_classes):
+    """A stem with batch norm: its statistics must move only in training steps."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        mondeq.MonDEQ(mondeq.SingleConv(3, 3, image_size, m=1.0), tol=1e-4, max_iter=100),
+        nn.Flatten(),
+        nn.Linear(3 * image_size**2, num_classes),
     )
 
 
@@ -111,6 +122,24 @@ def test_cli_runs_a_user_model_from_the_current_folder(tmp_path, data_folder, us
     assert main(["certify", str(out), "--data-dir", str(data_folder)]) == 2
     assert "certify needs a preset model" in capsys.readouterr().err
     sys.modules.pop(MODULE, None)
+
+
+def test_alpha_search_and_plot_input_leave_batch_norm_alone(importable):
+    """tune_alpha and equilibrium_input run the model in evaluation mode and restore its mode;
+    equilibrium_input returns what the stem hands the monotone layer."""
+    torch.manual_seed(0)
+    model = EntryPointModel(EntryPointConfig(f"{MODULE}:build_bn", in_channels=1, image_size=8, num_classes=3))
+    x = torch.randn(4, 1, 8, 8)
+    norm = model.net[1]
+    before = (norm.running_mean.clone(), norm.running_var.clone(), int(norm.num_batches_tracked))
+    tune_alpha(model, x, max_alpha=1.0)
+    stem_output = equilibrium_input(model, x)
+    assert model.training
+    assert torch.equal(norm.running_mean, before[0]) and torch.equal(norm.running_var, before[1])
+    assert int(norm.num_batches_tracked) == before[2]
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(stem_output, model.net[1](model.net[0](x)))
 
 
 @pytest.mark.parametrize(

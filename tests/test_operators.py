@@ -165,7 +165,7 @@ def test_bad_construction_raises(build, match):
         build()
 
 
-@pytest.mark.parametrize("name, shape", [("single-1d", (2, 3, 7)), ("single-3d", (2, 2, 4, 3, 5))])
+@pytest.mark.parametrize("name, shape", [("single-1d", (2, 3, 8)), ("single-3d", (2, 2, 4, 3, 5))])
 def test_single_conv_in_one_and_three_dimensions(name, shape):
     """The hidden state's structured view, the input check, and W against the same circular
     convolutions done directly with torch's Conv1d / Conv3d and explicit padding."""

@@ -125,6 +125,27 @@ def test_time_budget_stop_is_final_when_the_next_evaluation_is_quicker(tmp_path,
     assert [row["epoch"] for row in resumed.fit()] == [1, 1.167, 2]
 
 
+def test_time_budget_stop_at_an_epoch_end_is_saved(tmp_path, data, monkeypatch):
+    """Evaluations of 35 s: after epoch 1 (60 s) the 1.5-minute budget has no room for another
+    batch and an evaluation, so the run stops there; resumed with the same budget it must not
+    train on (the reserve and the spent budget are in the checkpoint)."""
+    import dataclasses
+
+    import mondeq.train
+
+    real_evaluate = mondeq.train.evaluate
+    monkeypatch.setattr(mondeq.train, "evaluate", lambda *a, **k: dataclasses.replace(real_evaluate(*a, **k), seconds=35.0))
+    train, test = data
+    trainer = Trainer(make_config(tmp_path, "fc", epochs=None, time_budget=1.5), train, test, progress=False)
+    FakeClock(trainer)
+    history = trainer.fit()
+    assert [row["epoch"] for row in history] == [1]
+    assert load_checkpoint(tmp_path)[0]["budget_spent"] == 1.5
+    resumed = Trainer.resume_run(tmp_path, progress=False, train_set=train, test_set=test)
+    clock = FakeClock(resumed)
+    assert resumed.fit() == history and clock.now == 1000.0
+
+
 def test_one_cycle_spans_the_time_budget():
     config = TrainConfig(lr=1e-3, lr_schedule="one-cycle", time_budget=60.0, model_options={"channels": [4]})
     assert learning_rate(config, 0.0, progress=0.0) == pytest.approx((1e-4, 0.95))

@@ -6,7 +6,8 @@ the new tensors file under its own name, then replaces the JSON (the single comm
 then deletes tensors files no JSON names any more. Each file is written to a temporary file,
 fsynced and renamed, so a crash at any moment leaves the previous checkpoint or the new one,
 never neither. Loading reads the tensors file once, checks its hash on those bytes and never
-unpickles anything. Checkpoints written before content-addressed names (``NAME.safetensors``
+unpickles anything (a model built by a user's entry point is rebuilt by importing and calling
+it: :func:`mondeq.models.load_model`). Checkpoints written before content-addressed names (``NAME.safetensors``
 beside the JSON) still load.
 """
 

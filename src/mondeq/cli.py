@@ -202,7 +202,7 @@ def _train(args: argparse.Namespace, device: str) -> int:
     options["model_options"] = {o.name: getattr(args, o.name) for o in model_options() if getattr(args, o.name) is not None}
     if args.recipe:
         options = RECIPES[args.recipe].options(options)
-    model = options.get("model", fields["model"].default).rpartition(":")[2]  # an entry point's function name
+    model = options.get("model", fields["model"].default).replace(":", "-")  # an entry point: module-function
     default_out = f"runs/{options.get('dataset', fields['dataset'].default)}-{model}"
     if args.resume:
         run = Path(args.resume) if isinstance(args.resume, str) else Path(options.get("out", default_out))
@@ -253,7 +253,7 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from .models import load_model
+    from .models import load_model, model_label
     from .train import evaluate
 
     device = _set_up(args)
@@ -264,7 +264,7 @@ def eval_command(args: argparse.Namespace) -> int:
     result = evaluate(model, test, args.batch_size, device)
     report = {
         "dataset": meta["train"]["dataset"],
-        "model": meta["model"].get("kind") or meta["model"].get("entry_point"),
+        "model": model_label(meta["model"]),
         "examples": result.examples,
         "test_accuracy": round(result.accuracy, 4),
         "test_loss": round(result.loss, 4),
@@ -318,7 +318,7 @@ def plot_arguments(p: argparse.ArgumentParser) -> None:
 def plot_command(args: argparse.Namespace) -> int:
     from .data import Batches
     from .files import output_dir
-    from .models import equilibrium_input, load_model
+    from .models import equilibrium_input, load_model, model_label
     from .plot import convergence_traces, plot_certified, plot_convergence, plot_training_curves
 
     device = _set_up(args)
@@ -333,7 +333,7 @@ def plot_command(args: argparse.Namespace) -> int:
     test = _checkpoint_test_set(meta, args.data_dir)
     x, _ = next(iter(Batches(test, args.batch_size, device=device)))
     traces = convergence_traces(model.layer, equilibrium_input(model, x), tol=args.tol, max_iter=args.max_iter)
-    title = f"{meta['model'].get('kind') or meta['model'].get('entry_point')} on {meta['train']['dataset']}, batch of {len(x)}"
+    title = f"{model_label(meta['model'])} on {meta['train']['dataset']}, batch of {len(x)}"
     written.append(plot_convergence(traces, out / "convergence.png", title))
     for path in written:
         print(path)

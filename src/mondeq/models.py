@@ -54,6 +54,7 @@ __all__ = [
     "is_entry_point",
     "load_model",
     "model_config_from_dict",
+    "model_label",
     "model_options",
     "preset_config",
 ]
@@ -318,13 +319,19 @@ class EntryPointConfig:
 
 
 def model_config_from_dict(data: dict) -> ModelConfig | EntryPointConfig:
-    """A checkpoint's ``model`` entry: a preset's :class:`ModelConfig` or an :class:`EntryPointConfig`."""
-    if "entry_point" in data:
-        known = {f.name for f in fields(EntryPointConfig)}
-        if set(data) != known:
-            raise ConfigError(f"a model entry point's config has the keys {sorted(known)}, got {sorted(data)}")
-        return EntryPointConfig(**data)
-    return ModelConfig.from_dict(data)
+    """A checkpoint's ``model`` entry: a preset's :class:`ModelConfig` or an :class:`EntryPointConfig`
+    (unknown keys are refused; fields added later take their defaults)."""
+    if "entry_point" not in data:
+        return ModelConfig.from_dict(data)
+    unknown = set(data) - {f.name for f in fields(EntryPointConfig)}
+    if unknown:
+        raise ConfigError(f"unknown model config keys: {sorted(unknown)}")
+    return EntryPointConfig(**data)
+
+
+def model_label(config: dict) -> str:
+    """How a checkpoint's ``model`` entry is named in reports: the preset or the entry point."""
+    return config.get("kind") or config.get("entry_point", "?")
 
 
 class EntryPointModel(nn.Module):
@@ -360,17 +367,33 @@ def build_model(config: ModelConfig | EntryPointConfig) -> MonDEQClassifier | En
     return EntryPointModel(config) if isinstance(config, EntryPointConfig) else MonDEQClassifier(config)
 
 
+class _Reached(Exception):
+    """Raised by :func:`equilibrium_input`'s hook to stop the model at its monDEQ layer."""
+
+    def __init__(self, value: Tensor) -> None:
+        super().__init__()
+        self.value = value
+
+
 @torch.no_grad()
 def equilibrium_input(model: nn.Module, x: Tensor) -> Tensor:
-    """What ``model.layer`` receives when ``model`` runs on ``x`` (``x`` itself for the presets;
-    the output of a user model's stem)."""
-    seen: list[Tensor] = []
-    handle = model.layer.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    """What ``model.layer`` receives when ``model`` runs on ``x`` in evaluation mode (``x`` itself
+    for the presets; the output of a user model's stem). The model stops there; its mode is restored."""
+
+    def reached(module: nn.Module, args: tuple) -> None:
+        raise _Reached(args[0])
+
+    handle = model.layer.register_forward_pre_hook(reached)
+    training = model.training
+    model.eval()
     try:
         model(x)
+    except _Reached as stop:
+        return stop.value
     finally:
         handle.remove()
-    return seen[0]
+        model.train(training)
+    raise ConfigError(f"{type(model).__name__} did not call its monDEQ layer on an input batch")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MonDEQClassifier | EntryPointModel, dict[str, Any]]:

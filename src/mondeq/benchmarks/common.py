@@ -90,7 +90,8 @@ def model_at(scale: Scale, kind: str, trained: bool = False, seed: int = 0, runs
         path = runs / f"fashion-mnist-{kind}"
         if not (path / "checkpoint.json").is_file():
             return None
-        return load_model(path)[0]
+        model = load_model(path)[0]
+        return model if isinstance(model, MonDEQClassifier) else None  # a user's model of the same name
     torch.manual_seed(seed)
     return MonDEQClassifier(scale.config(kind))
 

@@ -232,7 +232,7 @@ def markdown(result: dict) -> str:
         f"**(b) Accuracy at equal training time** ({race['budget']:.0f} s of training each, test accuracy on "
         f"{race['test_examples']} test images; evaluation time not counted).",
         "",
-        "| model | parameters | " + " | ".join(f"acc. at ~{race['budget'] * (k + 1) / 4:.0f} s" for k in range(4)) + " |",
+        "| model | parameters | " + " | ".join(f"acc. at ~{race['budget'] * (k + 1) / 4:.3g} s" for k in range(4)) + " |",
         "|---|---|" + "---|" * 4,
     ]
     for name, curve in race["curves"].items():

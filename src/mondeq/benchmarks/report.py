@@ -93,7 +93,7 @@ def write_page(path: Path, chosen: dict[str, Section], stored: dict, figures: Pa
         "",
         f"Command: `mondeq bench{' --tiny' if tiny else ''}` (or one section: `mondeq bench --only NAME`). "
         f"Raw numbers: [`{figures.name}/results.json`]({figures.name}/results.json). Times are wall-clock on a "
-        "shared 2-core machine: compare ratios within a table, not absolute times across tables.",
+        f"shared {machine['cores']}-core machine: compare ratios within a table, not absolute times across tables.",
         "",
     ]
     for name, section in chosen.items():

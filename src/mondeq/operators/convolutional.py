@@ -1,7 +1,7 @@
 r"""Convolutional monotone operators: single convolution and multi-tier (multi-scale).
 
 The hidden state has one tier per resolution, tier :math:`i` of shape
-:math:`(c_i, s_i, s_i)` with :math:`s_{i+1} = s_i / 2`. :math:`A` is block lower-bidiagonal:
+:math:`(c_i, h_i, w_i)` with :math:`(h_{i+1}, w_{i+1}) = (h_i, w_i) / 2`. :math:`A` is block lower-bidiagonal:
 :math:`A_{ii}` a circular convolution within tier :math:`i`, :math:`A_{i+1,i}` a stride-2
 circular convolution from tier :math:`i` to :math:`i+1`. :math:`B` is block diagonal, and
 
@@ -167,16 +167,16 @@ def group_block_diagonal(p: Tensor) -> Tensor:
 
 @dataclass
 class _TierWeights:
-    A: Tensor  # (c, c, k, k) within-tier
-    S: Tensor  # (c, c, k, k) skew part B - B^T as one kernel
-    down: Tensor | None  # (c_next, c, k, k) stride-2 to the next tier
+    A: Tensor  # (c, c, k, ..., k), one k per spatial dim: within-tier
+    S: Tensor  # (c, c, k, ..., k) skew part B - B^T as one kernel
+    down: Tensor | None  # (c_next, c, k, k) stride-2 to the next tier (2-D only)
 
 
 @dataclass
 class _ConvWeights:
     tiers: list[_TierWeights]
-    #: For a single tier, W per frequency of the real FFT, (H, W//2+1, c, c): W z is then a
-    #: product per frequency, several times cheaper than the three convolutions.
+    #: For a single tier, W per frequency of the real n-D FFT, (*size[:-1], size[-1]//2+1, c, c):
+    #: W z is then a product per frequency, several times cheaper than the three convolutions.
     fourier: Tensor | None
 
     @property
@@ -194,7 +194,8 @@ class MultiConv(MonotoneOperator):
         in_channels: channels of the input image.
         channels: channels per tier, e.g. ``(16, 32, 32)``.
         image_size: side of a square input, or its ``(height, width)``; tier :math:`i` has
-            ``image_size / stride / 2**i`` (each side).
+            ``image_size / stride / 2**i`` (each side). With one tier also ``(length,)`` or
+            ``(depth, height, width)`` (see :class:`SingleConv`).
         kernel_size: odd kernel size of every convolution.
         m: monotonicity margin, :math:`m > 0`.
         stride: stride of the input injection ``U`` (1: the first tier has the image's size;
