@@ -7,8 +7,9 @@ graph propagations z -> Â z Θ with the normalised adjacency Â (sparse) and a 
     W = (1 - m) I - AᵀA + B - Bᵀ
 
 is monotone for every Θ: the equilibrium z* = relu(W z* + U x + b) exists, is unique and
-mixes information along paths of any length, with no depth to choose. ``Monotone`` finds the
-transposes by autograd and applies the resolvent by GMRES. Trained on a fifth of the nodes;
+mixes information along paths of any length, with no depth to choose. The injection U x + b is a
+graph propagation too (with a bias). ``Monotone`` finds the transposes of A and B by autograd and
+applies the resolvent by GMRES. Trained on a fifth of the nodes;
 a logistic regression on the node features alone is the baseline.
 
     python examples/graph_equilibrium.py [--tiny]
@@ -23,17 +24,19 @@ from mondeq import MonDEQ, Monotone
 
 
 class GraphPropagation(nn.Module):
-    """z -> Â z Θ for node states z of shape (N, nodes, features_in): a linear map of z."""
+    """z -> Â z Θ (+ b) for node states z of shape (N, nodes, features_in): without a bias, a linear map of z."""
 
-    def __init__(self, adjacency: torch.Tensor, features_in: int, features_out: int) -> None:
+    def __init__(self, adjacency: torch.Tensor, features_in: int, features_out: int, bias: bool = False) -> None:
         super().__init__()
         self.register_buffer("adjacency", adjacency)
         self.weight = nn.Parameter(torch.randn(features_in, features_out) / features_in**0.5)
+        self.bias = nn.Parameter(torch.zeros(features_out)) if bias else None
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         n, nodes, f = z.shape
         mixed = torch.sparse.mm(self.adjacency, z.transpose(0, 1).reshape(nodes, n * f))
-        return mixed.reshape(nodes, n, f).transpose(0, 1) @ self.weight
+        out = mixed.reshape(nodes, n, f).transpose(0, 1) @ self.weight
+        return out if self.bias is None else out + self.bias
 
 
 def block_model(nodes: int, classes: int, features: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -60,7 +63,7 @@ class GraphEquilibrium(nn.Module):
         operator = Monotone(
             A=GraphPropagation(adjacency, hidden, hidden),
             B=GraphPropagation(adjacency, hidden, hidden),
-            injection=nn.Linear(features, hidden),  # applied to each node's features
+            injection=GraphPropagation(adjacency, features, hidden, bias=True),
             hidden_shape=(nodes, hidden),
             m=0.5,
         )
