@@ -346,17 +346,16 @@ class EntryPointModel(nn.Module):
         net = build(in_channels=config.in_channels, image_size=config.image_size, num_classes=config.num_classes)
         if not isinstance(net, nn.Module):
             raise ConfigError(f"model entry point {config.entry_point!r} returned a {type(net).__name__}, not an nn.Module")
-        if not any(isinstance(m, MonDEQ) for m in net.modules()):
+        layers = [m for m in net.modules() if isinstance(m, MonDEQ)]
+        if not layers:
             raise ConfigError(
                 f"model entry point {config.entry_point!r} returned a {type(net).__name__} without a MonDEQ layer "
                 "(the trainer tunes its step size and reports its iterations)"
             )
         self.net = net
-
-    @property
-    def layer(self) -> MonDEQ:
-        """The first monDEQ layer of the user's model, in module order."""
-        return next(m for m in self.net.modules() if isinstance(m, MonDEQ))
+        # The first monDEQ layer, in module order: a plain attribute, not a second registration of
+        # a submodule of ``net`` (its parameters would appear twice in the state dict).
+        object.__setattr__(self, "layer", layers[0])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
