@@ -25,8 +25,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _number(kind: type, minimum: float, strict: bool = False):
-    """An argparse type: a finite ``kind`` value >= ``minimum`` (> when ``strict``), else a one-line error."""
+def _number(kind: type, minimum: float, strict: bool = False, below: float = math.inf):
+    """An argparse type: a finite ``kind`` value >= ``minimum`` (> when ``strict``) and < ``below``,
+    else a one-line error."""
 
     def parse(text: str):
         try:
@@ -35,6 +36,8 @@ def _number(kind: type, minimum: float, strict: bool = False):
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
         if not math.isfinite(value) or value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(f"{text} must be finite and {'>' if strict else '>='} {minimum:g}")
+        if value >= below:
+            raise argparse.ArgumentTypeError(f"{text} must be < {below:g}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
@@ -72,6 +75,7 @@ POSITIVE_INT = _number(int, 1)
 COUNT = _number(int, 0)
 POSITIVE = _number(float, 0, strict=True)
 NON_NEGATIVE = _number(float, 0)
+UNIT_INTERVAL = _number(float, 0, below=1.0)  # [0, 1)
 #: argparse types of the kinds of value named in model option metadata.
 VALUE_TYPES = {"positive_int": POSITIVE_INT, "count": COUNT, "positive": POSITIVE}
 
@@ -140,6 +144,14 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=POSITIVE, help="(peak) learning rate (default 1e-3)")
     p.add_argument("--lr-schedule", choices=["step", "one-cycle", "constant"], help="default step")
     p.add_argument("--lr-step", type=POSITIVE_INT, help="epochs between 10x decays of the step schedule (default 10)")
+    p.add_argument("--weight-decay", type=NON_NEGATIVE, help="decoupled (AdamW) weight decay of weights and kernels (default 0)")
+    p.add_argument("--label-smoothing", type=UNIT_INTERVAL, help="label smoothing of the training loss, in [0, 1) (default 0)")
+    p.add_argument(
+        "--eval-every",
+        type=COUNT,
+        metavar="EPOCHS",
+        help="evaluate every EPOCHS epochs (default 1; 0: only at the end, which is always evaluated)",
+    )
     p.add_argument("--no-tune-alpha", dest="tune_alpha", action="store_false", default=None, help="keep alpha fixed")
     p.add_argument("--max-alpha", type=POSITIVE, help="largest alpha tried when tuning (default 1.0)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random crop + flip (default: on for cifar10)")

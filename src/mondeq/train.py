@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 #: Options that may differ from a run's stored configuration when it is resumed.
-RESUMABLE_OPTIONS = ("epochs", "threads", "data_dir", "device", "checkpoint_every", "time_budget")
+RESUMABLE_OPTIONS = ("epochs", "threads", "data_dir", "device", "checkpoint_every", "time_budget", "eval_every")
 
 #: Epoch cap of a run given a time budget and no epoch count.
 BUDGET_EPOCHS = 1000
@@ -92,6 +92,14 @@ class TrainConfig:
     lr: float = 1e-3
     lr_schedule: str = "step"  # step | one-cycle | constant
     lr_step: int = 10
+    #: Decoupled (AdamW-style) weight decay of the weight matrices and kernels (tensors of two or
+    #: more dimensions; biases and scales are not decayed). 0: plain Adam.
+    weight_decay: float = 0.0
+    #: Label smoothing of the training loss (the test loss stays the plain cross-entropy).
+    label_smoothing: float = 0.0
+    #: Evaluate on the test set every this many epochs; 0: only at the end. The run's last epoch,
+    #: and a time-budgeted run's final (fractional) epoch, are always evaluated.
+    eval_every: int = 1
     tune_alpha: bool = True
     max_alpha: float = 1.0
     augment: bool | None = None
@@ -126,6 +134,11 @@ class TrainConfig:
         for name in ("lr", "max_alpha"):
             _check_number(name, getattr(self, name), positive=True)
         _check_number("checkpoint_every", self.checkpoint_every, minimum=0)
+        _check_number("weight_decay", self.weight_decay, minimum=0)
+        _check_number("eval_every", self.eval_every, minimum=0, integer=True)
+        _check_number("label_smoothing", self.label_smoothing, minimum=0)
+        if self.label_smoothing >= 1:
+            raise ConfigError(f"label_smoothing must be < 1, got {self.label_smoothing!r}")
         _check_number("time_budget", self.time_budget, positive=True)
         self.model_options = {k: v for k, v in self.model_options.items() if v is not None}
         self.model_config()  # validates the model options
@@ -258,6 +271,17 @@ def learning_rate(config: TrainConfig, t: float, progress: float | None = None) 
     lr = float(np.interp(progress, points, [low, config.lr, low, low / 10]))
     beta1 = float(np.interp(progress, points, [0.95, 0.85, 0.95, 0.95]))
     return lr, beta1
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Adam:
+    """Adam at ``config.lr``; with ``config.weight_decay`` the decoupled decay (AdamW) of the
+    tensors of two or more dimensions (weights and kernels), in a group of their own."""
+    if not config.weight_decay:
+        return torch.optim.Adam(model.parameters(), lr=config.lr)
+    decayed = [p for p in model.parameters() if p.ndim >= 2]
+    others = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decayed, "weight_decay": config.weight_decay}, {"params": others, "weight_decay": 0.0}]
+    return torch.optim.Adam([g for g in groups if g["params"]], lr=config.lr, decoupled_weight_decay=True)
 
 
 @torch.no_grad()
@@ -437,7 +461,7 @@ class Trainer:
             self.model.layer.linear.check_step_size(self.model.layer.alpha)  # before an epoch, not after
         except (ValueError, TypeError) as error:
             raise ConfigError(f"model {config.model!r} cannot be built as asked: {first_line(error)}") from error
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = make_optimizer(self.model, config)
         self.epoch, self.batch = 0, 0
         self.running = RunningTotals()
         self.progress = progress and distributed.is_main()
@@ -574,7 +598,8 @@ class Trainer:
         try:
             with _StopRequests(announce=distributed.is_main()) as stops:
                 while self.epoch < self.config.epochs:
-                    if self.out_of_time():  # at an epoch's end: nothing to evaluate
+                    if self.out_of_time():  # at an epoch's end: nothing left to train
+                        self._evaluate_last_row(stops)
                         self._spend_budget()
                         break
                     start = time.perf_counter()
@@ -583,6 +608,7 @@ class Trainer:
                         self.save()
                         return self.history
                     if stopped == "time" and self.batch == 0:  # out of time before this epoch's first batch
+                        self._evaluate_last_row(stops)
                         self._spend_budget()
                         break
                     if stopped == "time":
@@ -678,7 +704,7 @@ class Trainer:
                 group["betas"] = (beta1, group["betas"][1])
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.wrapped(x)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         distributed.check_finite(loss, f"epoch {self.epoch} batch {index}")
         loss.backward()
         self.optimizer.step()
@@ -701,18 +727,14 @@ class Trainer:
         """
         cfg = self.config
         totals = self.running.summed_over_ranks()
-        evaluation = evaluate(self.model, self.test_set, cfg.test_batch_size, self.device, stop=stops.requested)
-        if evaluation is None:  # stopped during evaluation: the position is "all batches done"
-            self.save()
-            raise TrainingInterrupted(stops.signum or signal.SIGTERM)
-        self._evaluation_seconds = evaluation.seconds
+        evaluation = self._evaluate(stops) if self._evaluation_due(complete) else None
         batches = max(num_batches if complete else self.batch, 1) * distributed.world_size()
         row = {
             "epoch": self.epoch + 1 if complete else round(self.epoch + self.batch / num_batches, 3),
             "train_loss": totals.loss / totals.examples,
             "train_accuracy": totals.correct / totals.examples,
-            "test_loss": evaluation.loss,
-            "test_accuracy": evaluation.accuracy,
+            "test_loss": None if evaluation is None else evaluation.loss,
+            "test_accuracy": None if evaluation is None else evaluation.accuracy,
             "forward_iterations": totals.forward_iterations / batches,
             "backward_iterations": totals.backward_iterations / batches,
             "forward_seconds": totals.forward_seconds / batches,
@@ -731,13 +753,43 @@ class Trainer:
         if distributed.is_main():
             self._write_csv()
             of = f"/{cfg.epochs}" if cfg.time_budget is None else f" (time budget {cfg.time_budget:.4g} min)"
+            test = "not evaluated" if evaluation is None else f"test loss {evaluation.loss:.4f} acc {evaluation.accuracy:.4f}"
             print(
                 f"epoch {row['epoch']}{of}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
-                f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f} | fwd {row['forward_iterations']:.1f} "
-                f"bwd {row['backward_iterations']:.1f} iters | {seconds:.1f}s, {row['elapsed_seconds'] / 60:.1f} min in all",
+                f"{test} | fwd {row['forward_iterations']:.1f} bwd {row['backward_iterations']:.1f} iters | "
+                f"{seconds:.1f}s, {row['elapsed_seconds'] / 60:.1f} min in all",
                 flush=True,
             )
         return row
+
+    def _evaluation_due(self, complete: bool) -> bool:
+        """Whether the epoch ending now is evaluated: every ``eval_every`` epochs, and always the
+        last one (the epoch count reached, or the time budget spent)."""
+        every, ended = self.config.eval_every, self.epoch + 1
+        return not complete or ended >= self.config.epochs or self.out_of_time() or (every > 0 and ended % every == 0)
+
+    def _evaluate(self, stops: _StopRequests) -> EvalResult:
+        """The test set's loss and accuracy; a stop request during it saves and raises (the
+        position stays "all batches of the epoch done")."""
+        evaluation = evaluate(self.model, self.test_set, self.config.test_batch_size, self.device, stop=stops.requested)
+        if evaluation is None:
+            self.save()
+            raise TrainingInterrupted(stops.signum or signal.SIGTERM)
+        self._evaluation_seconds = evaluation.seconds
+        return evaluation
+
+    def _evaluate_last_row(self, stops: _StopRequests) -> None:
+        """Evaluate the last recorded epoch if it was not (the budget ran out between epochs just
+        after a skipped evaluation), so that a run always ends with its test accuracy."""
+        if not self.history or self.history[-1]["test_accuracy"] is not None:
+            return
+        evaluation = self._evaluate(stops)
+        last = {**self.history[-1], "test_loss": evaluation.loss, "test_accuracy": evaluation.accuracy}
+        self.history = [*self.history[:-1], last]
+        self.save()
+        if distributed.is_main():
+            self._write_csv()
+            print(f"epoch {self.history[-1]['epoch']}: test loss {evaluation.loss:.4f} acc {evaluation.accuracy:.4f}", flush=True)
 
     def _write_csv(self) -> None:
         text = io.StringIO()

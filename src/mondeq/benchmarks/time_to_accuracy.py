@@ -100,11 +100,11 @@ def train_for(model: nn.Module, config: TrainConfig, train: ImageDataset, test: 
 
 
 def recipe_run_curve(folder: str | None) -> list | None:
-    """``(elapsed seconds, test accuracy)`` per row of a run's metrics.csv, if ``folder`` is given."""
+    """``(elapsed seconds, test accuracy)`` per evaluated row of a run's metrics.csv, if ``folder`` is given."""
     if not folder:
         return None
     with open(Path(folder) / "metrics.csv") as handle:
-        return [(float(r["elapsed_seconds"]), float(r["test_accuracy"])) for r in csv.DictReader(handle)]
+        return [(float(r["elapsed_seconds"]), float(r["test_accuracy"])) for r in csv.DictReader(handle) if r["test_accuracy"]]
 
 
 def run(tiny: bool = False) -> dict:
