@@ -33,19 +33,24 @@ def make_config(out, model="single-conv", **kw):
     return TrainConfig(**options, model_options={**sizes, "tol": 1e-4, "max_iter": 100})
 
 
-@pytest.mark.parametrize("model", ["fc", "single-conv", "multi-conv"])
-def test_resume_matches_uninterrupted_run(tmp_path, data, model):
+REGULARISED = {"weight_decay": 0.1, "label_smoothing": 0.1}  # AdamW's two parameter groups round-trip too
+
+
+@pytest.mark.parametrize(
+    "model, extra", [("fc", {}), ("single-conv", {}), ("multi-conv", {}), ("fc", REGULARISED)], ids=["fc", "sc", "mc", "fc-wd"]
+)
+def test_resume_matches_uninterrupted_run(tmp_path, data, model, extra):
     train, test = data
-    full = Trainer(make_config(tmp_path / "full", model), train, test, progress=False)
+    full = Trainer(make_config(tmp_path / "full", model, **extra), train, test, progress=False)
     history = full.fit()
     assert len(history) == 2
 
     # stop in the middle of epoch 1 (after 9 of 12 batches), then resume in a new trainer
-    first = Trainer(make_config(tmp_path / "split", model), train, test, progress=False)
+    first = Trainer(make_config(tmp_path / "split", model, **extra), train, test, progress=False)
     first.fit(stop_after_batches=9)
     meta, _, _ = load_checkpoint(tmp_path / "split")
     assert (meta["epoch"], meta["batch"]) == (1, 3)
-    resumed = Trainer(make_config(tmp_path / "split", model), train, test, progress=False)
+    resumed = Trainer(make_config(tmp_path / "split", model, **extra), train, test, progress=False)
     resumed.resume()
     resumed_history = resumed.fit()
 
@@ -214,3 +219,104 @@ def test_learning_rate_schedules():
     assert learning_rate(cycle, 62) == pytest.approx((6.4e-4, 0.95))
     with pytest.raises(ValueError, match="lr_schedule"):
         TrainConfig(lr_schedule="cosine")
+
+
+def test_weight_decay_is_decoupled_and_spares_biases_and_scales(tmp_path, data):
+    train, test = data
+    plain = Trainer(make_config(tmp_path / "plain", "single-conv"), train, test, progress=False)
+    assert [g["weight_decay"] for g in plain.optimizer.param_groups] == [0]
+    trainer = Trainer(make_config(tmp_path / "wd", "single-conv", weight_decay=0.3), train, test, progress=False)
+    decayed, spared = trainer.optimizer.param_groups
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    assert sorted(names[id(p)] for p in decayed["params"]) == [
+        "layer.linear.A.0",
+        "layer.linear.B.0",
+        "layer.linear.U.weight",
+        "readout.weight",
+    ]
+    assert decayed["weight_decay"] == 0.3 and spared["weight_decay"] == 0.0
+    assert decayed["decoupled_weight_decay"] and all(p.ndim < 2 for p in spared["params"])
+    # decoupled: with no gradient, one step only shrinks each decayed tensor by (1 - lr * wd)
+    before = [p.detach().clone() for p in decayed["params"]]
+    for p in trainer.model.parameters():
+        p.grad = torch.zeros_like(p)
+    trainer.optimizer.step()
+    for old, new in zip(before, decayed["params"]):
+        torch.testing.assert_close(new.detach(), old * (1 - 3e-3 * 0.3))
+
+
+def test_label_smoothing_is_the_training_loss(tmp_path, data):
+    """The loss logged for the first batch is the smoothed cross-entropy of the untrained model's logits."""
+    import torch.nn.functional as F
+
+    train, test = data
+    trainer = Trainer(make_config(tmp_path, "fc", label_smoothing=0.4), train, test, progress=False)
+    x, y = next(iter(trainer._batches()))
+    with torch.no_grad():
+        logits = trainer.model.train()(x)
+    trainer.fit(stop_after_batches=1)
+    logged = trainer.running.loss / trainer.running.examples
+    assert logged == pytest.approx(F.cross_entropy(logits, y, label_smoothing=0.4).item(), rel=1e-5)
+    assert abs(logged - F.cross_entropy(logits, y).item()) > 1e-4  # near-uniform logits: close, yet distinct
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            make_config(tmp_path, "fc", label_smoothing=bad)
+
+
+def test_eval_every_skips_evaluations_but_never_the_last(tmp_path, data):
+    from mondeq.plot import plot_training_curves
+
+    train, test = data
+    history = Trainer(make_config(tmp_path, "fc", epochs=4, eval_every=3), train, test, progress=False).fit()
+    assert [row["test_accuracy"] is not None for row in history] == [False, False, True, True]
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[1].split(",")[3:5] == ["", ""]  # test_loss, test_accuracy left empty
+    assert plot_training_curves(tmp_path / "metrics.csv", tmp_path / "curves.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="eval_every"):
+        make_config(tmp_path, "fc", eval_every=-1)
+
+
+def test_eval_every_0_evaluates_the_time_budgets_end_only(tmp_path, data):
+    """10 s a step, 6 steps an epoch, a 2.5-minute budget: epochs 1 and 2 unevaluated, the stop half-way
+    through epoch 3 evaluated."""
+    train, test = data
+    trainer = Trainer(make_config(tmp_path, "fc", epochs=None, time_budget=2.5, eval_every=0), train, test, progress=False)
+    FakeClock(trainer)
+    history = trainer.fit()
+    assert [(row["epoch"], row["test_accuracy"] is not None) for row in history] == [(1, False), (2, False), (2.5, True)]
+    assert history[-1]["elapsed_seconds"] == 150.0
+    from mondeq.plot import plot_training_curves  # the fractional epoch (2.5) once failed to parse
+
+    assert plot_training_curves(tmp_path / "metrics.csv", tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_eval_every_0_evaluates_an_epoch_that_ended_just_before_the_budget(tmp_path, data):
+    """Epoch 1 ends at 60 s with 3 s of a 63 s budget left (room, so not evaluated then); saving it takes
+    5 s, so the next epoch cannot start: the run must still end with that epoch's test accuracy."""
+    train, test = data
+    trainer = Trainer(make_config(tmp_path, "fc", epochs=None, time_budget=1.05, eval_every=0), train, test, progress=False)
+    clock = FakeClock(trainer)
+    save = trainer.save
+
+    def slow_save():
+        clock.now += 5.0
+        return save()
+
+    trainer.save = slow_save
+    history = trainer.fit()
+    assert [row["epoch"] for row in history] == [1] and history[0]["test_accuracy"] is not None
+    assert load_checkpoint(tmp_path)[0]["history"][0]["test_accuracy"] == history[0]["test_accuracy"]
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[1].split(",")[4] != ""
+
+
+def test_recipe_expands_with_explicit_options_winning():
+    from mondeq.models import build_model
+    from mondeq.train import RECIPES
+
+    recipe = RECIPES["fmnist-hour"]
+    options = recipe.options({"lr": 1e-3, "model_options": {"tol": 0.05}})
+    assert options["lr"] == 1e-3 and options["time_budget"] == recipe.settings["time_budget"]
+    assert options["model_options"] == {**recipe.settings["model_options"], "tol": 0.05}
+    config = TrainConfig(**{**recipe.options({}), "out": "unused"})
+    assert sum(p.numel() for p in build_model(config.model_config()).parameters()) <= 100_000  # the issue's bar
+    assert recipe.options({"model": "mymodels:build"})["model_options"] == {}  # an entry point sizes itself

@@ -287,7 +287,9 @@ class MonDEQ(nn.Module):
                 raise ValueError(f"z0 has {tuple(start.shape)} elements, expected {tuple(injection.shape)}")
         activation = self.activation
         with torch.no_grad():
-            z, record = self._solve(frozen, activation, lambda y: activation.prox(y, alpha), injection.detach(), start, options)
+            # activation.forward, not the module's __call__: its hook dispatch on every iteration costs small models
+            prox = lambda y: activation.prox(y, alpha)  # noqa: E731
+            z, record = self._solve(frozen, activation.forward, prox, injection.detach(), start, options)
         stats = SolverStats(alpha=alpha, forward=record)
         self.stats = stats
         self._check(record, "forward", options)

@@ -1,8 +1,9 @@
 """Training and evaluation of monDEQ classifiers: the code path behind ``mondeq train``.
 
-Adam with the paper's learning-rate schedules (step decay, or one-cycle with the inverse
-momentum cycle), the paper's step-size tuning (at batch 30 and half-way through each epoch,
-halve alpha while the forward iterations do not grow, keep the best), per-epoch evaluation,
+Adam (AdamW with a weight decay) with the paper's learning-rate schedules (step decay, or
+one-cycle with the inverse momentum cycle), optional label smoothing, the paper's step-size
+tuning (at batch 30 and half-way through each epoch, halve alpha while the forward iterations
+do not grow, keep the best), evaluation every epoch or every few (always at the end),
 a CSV log (and TensorBoard when installed), and checkpoints that resume bit-for-bit: the batch
 order and augmentation depend only on ``(seed, epoch)``, and a checkpoint records the
 position inside an epoch.
@@ -54,6 +55,7 @@ __all__ = [
     "RunningTotals",
     "evaluate",
     "learning_rate",
+    "make_optimizer",
     "tune_alpha",
 ]
 
