@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import math
 import warnings
 from pathlib import Path
 
@@ -57,16 +56,16 @@ def plot_training_curves(metrics_csv: Path, out: Path) -> Path:
     if not rows:
         raise ConfigError(f"{metrics_csv} has no epochs yet")
     epoch = [float(r["epoch"]) for r in rows]  # a time-budgeted run ends with a fractional epoch
-    column = lambda key: [float(r[key]) if r[key] else math.nan for r in rows]  # noqa: E731  (empty: not evaluated)
+    column = lambda key: [float(r[key]) for r in rows]  # noqa: E731
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(epoch, column("train_loss"), "o-", label="train")
     evaluated = [i for i, r in enumerate(rows) if r["test_accuracy"]]  # every epoch, unless --eval-every skipped some
-    at = lambda values: ([epoch[i] for i in evaluated], [values[i] for i in evaluated])  # noqa: E731
-    axes[0].plot(*at(column("test_loss")), "s-", label="test")
+    tested = lambda key: ([epoch[i] for i in evaluated], [float(rows[i][key]) for i in evaluated])  # noqa: E731
+    axes[0].plot(*tested("test_loss"), "s-", label="test")
     axes[0].set(title="loss", xlabel="epoch")
     axes[1].plot(epoch, column("train_accuracy"), "o-", label="train")
-    axes[1].plot(*at(column("test_accuracy")), "s-", label="test")
+    axes[1].plot(*tested("test_accuracy"), "s-", label="test")
     axes[1].set(title="accuracy", xlabel="epoch")
     axes[2].plot(epoch, column("forward_iterations"), "o-", label="forward")
     axes[2].plot(epoch, column("backward_iterations"), "s-", label="backward")

@@ -601,8 +601,7 @@ class Trainer:
             with _StopRequests(announce=distributed.is_main()) as stops:
                 while self.epoch < self.config.epochs:
                     if self.out_of_time():  # at an epoch's end: nothing left to train
-                        self._evaluate_last_row(stops)
-                        self._spend_budget()
+                        self._spend_budget(stops)
                         break
                     start = time.perf_counter()
                     stopped, num_batches = self._train_epoch(stops)
@@ -610,8 +609,7 @@ class Trainer:
                         self.save()
                         return self.history
                     if stopped == "time" and self.batch == 0:  # out of time before this epoch's first batch
-                        self._evaluate_last_row(stops)
-                        self._spend_budget()
+                        self._spend_budget(stops)
                         break
                     if stopped == "time":
                         self.budget_spent = self.config.time_budget  # saved with the row below
@@ -624,11 +622,18 @@ class Trainer:
                 writer.close()
         return self.history
 
-    def _spend_budget(self) -> None:
-        """Record (and save) that the run is out of its time budget, unless already recorded."""
-        if self.budget_spent != self.config.time_budget:
+    def _spend_budget(self, stops: _StopRequests) -> None:
+        """Record (and save, once) that the run is out of its time budget between epochs, unless
+        already recorded; the last epoch is evaluated first if it was not (``eval_every`` skipped
+        it), so that a run always ends with its test accuracy."""
+        evaluated = self._evaluate_last_row(stops)
+        if evaluated or self.budget_spent != self.config.time_budget:
             self.budget_spent = self.config.time_budget
             self.save()
+        if evaluated and distributed.is_main():
+            self._write_csv()
+            last = self.history[-1]
+            print(f"epoch {last['epoch']}: test loss {last['test_loss']:.4f} acc {last['test_accuracy']:.4f}", flush=True)
 
     def _train_epoch(self, stops: _StopRequests) -> tuple[str | None, int]:
         """Train the rest of the current epoch.
@@ -780,18 +785,15 @@ class Trainer:
         self._evaluation_seconds = evaluation.seconds
         return evaluation
 
-    def _evaluate_last_row(self, stops: _StopRequests) -> None:
-        """Evaluate the last recorded epoch if it was not (the budget ran out between epochs just
-        after a skipped evaluation), so that a run always ends with its test accuracy."""
+    def _evaluate_last_row(self, stops: _StopRequests) -> bool:
+        """Fill in the test loss and accuracy of the last recorded epoch if it was not evaluated;
+        whether it did."""
         if not self.history or self.history[-1]["test_accuracy"] is not None:
-            return
+            return False
         evaluation = self._evaluate(stops)
         last = {**self.history[-1], "test_loss": evaluation.loss, "test_accuracy": evaluation.accuracy}
         self.history = [*self.history[:-1], last]
-        self.save()
-        if distributed.is_main():
-            self._write_csv()
-            print(f"epoch {self.history[-1]['epoch']}: test loss {evaluation.loss:.4f} acc {evaluation.accuracy:.4f}", flush=True)
+        return True
 
     def _write_csv(self) -> None:
         text = io.StringIO()

@@ -3,9 +3,10 @@
 The monDEQ of the ``fmnist-hour`` recipe and explicit baselines of comparable size (a CNN, an
 MLP, a Neural ODE when torchdiffeq is installed) are each trained with the recipe's settings
 (its optimiser, weight decay and label smoothing, one-cycle over the budget, no augmentation,
-batch 128) for the same wall-clock budget, and evaluated at evenly spaced times (evaluation time is not counted): on the first
-``PROBE_IMAGES`` test images at the intermediate marks, on the full test set at the end (the
-Neural ODE's adaptive solver makes full evaluations at every mark cost more than its budget).
+batch 128) for the same wall-clock budget, and evaluated at evenly spaced times (evaluation time
+is not counted): on the first ``PROBE_IMAGES`` test images at the intermediate marks, on the
+full test set at the end (the Neural ODE's adaptive solver makes full evaluations at every mark
+cost more than its budget).
 The budget per model is ``MONDEQ_RACE_MINUTES`` (default 60; the tiny smoke run: 1 s on
 synthetic images). With ``MONDEQ_RECIPE_RUN`` naming the run folder of a full
 ``mondeq train --recipe fmnist-hour`` run, its per-epoch test accuracies against elapsed time
