@@ -10,7 +10,16 @@ from mondeq.operators import MonotoneOperator
 
 #: Operators added for shapes and map kinds beyond the paper's; the heaviest parametrised tests
 #: (every activation x every solver) run them on a representative subset, to keep the suite fast.
-EXTRA_OPERATORS = ("single-nonsquare", "single-1d", "single-3d", "multi-nonsquare", "generic-conv1d", "generic-linear")
+EXTRA_OPERATORS = (
+    "single-nonsquare",
+    "single-1d",
+    "single-3d",
+    "single-k5",
+    "multi-nonsquare",
+    "multi-k5",
+    "generic-conv1d",
+    "generic-linear",
+)
 
 OPERATOR_NAMES = [
     "fc",
@@ -20,9 +29,11 @@ OPERATOR_NAMES = [
     "single-nonsquare",
     "single-1d",
     "single-3d",
+    "single-k5",
     "multi2",
     "multi3",
     "multi-nonsquare",
+    "multi-k5",
     "generic-conv1d",
     "generic-linear",
 ]
@@ -70,9 +81,11 @@ def make_operator(name: str, m: float = 0.5, seed: int = 0, scale: float = 1.0) 
         "single-nonsquare": lambda: SingleConv(1, 2, (5, 8), m=m),  # odd height, even width
         "single-1d": lambda: SingleConv(2, 3, (8,), m=m),  # sequences of length 8 (even: the Nyquist bin)
         "single-3d": lambda: SingleConv(1, 2, (4, 3, 5), m=m),  # 4 x 3 x 5 volumes
+        "single-k5": lambda: SingleConv(2, 3, 7, kernel_size=5, m=m),  # 5 x 5 kernels on 7 x 7 images
         "multi2": lambda: MultiConv(2, (2, 3), 8, m=m),
         "multi-nonsquare": lambda: MultiConv(1, (2, 2), (12, 6), m=m),  # tiers 12x6 and 6x3
         "multi3": lambda: MultiConv(1, (2, 2, 2), 12, m=m),
+        "multi-k5": lambda: MultiConv(1, (2, 2), 12, kernel_size=5, m=m),  # tiers 12 and 6, 5 x 5 kernels
         "generic-conv1d": lambda: generic_conv1d(m),
         "generic-linear": lambda: generic_linear(m),
     }[name]()

@@ -8,7 +8,7 @@ import torch
 from datafiles import write_mnist_like
 from mondeq.checkpoint import CheckpointError, checkpoint_paths, load_checkpoint
 from mondeq.data import load_dataset
-from mondeq.models import load_model
+from mondeq.models import ModelConfig, load_model
 from mondeq.train import TrainConfig, Trainer, learning_rate
 
 
@@ -320,3 +320,14 @@ def test_recipe_expands_with_explicit_options_winning():
     config = TrainConfig(**{**recipe.options({}), "out": "unused"})
     assert sum(p.numel() for p in build_model(config.model_config()).parameters()) <= 100_000  # the bar
     assert recipe.options({"model": "mymodels:build"})["model_options"] == {}  # an entry point sizes itself
+
+
+def test_kernel_size_option_sizes_every_convolution():
+    from mondeq.models import build_model, preset_config
+
+    config = preset_config("single-conv", "fashion-mnist", 1, 28, 10, channels=[4], stride=2, pool=2, kernel_size=5)
+    model = build_model(config)
+    operator = model.layer.linear
+    assert operator.U.weight.shape == (4, 1, 5, 5) and operator.A[0].shape == operator.B[0].shape == (4, 4, 5, 5)
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    assert ModelConfig.from_dict(config.to_dict()).kernel_size == 5  # stored in checkpoints

@@ -82,7 +82,9 @@ class ModelConfig:
     channels: list[int] = field(
         default_factory=lambda: [54], metadata=_option("channels (one per tier for multi-conv)", "positive_int", nargs="+")
     )
-    kernel_size: int = 3
+    kernel_size: int = field(
+        default=3, metadata=_option("odd kernel size of the conv models' convolutions (preset 3)", "positive_int")
+    )
     pool: int = field(default=4, metadata=_option("average pooling of the single-conv readout (preset 4)", "positive_int"))
     stride: int = field(
         default=1, metadata=_option("stride of the conv models' input injection: 2 halves the equilibrium's side", "positive_int")
@@ -191,8 +193,10 @@ def preset_config(kind: str, dataset: str, in_channels: int, image_size: int, nu
             raise ConfigError(f"unknown model option {key!r}")
     given = {k: (list(v) if k == "channels" else v) for k, v in overrides.items() if v is not None}
     config = ModelConfig(kind=kind, in_channels=in_channels, image_size=image_size, num_classes=num_classes, **{**sized, **given})
-    if kind == "fc" and config.stride != 1:
-        raise ConfigError(f"stride {config.stride} applies to the convolutional models, not fc")
+    if kind == "fc":
+        for name, preset in (("stride", 1), ("kernel_size", 3)):
+            if getattr(config, name) != preset:
+                raise ConfigError(f"{name.replace('_', ' ')} {getattr(config, name)} applies to the convolutional models, not fc")
     if kind == "single-conv" and len(config.channels) != 1:
         raise ConfigError(f"single-conv takes one channel count, got {config.channels}")
     return config
