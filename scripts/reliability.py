@@ -45,6 +45,7 @@ BAD_INPUTS: list[tuple[str, str, str]] = [
     ("stride odd size", "train --data-dir {data} --stride 3", "not a multiple of the injection stride 3"),
     ("kernel fc", "train --data-dir {data} --model fc --kernel-size 5", "kernel size 5 applies to the convolutional models"),
     ("kernel even", "train --data-dir {data} --kernel-size 4", "kernel_size must be a positive odd integer, got 4"),
+    ("readout single-conv", "train --data-dir {data} --readout all", "readout 'all' applies to multi-conv"),
     ("model unknown", "train --data-dir {data} --model resnet", "neither a preset (fc, single-conv, multi-conv)"),
     ("entry point not importable", "train --data-dir {data} --model no_such_module:build", "cannot import 'no_such_module'"),
     ("entry point with sizes", "train --data-dir {data} --model os:getcwd --channels 8", "model options (channels)"),

@@ -331,3 +331,23 @@ def test_kernel_size_option_sizes_every_convolution():
     assert operator.U.weight.shape == (4, 1, 5, 5) and operator.A[0].shape == operator.B[0].shape == (4, 4, 5, 5)
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
     assert ModelConfig.from_dict(config.to_dict()).kernel_size == 5  # stored in checkpoints
+
+
+def test_multi_conv_reads_out_every_tier_pooled_to_the_coarsest():
+    from mondeq.errors import ConfigError
+    from mondeq.models import build_model, preset_config
+
+    config = preset_config("multi-conv", "fashion-mnist", 1, 28, 10, channels=[2, 3], stride=2, readout="all")
+    model = build_model(config)
+    tiers = (torch.rand(4, 2, 14, 14), torch.rand(4, 3, 7, 7))
+    fine_pooled = tiers[0].reshape(4, 2, 7, 2, 7, 2).mean(dim=(3, 5))  # 2 x 2 block means
+    assert torch.allclose(model.pool(tiers), torch.cat([fine_pooled, tiers[1]], dim=1).flatten(1))
+    assert model.readout.in_features == (2 + 3) * 7 * 7
+    fine = tiers[0].clone().requires_grad_()
+    model.readout(model.pool((fine, tiers[1]))).sum().backward()
+    assert fine.grad.abs().sum() > 0  # the fine tier reaches the logits directly, not only through the coarse one
+    model(torch.rand(2, 1, 28, 28)).sum().backward()  # and the implicit layer trains under it
+    last = build_model(preset_config("multi-conv", "fashion-mnist", 1, 28, 10, channels=[2, 3], stride=2))
+    assert torch.equal(last.pool(tiers), tiers[1].flatten(1))  # the preset reads out the coarsest tier
+    with pytest.raises(ConfigError, match="applies to multi-conv"):
+        preset_config("single-conv", "fashion-mnist", 1, 28, 10, readout="all")

@@ -4,7 +4,8 @@ Each classifier is a :class:`~mondeq.MonDEQ` layer followed by a readout:
 
 - ``fc``: fully connected operator on the flattened image, linear readout.
 - ``single-conv``: single convolution, 4x4 average pooling, linear readout.
-- ``multi-conv``: multi-tier convolution, linear readout of the coarsest tier.
+- ``multi-conv``: multi-tier convolution, linear readout of the coarsest tier (``readout="all"``:
+  of every tier, average-pooled to the coarsest tier's size).
 
 Any other architecture enters through an entry point ``"package.module:function"``
 (:class:`EntryPointConfig`): the function builds the user's ``nn.Module`` with a
@@ -56,6 +57,7 @@ __all__ = [
     "model_config_from_dict",
     "model_label",
     "model_options",
+    "pool_tiers",
     "preset_config",
 ]
 
@@ -64,6 +66,10 @@ def _option(help: str, value: str, **argparse: Any) -> dict[str, Any]:
     """Field metadata of a model option: its help, the kind of value (``positive``, ``positive_int``,
     ``count``, or ``choice``, whose ``choices`` come from a registry), and extra argparse settings."""
     return {"help": help, "value": value, **argparse}
+
+
+#: What multi-conv's readout sees: the coarsest tier, or every tier average-pooled to its size.
+READOUTS = ("last", "all")
 
 
 @dataclass
@@ -88,6 +94,12 @@ class ModelConfig:
     pool: int = field(default=4, metadata=_option("average pooling of the single-conv readout (preset 4)", "positive_int"))
     stride: int = field(
         default=1, metadata=_option("stride of the conv models' input injection: 2 halves the equilibrium's side", "positive_int")
+    )
+    readout: str = field(
+        default="last",
+        metadata=_option(
+            "multi-conv's readout: the coarsest tier (preset last) or all tiers pooled to its size", "choice", choices=READOUTS
+        ),
     )
     m: float = field(default=1.0, metadata=_option("monotonicity margin m > 0 (preset 1.0)", "positive"))
     activation: str = field(default="relu", metadata=_option("proximal activation (preset relu)", "choice", choices=ACTIVATIONS))
@@ -174,11 +186,21 @@ KINDS: dict[str, ClassifierKind] = {
         operator=lambda c: MultiConv(
             c.in_channels, tuple(c.channels), c.image_size, kernel_size=c.kernel_size, m=c.m, stride=c.stride
         ),
-        pool=lambda c, z: z[-1],  # the coarsest tier
+        pool=lambda c, z: pool_tiers(z, c.readout),
         sizes={"mnist": (16, 32, 32), "fashion-mnist": (16, 32, 32), "cifar10": (16, 32, 60), "svhn": (16, 32, 60)},
     ),
 }
 MODEL_KINDS = tuple(KINDS)
+
+
+def pool_tiers(tiers: tuple[Tensor, ...], readout: str) -> Tensor:
+    r"""Multi-conv's readout input: the coarsest tier :math:`(N, c_L, s_L, s_L)` (``"last"``), or every
+    tier :math:`i` average-pooled by :math:`2^{L-i}` to that size and stacked along the channels,
+    :math:`(N, \sum_i c_i, s_L, s_L)` (``"all"``)."""
+    if readout == "last":
+        return tiers[-1]
+    last = len(tiers) - 1
+    return torch.cat([F.avg_pool2d(t, 2 ** (last - i)) if i < last else t for i, t in enumerate(tiers)], dim=1)
 
 
 def preset_config(kind: str, dataset: str, in_channels: int, image_size: int, num_classes: int, **overrides) -> ModelConfig:
@@ -197,6 +219,8 @@ def preset_config(kind: str, dataset: str, in_channels: int, image_size: int, nu
         for name, preset in (("stride", 1), ("kernel_size", 3)):
             if getattr(config, name) != preset:
                 raise ConfigError(f"{name.replace('_', ' ')} {getattr(config, name)} applies to the convolutional models, not fc")
+    if kind != "multi-conv" and config.readout != "last":
+        raise ConfigError(f"readout {config.readout!r} applies to multi-conv; {kind} reads out its one hidden state")
     if kind == "single-conv" and len(config.channels) != 1:
         raise ConfigError(f"single-conv takes one channel count, got {config.channels}")
     return config
@@ -270,7 +294,7 @@ class MonDEQClassifier(nn.Module):
 
     def pool(self, z: Tensor | tuple[Tensor, ...]) -> Tensor:
         """Readout features ``(N, features)`` of a hidden state (flat or structured), pooled as the
-        model kind says (4x4 average pooling for single-conv, the coarsest tier for multi-conv)."""
+        model kind says (4x4 average pooling for single-conv, the coarsest tier or all tiers for multi-conv)."""
         if isinstance(z, Tensor) and z.dim() == 2:
             z = self.layer.linear.unflatten(z)
         z = KINDS[self.config.kind].pool(self.config, z)
