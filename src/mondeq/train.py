@@ -215,9 +215,12 @@ RECIPES: dict[str, Recipe] = {
             "lr": 4e-3,  # 91.33% in the hour at m = 1; 2e-3 gave 90.69% (docs/results.md)
             "lr_schedule": "one-cycle",
             "augment": False,  # crop + flip slowed learning: 84.8% at 25 minutes against 85.9% after one epoch without
+            "label_smoothing": 0.1,  # with weight decay: 92.00% in the hour at m = 0.5, tol 3e-2; 91.76% without both
+            "weight_decay": 0.05,
+            "eval_every": 3,  # evaluating every epoch costs about 3 of the 59 minutes
             "out": "runs/fmnist-hour",
-            # m = 0.5 (I - W >= I/2): 91.76% in the hour against 91.33% at the paper's m = 1
-            "model_options": {"channels": [60], "stride": 2, "pool": 2, "m": 0.5},
+            # m = 0.5 (I - W >= I/2): 91.76% against 91.33% at the paper's m = 1; tol 3e-2: 14.4 epochs in the hour, not 12.2
+            "model_options": {"channels": [60], "stride": 2, "pool": 2, "m": 0.5, "tol": 3e-2},
         },
     ),
 }
