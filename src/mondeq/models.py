@@ -203,6 +203,15 @@ def pool_tiers(tiers: tuple[Tensor, ...], readout: str) -> Tensor:
     return torch.cat([F.avg_pool2d(t, 2 ** (last - i)) if i < last else t for i, t in enumerate(tiers)], dim=1)
 
 
+#: Options that only some model kinds use (the kinds, and how an error names them): refused with
+#: any other kind unless left at their default.
+_KIND_SPECIFIC_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "stride": (("single-conv", "multi-conv"), "the convolutional models"),
+    "kernel_size": (("single-conv", "multi-conv"), "the convolutional models"),
+    "readout": (("multi-conv",), "multi-conv"),
+}
+
+
 def preset_config(kind: str, dataset: str, in_channels: int, image_size: int, num_classes: int, **overrides) -> ModelConfig:
     """The paper's configuration of ``kind`` for ``dataset``, with ``overrides`` (``None`` ignored)."""
     if kind not in KINDS:
@@ -215,12 +224,11 @@ def preset_config(kind: str, dataset: str, in_channels: int, image_size: int, nu
             raise ConfigError(f"unknown model option {key!r}")
     given = {k: (list(v) if k == "channels" else v) for k, v in overrides.items() if v is not None}
     config = ModelConfig(kind=kind, in_channels=in_channels, image_size=image_size, num_classes=num_classes, **{**sized, **given})
-    if kind == "fc":
-        for name, preset in (("stride", 1), ("kernel_size", 3)):
-            if getattr(config, name) != preset:
-                raise ConfigError(f"{name.replace('_', ' ')} {getattr(config, name)} applies to the convolutional models, not fc")
-    if kind != "multi-conv" and config.readout != "last":
-        raise ConfigError(f"readout {config.readout!r} applies to multi-conv; {kind} reads out its one hidden state")
+    defaults = {f.name: f.default for f in fields(ModelConfig)}
+    for name, (kinds, described) in _KIND_SPECIFIC_OPTIONS.items():
+        value = getattr(config, name)
+        if kind not in kinds and value != defaults[name]:
+            raise ConfigError(f"{name.replace('_', ' ')} {value!r} applies to {described}, not {kind}")
     if kind == "single-conv" and len(config.channels) != 1:
         raise ConfigError(f"single-conv takes one channel count, got {config.channels}")
     return config
