@@ -22,6 +22,7 @@ import json
 import os
 import pickle
 import random
+import shlex
 import shutil
 import signal
 import struct
@@ -88,7 +89,87 @@ BAD_INPUTS: list[tuple[str, str, str]] = [
     ("demo --batch-size 0", "demo --batch-size 0", "--batch-size: 0 must be"),
     ("SVHN saved as MATLAB v7.3", "train --dataset svhn --data-dir {svhn73}", "v7.3"),
     ("CIFAR pickle with a huge array", "train --dataset cifar10 --data-dir {cifar_bomb}", "cifar"),
+    # -- a run is never lost: one writer per folder, a finished run is not overwritten
+    ("train into a folder that holds a run", "train --data-dir {data} --model fc --out {run}", "already holds a run"),
+    ("train into a folder in use", "train --data-dir {data} --model fc --out {locked_run} --overwrite", "is in use by another"),
+    ("resume and overwrite together", "train --resume {run} --overwrite", "give one of them"),
+    # -- a run that diverges stops, keeping its last checkpoint
+    (
+        "lr 1e30 (parameters overflow)",
+        "train --data-dir {data} --model fc --lr 1e30 --epochs 3 --out {tmp}/lr30 --no-progress",
+        "training diverged",
+    ),
+    ("lr 1e308", "train --data-dir {data} --model fc --lr 1e308 --out {tmp}/lr308 --no-progress", "training diverged"),
+    (
+        "lr 1e8 with --strict",
+        "train --data-dir {data} --model fc --lr 1e8 --epochs 2 --strict --out {tmp}/lr8 --no-progress",
+        "iteration cap",
+    ),
+    # -- options that crashed or passed silently
+    (
+        "seed beyond 64 bits",
+        "train --data-dir {data} --seed 99999999999999999999999",
+        "--seed: 99999999999999999999999 must be <",
+    ),
+    ("pool larger than the equilibrium", "train --data-dir {data} --pool 40", "pool 40 must divide the equilibrium's side 28"),
+    ("pool that does not divide it", "train --data-dir {data} --pool 5", "pool 5 must divide the equilibrium's side 28"),
+    ("fc with --channels", "train --data-dir {data} --model fc --channels 8", "channels [8] applies to the convolutional models"),
+    ("fc with --pool", "train --data-dir {data} --model fc --pool 2", "pool 2 applies to single-conv"),
+    ("single-conv with --width", "train --data-dir {data} --width 8", "width 8 applies to fc"),
+    ("m 1e-300 (0 in float32)", "train --data-dir {data} --model fc --m 1e-300", "below the resolution of torch.float32"),
+    ("tol 1e10", "train --data-dir {data} --model fc --tol 1e10", "tol is a relative residual and must be < 1"),
+    (
+        "time budget shorter than a batch",
+        "train --data-dir {data} --model fc --time-budget 0.0000001s",
+        "ran out before the first",
+    ),
+    ("device cpu:5", "train --data-dir {data} --device cpu:5", "there is one CPU device"),
+    ("out empty", "train --data-dir {data} --out ''", "must not be empty"),
+    ("max-alpha without tuning", "train --data-dir {data} --no-tune-alpha --max-alpha 0.5", "does nothing with tune_alpha off"),
+    ("lr-step with one-cycle", "train --data-dir {data} --lr-schedule one-cycle --lr-step 3", "does nothing with lr_schedule"),
+    ("image folder with one class", "train --dataset folder --data-dir {one_class}", "a classifier needs at least two"),
+    ("image folder, first image 12000x2", "train --dataset folder --data-dir {wide_images}", "12000x2 pixels"),
+    ("certify --out a folder", "certify {run} --out {tmp}", "is a folder; give a file name"),
+    ("certify --out in a missing folder", "certify {run} --out {missing}/dir/c.json", "does not exist"),
+    ("bench --out a file", "bench --out {file} --report-only", "not a folder"),
+    ("demo --batch-size 100000000", "demo --batch-size 100000000", "out of memory"),
+    ("demo --alpha 1e300", "demo --alpha 1e300", "step size alpha must be > 0 and at most"),
+    ("plot a missing run", "plot {missing}", "not found"),
+    # -- hand-edited checkpoints: each entry is checked against the checkpoint schema
+    ("checkpoint: tensors file a folder", "eval {tensors_folder_run} --data-dir {data}", "is not a regular file"),
+    ("checkpoint: tensors file a link to /dev/zero", "eval {dev_zero_run} --data-dir {data}", "is not a regular file"),
+    ("checkpoint: JSON nested 100,000 deep", "eval {deep_run} --data-dir {data}", "nested too deeply"),
+    ("checkpoint: batch 10**9", "train --resume {batch_run} --data-dir {data}", "batch 1000000000 is beyond the 1 batches"),
+    ("checkpoint: history not a list", "eval {history_run} --data-dir {data}", "entry 'history' must be a list"),
+    ("checkpoint: epoch -1", "eval {epoch_negative_run} --data-dir {data}", "entry 'epoch' must be an integer"),
+    ("checkpoint: epoch 10**18", "train --resume {epoch_huge_run} --data-dir {data}", "entry 'epoch' must be an integer"),
+    ("checkpoint: epoch a string", "eval {epoch_text_run} --data-dir {data}", "entry 'epoch' must be an integer"),
+    ("checkpoint: running.examples -5", "train --resume {running_run} --data-dir {data}", "entry 'running' must be"),
+    ("checkpoint: data.std [0]", "eval {std_run} --data-dir {data}", "entry 'data' must be"),
+    ("checkpoint: data.classes []", "predict {classes_run} {png}", "entry 'data' must be"),
+    ("checkpoint: data.image_size 0", "predict {size_run} {png}", "entry 'data' must be"),
+    ("checkpoint: data.channels 3 against the weights", "predict {channels_run} {png}", "does not match its model"),
+    ("resume: metrics.csv a folder", "train --resume {csv_folder_run} --data-dir {data} --epochs 2", "metrics.csv is a folder"),
 ]
+
+#: (the copy of the reference run, the checkpoint entry changed, its new value) for :func:`prepare`.
+EDITED_CHECKPOINTS: list[tuple[str, str, object]] = [
+    ("batch_run", "batch", 10**9),
+    ("history_run", "history", {"epoch": 1}),
+    ("epoch_negative_run", "epoch", -1),
+    ("epoch_huge_run", "epoch", 10**18),
+    ("epoch_text_run", "epoch", "one"),
+    ("running_run", "running.examples", -5),
+    ("std_run", "data.std", [0]),
+    ("classes_run", "data.classes", []),
+    ("size_run", "data.image_size", 0),
+    (
+        "channels_run",
+        "data",
+        {"name": "fashion-mnist", "channels": 3, "image_size": 28, "classes": ["a", "b"], "mean": [0] * 3, "std": [1] * 3},
+    ),
+]
+_HELD_LOCKS: list = []  # locks that prepare() holds for the rest of the process (a run folder "in use")
 
 TRAIN = ["--model", "fc", "--width", "16", "--epochs", "6", "--batch-size", "8", "--test-batch-size", "64"]
 TIMING = {"forward_seconds", "backward_seconds", "epoch_seconds", "elapsed_seconds"}
@@ -166,7 +247,48 @@ def prepare(root: Path) -> dict[str, str]:
     (cifar / "cifar-10-batches-py").mkdir(parents=True)
     batch = pickle.dumps({b"data": _HugeArray(), b"labels": [0]}, protocol=2)
     (cifar / "cifar-10-batches-py" / "data_batch_1").write_bytes(batch)
+    _damaged_checkpoints(run, root, places)
+    for name, classes, shape in (("one_class", ["only"], (28, 28)), ("wide_images", ["a", "b"], (2, 12000))):
+        for split in ("train", "test"):
+            for label in classes:
+                (root / name / split / label).mkdir(parents=True)
+                Image.fromarray(np.zeros(shape, dtype=np.uint8)).save(root / name / split / label / "0.png")
+        places[name] = root / name
+    from mondeq.files import RunLock
+
+    places["locked_run"] = root / "locked_run"
+    shutil.copytree(run, places["locked_run"])
+    _HELD_LOCKS.append(RunLock(places["locked_run"]).acquire())
     return {k: str(v) for k, v in places.items()}
+
+
+def _damaged_checkpoints(run: Path, root: Path, places: dict) -> None:
+    """Copies of ``run`` whose checkpoint was edited by hand (:data:`EDITED_CHECKPOINTS`) or whose
+    files were replaced: the tensors file by a folder or a link to an endless device, the JSON by
+    one nested 100,000 deep, ``metrics.csv`` by a folder."""
+    meta = json.loads((run / "checkpoint.json").read_text())
+    for name, key, value in EDITED_CHECKPOINTS:
+        copy = places[name] = root / name
+        shutil.copytree(run, copy)
+        edited = json.loads(json.dumps(meta))
+        *parents, last = key.split(".")
+        target = edited
+        for parent in parents:
+            target = target[parent]
+        target[last] = value
+        (copy / "checkpoint.json").write_text(json.dumps(edited))
+    for name in ("tensors_folder_run", "dev_zero_run", "deep_run", "csv_folder_run"):
+        places[name] = root / name
+        shutil.copytree(run, places[name])
+    tensors = places["tensors_folder_run"] / meta["tensors"]
+    tensors.unlink()
+    tensors.mkdir()
+    tensors = places["dev_zero_run"] / meta["tensors"]
+    tensors.unlink()
+    tensors.symlink_to("/dev/zero")
+    (places["deep_run"] / "checkpoint.json").write_text('{"format": 1, "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    (places["csv_folder_run"] / "metrics.csv").unlink()
+    (places["csv_folder_run"] / "metrics.csv").mkdir()
 
 
 def bad_inputs(root: Path) -> list[dict[str, object]]:
@@ -174,7 +296,7 @@ def bad_inputs(root: Path) -> list[dict[str, object]]:
     places = prepare(root)
     rows = []
     for what, line, fragment in BAD_INPUTS:
-        result = _mondeq(*line.format(**places).split(), timeout=300)
+        result = _mondeq(*shlex.split(line.format(**places)), timeout=300)
         lines = [text for text in result.stderr.strip().splitlines() if text.strip()]
         rows.append(
             {

@@ -86,6 +86,7 @@ def test_distributed_checkpoint_resumes_in_one_process(distributed_run):
         load_dataset("fashion-mnist", "train", data),
         load_dataset("fashion-mnist", "test", data),
         progress=False,
+        on_existing="resume",
     )
     resumed.resume()
     assert all(torch.equal(state[k], v) for k, v in resumed.model.state_dict().items())
@@ -138,7 +139,7 @@ def test_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     mp.spawn(poisoned_worker, args=(2, str(tmp_path / "store"), str(data), str(out)), nprocs=2, join=True)
     for rank in (0, 1):
         text = (out / f"error{rank}.txt").read_text()
-        assert "non-finite training loss at epoch 0 batch 0 on 1 rank(s)" in text
+        assert "the training loss of epoch 1, batch 1 is not finite on 1 of 2 ranks" in text
 
 
 def _pid_of_rank(rank: int, marker: str) -> int | None:

@@ -75,6 +75,7 @@ def test_bad_layer_options(kwargs, match):
         ({"tol": 0.0}, "tol must be a positive finite"),
         ({"tol": float("inf")}, "tol must be a positive finite"),
         ({"tol": "1e-4"}, "tol must be a positive finite"),
+        ({"tol": 1e10}, "tol is a relative residual and must be < 1"),
         ({"max_iter": 0}, "max_iter must be a positive integer"),
         ({"max_iter": 2.5}, "max_iter must be a positive integer"),
         ({"anderson": -1}, "anderson .* non-negative integer"),
@@ -100,6 +101,7 @@ def test_solver_options_name_a_registered_method():
     "kwargs, match",
     [
         ({"backward_tol": -1.0}, "backward_tol must be a positive finite"),
+        ({"backward_tol": 1.0}, "backward_tol is a relative residual and must be < 1"),
         ({"backward_max_iter": 0}, "backward_max_iter must be a positive integer"),
         ({"alpha": float("nan")}, "alpha must be a positive finite"),
         ({"solver": "newton"}, "unknown solver 'newton'"),

@@ -366,7 +366,7 @@ def test_resume_from_a_damaged_checkpoint_is_a_checkpoint_error(tmp_path, data):
 
 
 LEGACY_RESUME = """
-import sys, shutil, torch
+import json, sys, shutil, torch
 from pathlib import Path
 torch.set_num_threads(1)  # how the legacy run was written: reduction order depends on the thread count
 sys.path.insert(0, sys.argv[1])
@@ -384,26 +384,41 @@ options = dict(dataset="fashion-mnist", model="fc", epochs=2, batch_size=16, tes
 sizes = {"width": 6, "tol": 1e-4, "max_iter": 100}
 full = Trainer(TrainConfig(**options, out=str(tmp / "full"), model_options=sizes), train, test, progress=False)
 expected = full.fit()
-for name, value in resumed.model.state_dict().items():
-    assert torch.equal(value, full.model.state_dict()[name]), name
-timing = {"forward_seconds", "backward_seconds", "epoch_seconds", "elapsed_seconds"}
-strip = lambda rows: [{k: v for k, v in row.items() if k not in timing} for row in rows]
-assert strip(history) == strip(expected)
-print("identical")
+state, reference = resumed.model.state_dict(), full.model.state_dict()
+timing = {"forward_seconds", "backward_seconds", "epoch_seconds", "elapsed_seconds", "capped_steps"}
+rows = [[(k, v, row[k]) for k, v in ref.items() if k not in timing] for row, ref in zip(history, expected)]
+print(json.dumps({
+    "capability": torch.backends.cpu.get_cpu_capability(),
+    "identical": all(torch.equal(value, reference[name]) for name, value in state.items()),
+    "largest_difference": max(float((value - reference[name]).abs().max()) for name, value in state.items()),
+    "rows_identical": all(a == b for row in rows for _, a, b in row) and len(history) == len(expected),
+    "rows_close": all(abs(a - b) <= 1e-4 * max(1, abs(a)) for row in rows for _, a, b in row if a is not None),
+}))
 """
+
+#: The CPU kernels the legacy run was written with: float32 sums round alike only on the same kind.
+LEGACY_CAPABILITY = "AVX2"
 
 
 def test_a_run_written_by_an_older_mondeq_resumes_bit_identically(tmp_path):
-    """tests/data/legacy-run: written at 1a33b15 with one thread (legacy NAME.safetensors, flat running
-    totals and model overrides), stopped mid-epoch. Run in a process of its own with one thread: changing
-    torch's thread count back and forth within a process breaks later batched solves (torch 2.13)."""
+    """tests/data/legacy-run: written at 1a33b15 with one thread on a CPU where torch dispatches AVX2
+    kernels (legacy NAME.safetensors, flat running totals and model overrides), stopped mid-epoch.
+    Resumed here, it finishes bit for bit equal to a run computed here where the kernels are the
+    writer's; elsewhere float32 sums round differently in the last bits, so it agrees to 1e-5.
+    Run in a process of its own with one thread: changing torch's thread count back and forth within
+    a process breaks later batched solves (torch 2.13)."""
     import subprocess
     import sys
     from pathlib import Path
 
     command = [sys.executable, "-c", LEGACY_RESUME, str(Path(__file__).parent), str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and "identical" in result.stdout, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    if found["capability"] == LEGACY_CAPABILITY:
+        assert found["identical"] and found["rows_identical"], found
+    else:
+        assert found["largest_difference"] < 1e-5 and found["rows_close"], found
 
 
 def test_outputs_get_the_usual_permissions(tmp_path):

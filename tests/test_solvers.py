@@ -156,8 +156,8 @@ def test_non_convergence_warns_or_raises_in_strict_mode():
         MonDEQ(op, tol=1e-14, max_iter=2)(x)
     with pytest.raises(ConvergenceError, match="relative residual"):
         MonDEQ(op, tol=1e-14, max_iter=2, strict=True)(x)
-    layer = MonDEQ(op, tol=1e-14, max_iter=2, backward_max_iter=2, strict=True)
-    layer.configure(tol=1.0, backward_tol=1e-14)  # forward passes; backward cannot reach 1e-14 in 2 steps
+    layer = MonDEQ(op, tol=1e-14, max_iter=200, backward_max_iter=2, strict=True)
+    layer.configure(tol=1e-3, backward_tol=1e-14)  # forward converges; backward cannot reach 1e-14 in 2 steps
     with pytest.raises(ConvergenceError, match="backward solve"):
         layer(x).sum().backward()
 
@@ -170,7 +170,7 @@ def test_options_are_values_with_separate_directions():
     assert (layer.method.name, layer.tol, layer.max_iter, layer.anderson) == ("dr", 1e-3, 50, 2)
     assert (layer.backward_tol, layer.backward_max_iter) == (1e-5, 50)
     with pytest.raises(AttributeError):
-        layer.forward_options.tol = 1.0  # frozen: replace, don't mutate
+        layer.forward_options.tol = 0.5  # frozen: replace, don't mutate
 
 
 def test_configure_changes_both_directions_unless_backward_is_given():

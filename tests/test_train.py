@@ -50,7 +50,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, data, model, extra):
     first.fit(stop_after_batches=9)
     meta, _, _ = load_checkpoint(tmp_path / "split")
     assert (meta["epoch"], meta["batch"]) == (1, 3)
-    resumed = Trainer(make_config(tmp_path / "split", model, **extra), train, test, progress=False)
+    resumed = Trainer(make_config(tmp_path / "split", model, **extra), train, test, progress=False, on_existing="resume")
     resumed.resume()
     resumed_history = resumed.fit()
 
@@ -180,13 +180,18 @@ def test_corrupt_checkpoints_give_clear_errors(tmp_path, data):
     original = tensors.read_bytes()
 
     tensors.write_bytes(original[:-10])
-    with pytest.raises(CheckpointError, match="does not match"):
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_model(tmp_path)
 
+    tensors.write_bytes(original[:8] + b"{" * (len(original) - 8))  # the size is right, the header is not JSON
     meta = json.loads(meta_path.read_text())
     meta["tensors_sha256"] = __import__("hashlib").sha256(tensors.read_bytes()).hexdigest()
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="cannot read checkpoint tensors"):
+    with pytest.raises(CheckpointError, match="corrupt safetensors header"):
+        load_model(tmp_path)
+
+    tensors.write_bytes(original[:-10] + b"\x00" * 10)  # the size is right, the data is not
+    with pytest.raises(CheckpointError, match="does not match"):
         load_model(tmp_path)
 
     tensors.write_bytes(original)

@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import re
+import stat
+import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,7 @@ from safetensors.torch import save as serialize_tensors
 from .errors import MondeqError
 from .files import remove_stray_temporaries, write_atomic
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "checkpoint_paths"]
+__all__ = ["CheckpointError", "RUN_SCHEMA", "save_checkpoint", "load_checkpoint", "checkpoint_paths", "validate_meta"]
 
 FORMAT_VERSION = 1
 _READ_ATTEMPTS = 5  # a reader racing a writer may find the tensors it was pointed at just replaced
@@ -47,12 +52,14 @@ def _json_path(path: str | Path) -> Path:
 
 
 def _read_meta(json_path: Path) -> dict[str, Any]:
-    if not json_path.is_file():
+    if not json_path.exists():
         raise CheckpointError(f"checkpoint file {json_path} not found")
     try:
-        meta = json.loads(json_path.read_bytes())
+        meta = json.loads(_read_regular(json_path))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"checkpoint metadata {json_path} is corrupt: {error}") from error
+    except RecursionError:
+        raise CheckpointError(f"checkpoint metadata {json_path} is corrupt: nested too deeply") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{json_path} is not a mondeq checkpoint (format {FORMAT_VERSION})")
     return meta
@@ -123,10 +130,12 @@ def _read_consistent(json_path: Path) -> tuple[dict[str, Any], Path, bytes]:
         meta = _read_meta(json_path)
         tensors_path = _tensors_path(json_path, meta)
         try:
-            payload = tensors_path.read_bytes()
-        except FileNotFoundError:
+            payload = _read_tensors_file(tensors_path)
+        except (FileNotFoundError, CheckpointError) as error:
             if attempt + 1 < _READ_ATTEMPTS and _read_meta(json_path) != meta:
                 continue  # a writer committed a newer checkpoint and removed these tensors: read again
+            if isinstance(error, CheckpointError):
+                raise
             raise CheckpointError(f"checkpoint file {tensors_path} not found") from None
         if hashlib.sha256(payload).hexdigest() == meta.get("tensors_sha256"):
             return meta, tensors_path, payload
@@ -134,6 +143,124 @@ def _read_consistent(json_path: Path) -> tuple[dict[str, Any], Path, bytes]:
             continue
         raise CheckpointError(f"{tensors_path} does not match {json_path} (corrupt or from another checkpoint)")
     raise CheckpointError(f"{json_path} keeps changing while being read")
+
+
+def _read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of the regular file ``path`` (a symbolic link is followed); a folder, device or pipe
+    is refused before it is read, as is a file larger than ``limit`` bytes."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file {path} not found") from None
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from error
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{path} is not a regular file")
+    if limit is not None and info.st_size > limit:
+        raise CheckpointError(f"{path} has {info.st_size} bytes, more than its header describes ({limit})")
+    try:
+        with open(path, "rb") as file:
+            return file.read() if limit is None else file.read(limit + 1)
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from error
+
+
+def _read_tensors_file(path: Path) -> bytes:
+    """A safetensors file, read only after its size is checked against the one its header states
+    (8 bytes of header length, the JSON header, then the data its offsets cover)."""
+    info = os.stat(path)  # FileNotFoundError: the caller may retry
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointError(f"{path} is not a regular file")
+    size = info.st_size
+    with open(path, "rb") as file:
+        first = file.read(8)
+        length = struct.unpack("<Q", first)[0] if len(first) == 8 else -1
+        if not 0 <= length <= size - 8:
+            raise CheckpointError(f"{path} is truncated or not a safetensors file")
+        try:
+            header = json.loads(file.read(length))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as error:
+            raise CheckpointError(f"{path} has a corrupt safetensors header") from error
+    if size != 8 + length + end:
+        raise CheckpointError(f"{path} has {size} bytes, its header describes {8 + length + end} (truncated or corrupt)")
+    return _read_regular(path, limit=size)
+
+
+# -- the schema of a run checkpoint's entries ---------------------------------------------------
+def _number(value: object, low: float = -math.inf, high: float = math.inf, integer: bool = False, above: bool = False) -> bool:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+        return False
+    return (value > low if above else value >= low) and value <= high
+
+
+def _row(value: object) -> bool:
+    return (
+        isinstance(value, dict)
+        and _number(value.get("epoch"), 0)
+        and all(isinstance(k, str) and (v is None or _number(v)) for k, v in value.items())
+    )
+
+
+def _data(value: object) -> bool:
+    if not isinstance(value, dict):
+        return False
+    channels = value.get("channels")
+    per_channel = lambda key, low, above: (  # noqa: E731
+        isinstance(value.get(key), list) and len(value[key]) == channels and all(_number(v, low, above=above) for v in value[key])
+    )
+    classes = value.get("classes")
+    return (
+        channels in (1, 3)
+        and _number(value.get("image_size"), 1, 4096, integer=True)
+        and isinstance(classes, list)
+        and len(classes) >= 2
+        and all(isinstance(c, str) for c in classes)
+        and per_channel("mean", -math.inf, False)
+        and per_channel("std", 0, True)
+    )
+
+
+#: What each entry of a run checkpoint must be, when present: a test, and the words of the error.
+RUN_SCHEMA: dict[str, tuple[Callable[[object], bool], str]] = {
+    "epoch": (lambda v: _number(v, 0, 10**7, integer=True), "an integer in 0..10**7"),
+    "batch": (lambda v: _number(v, 0, 10**9, integer=True), "an integer in 0..10**9"),
+    "world_size": (lambda v: _number(v, 1, 10**6, integer=True), "an integer >= 1"),
+    "alpha": (lambda v: _number(v, 0, above=True), "a finite number > 0"),
+    "elapsed": (lambda v: _number(v, 0), "a finite number >= 0"),
+    "budget_spent": (lambda v: v is None or _number(v, 0, above=True), "null or a finite number > 0"),
+    "evaluation_seconds": (lambda v: v is None or _number(v, 0), "null or a finite number >= 0"),
+    "running": (
+        lambda v: (
+            (isinstance(v, dict) and all(isinstance(k, str) and _number(x, 0) for k, x in v.items()))
+            or (isinstance(v, list) and all(_number(x, 0) for x in v))
+        ),
+        "named finite numbers >= 0",
+    ),
+    "history": (lambda v: isinstance(v, list) and all(_row(r) for r in v), "a list of rows of numbers with an epoch"),
+    "data": (_data, "a data set description: channels 1 or 3, an image size, 2+ class names, a mean and a std > 0 per channel"),
+    "model": (lambda v: isinstance(v, dict), "an object"),
+    "train": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def validate_meta(meta: dict[str, Any], where: str = "checkpoint") -> dict[str, Any]:
+    """``meta``, after checking each entry of :data:`RUN_SCHEMA` it holds (a hand-edited or damaged
+    checkpoint is a :class:`CheckpointError` naming the entry, not a failure later); ``epoch`` is
+    also bounded by the run's ``train.epochs``."""
+    for key, (valid, expected) in RUN_SCHEMA.items():
+        if key in meta and not valid(meta[key]):
+            raise CheckpointError(f"{where}: entry {key!r} must be {expected}, got {_short(meta[key])}")
+    epochs = meta.get("train", {}).get("epochs")
+    if "epoch" in meta and _number(epochs, 1, integer=True) and meta["epoch"] > epochs:
+        raise CheckpointError(f"{where}: entry 'epoch' is {meta['epoch']}, beyond the run's {epochs} epochs")
+    return meta
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
@@ -144,6 +271,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     """
     json_path = _json_path(path)
     meta, tensors_path, payload = _read_consistent(json_path)
+    validate_meta(meta, where=f"checkpoint {json_path}")
     try:
         tensors = load_tensors(payload)
     except (SafetensorError, OSError, ValueError) as error:

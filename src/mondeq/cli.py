@@ -76,6 +76,7 @@ COUNT = _number(int, 0)
 POSITIVE = _number(float, 0, strict=True)
 NON_NEGATIVE = _number(float, 0)
 UNIT_INTERVAL = _number(float, 0, below=1.0)  # [0, 1)
+SEED = _number(int, 0, below=2**64)  # what torch's generators take
 #: argparse types of the kinds of value named in model option metadata.
 VALUE_TYPES = {"positive_int": POSITIVE_INT, "count": COUNT, "positive": POSITIVE}
 
@@ -155,11 +156,15 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-tune-alpha", dest="tune_alpha", action="store_false", default=None, help="keep alpha fixed")
     p.add_argument("--max-alpha", type=POSITIVE, help="largest alpha tried when tuning (default 1.0)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random crop + flip (default: on for cifar10)")
-    p.add_argument("--seed", type=COUNT, help="random seed (default 0)")
+    p.add_argument("--seed", type=SEED, help="random seed, below 2**64 (default 0)")
     p.add_argument("--out", help="run folder (default runs/DATASET-MODEL)")
     p.add_argument("--train-limit", type=POSITIVE_INT, help="use only the first N training images")
     p.add_argument("--test-limit", type=POSITIVE_INT, help="use only the first N test images")
     p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR", help="continue the run in --out (or RUN_DIR)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run that --out holds (without it, such a folder is refused)"
+    )
+    p.add_argument("--strict", action="store_true", default=None, help="stop a run whose solver is stuck at its iteration cap")
     p.add_argument(
         "--checkpoint-every",
         type=NON_NEGATIVE,
@@ -206,6 +211,7 @@ def train_command(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, device: str) -> int:
     from .distributed import is_main
+    from .errors import ConfigError
     from .models import model_options
     from .train import RECIPES, TrainConfig, Trainer
 
@@ -217,11 +223,14 @@ def _train(args: argparse.Namespace, device: str) -> int:
     model = options.get("model", fields["model"].default).replace(":", "-")  # an entry point: module-function
     default_out = f"runs/{options.get('dataset', fields['dataset'].default)}-{model}"
     if args.resume:
+        if args.overwrite:
+            raise ConfigError("--resume continues a run and --overwrite replaces it: give one of them")
         run = Path(args.resume) if isinstance(args.resume, str) else Path(options.get("out", default_out))
         trainer = Trainer.resume_run(run, {**options, "device": device}, progress=not args.no_progress)
     else:
         options.setdefault("out", default_out)
-        trainer = Trainer(TrainConfig(**options, device=device), progress=not args.no_progress)
+        on_existing = "overwrite" if args.overwrite else "refuse"
+        trainer = Trainer(TrainConfig(**options, device=device), progress=not args.no_progress, on_existing=on_existing)
     history = trainer.fit()
     if is_main() and history:
         last = history[-1]
@@ -335,13 +344,13 @@ def plot_command(args: argparse.Namespace) -> int:
 
     device = _set_up(args)
     run = Path(args.run_dir)
+    model, meta = load_model(run, device)  # before anything is written: a missing run leaves nothing behind
     out = output_dir(Path(args.out) if args.out else run / "plots")
     written = []
     if (run / "metrics.csv").is_file():
         written.append(plot_training_curves(run / "metrics.csv", out / "training_curves.png"))
     if (run / "certify.json").is_file():
         written.append(plot_certified(run / "certify.json", out / "certified_accuracy.png"))
-    model, meta = load_model(run, device)
     test = _checkpoint_test_set(meta, args.data_dir)
     x, _ = next(iter(Batches(test, args.batch_size, device=device)))
     traces = convergence_traces(model.layer, equilibrium_input(model, x), tol=args.tol, max_iter=args.max_iter)
@@ -367,12 +376,13 @@ def certify_arguments(p: argparse.ArgumentParser) -> None:
 def certify_command(args: argparse.Namespace) -> int:
     from .checkpoint import checkpoint_paths
     from .errors import ConfigError
-    from .files import write_atomic
+    from .files import check_output_file, write_atomic
     from .models import MonDEQClassifier, load_model
     from .robust import evaluate_robustness, lipschitz_bound
 
     device = _set_up(args)
     model, meta = load_model(args.checkpoint, device)
+    out = check_output_file(args.out if args.out else checkpoint_paths(args.checkpoint)[1].with_name("certify.json"))
     if not isinstance(model, MonDEQClassifier):
         raise ConfigError(
             f"certify needs a preset model (fc, single-conv, multi-conv), not {meta['model'].get('entry_point')!r}: "
@@ -400,7 +410,6 @@ def certify_command(args: argparse.Namespace) -> int:
         if args.pgd_steps:
             line += f", PGD ({args.pgd_steps} steps) accuracy {report['pgd_accuracy'][k]:.4f}"
         print(line)
-    out = Path(args.out) if args.out else checkpoint_paths(args.checkpoint)[1].with_name("certify.json")
     write_atomic(out, json.dumps(report, indent=2))
     return 0
 
@@ -430,7 +439,7 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=POSITIVE, default=1.0)
     p.add_argument("--tol", type=POSITIVE, default=1e-4)
     p.add_argument("--batch-size", type=POSITIVE_INT, default=32)
-    p.add_argument("--seed", type=COUNT, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     _device_options(p, data=False)
 
 
@@ -439,10 +448,15 @@ def demo_command(args: argparse.Namespace) -> int:
     import torch
 
     from . import MonDEQ, SingleConv
+    from .errors import ConfigError, first_line
 
     device = _set_up(args)
     torch.manual_seed(args.seed)
-    layer = MonDEQ(SingleConv(1, 16, 28, m=0.5), solver=args.solver, alpha=args.alpha, tol=args.tol).to(device)
+    try:
+        layer = MonDEQ(SingleConv(1, 16, 28, m=0.5), solver=args.solver, alpha=args.alpha, tol=args.tol).to(device)
+        layer.linear.check_step_size(args.alpha)
+    except ValueError as error:
+        raise ConfigError(first_line(error)) from error
     x = torch.randn(args.batch_size, 1, 28, 28, device=device, requires_grad=True)
     z = layer(x)
     z.pow(2).mean().backward()
@@ -502,6 +516,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mondeq {args.command}: error: {first_line(error)}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as error:
+        if args.debug or not _out_of_memory(error):
+            raise
+        print(
+            f"mondeq {args.command}: error: out of memory ({first_line(error)[:120]}); try a smaller --batch-size",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed (CPU or GPU), not a bug."""
+    text = str(error)
+    return (
+        isinstance(error, MemoryError)
+        or "OutOfMemoryError" in type(error).__name__
+        or any(marker in text for marker in ("not enough memory", "out of memory", "Tried to allocate", "can't allocate memory"))
+    )
 
 
 if __name__ == "__main__":

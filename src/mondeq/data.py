@@ -176,7 +176,7 @@ class Batches:
         self.batch_size = batch_size
         self.augment = augment
         self.device = torch.device(device)
-        self.generator = torch.Generator().manual_seed(seed * 100003 + epoch)
+        self.generator = torch.Generator().manual_seed((seed * 100003 + epoch) % 2**64)  # any seed below 2**64
         n = len(dataset)
         order = torch.randperm(n, generator=self.generator) if shuffle else torch.arange(n)
         if world_size > 1:
@@ -490,6 +490,8 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
 FOLDER = "folder"
 #: Every name :func:`load_dataset` accepts.
 DATASET_NAMES = [*DATASETS, FOLDER]
+#: The largest side of the square images a folder data set is resized to (the first image's width).
+MAX_IMAGE_SIDE = 1024
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -514,12 +516,20 @@ def _folder_info(root: Path) -> DatasetInfo:
     from PIL import Image, UnidentifiedImageError
 
     classes = _class_images(root / "train")
+    if len(classes) < 2:
+        raise DataError(f"image folder {root / 'train'} has {len(classes)} class sub-folder; a classifier needs at least two")
     first = next(files[0] for _, files in classes if files)
     try:
         with Image.open(first) as image:
             channels, size = (1 if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "F") else 3), image.width
+            shape = f"{image.width}x{image.height}"
     except (OSError, UnidentifiedImageError) as error:
         raise DataError(f"cannot read image {first}: {error}") from error
+    if size > MAX_IMAGE_SIDE:
+        raise DataError(
+            f"image {first} is {shape} pixels: every image is resized to the first one's width, at most "
+            f"{MAX_IMAGE_SIDE}; resize the images first"
+        )
     images = np.stack([read_image(path, channels, size) for _, files in classes for path in files]).astype(np.float64) / 255
     mean = tuple(float(v) for v in images.mean(axis=(0, 2, 3)))
     std = tuple(max(float(v), 1e-3) for v in images.std(axis=(0, 2, 3)))

@@ -23,6 +23,8 @@ def resolve_device(name: str | torch.device) -> torch.device:
             raise ConfigError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
     elif device.type != "cpu":
         raise ConfigError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+    elif device.index not in (None, 0):
+        raise ConfigError(f"device {name!r}: there is one CPU device, cpu (its threads: --threads)")
     return device
 
 

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .errors import DivergenceError
+
 __all__ = [
     "all_reduce_sum",
     "any_rank",
@@ -121,12 +123,13 @@ def broadcast_float(value: float) -> float:
     return tensor.item()
 
 
-def check_finite(loss: torch.Tensor, where: str) -> None:
-    """Raise on every rank if the loss is non-finite on any rank, so no rank hangs."""
-    bad = torch.tensor([0.0 if math.isfinite(loss.item()) else 1.0], dtype=torch.float64)
-    bad = all_reduce_sum(bad)
-    if bad.item() > 0:
-        raise FloatingPointError(f"non-finite training loss at {where} on {int(bad.item())} rank(s); stopping")
+def check_finite(value: float, what: str) -> None:
+    """Raise :class:`~mondeq.errors.DivergenceError` on every rank if ``value`` is non-finite on any
+    rank, so that no rank hangs; ``what`` names the value and where it was seen."""
+    bad = all_reduce_sum(torch.tensor([0.0 if math.isfinite(value) else 1.0], dtype=torch.float64)).item()
+    if bad > 0:
+        ranks = f" on {int(bad)} of {world_size()} ranks" if world_size() > 1 else ""
+        raise DivergenceError(f"training diverged: {what} is not finite{ranks}")
 
 
 def any_rank(flag: bool) -> bool:

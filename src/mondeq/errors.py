@@ -10,6 +10,7 @@ __all__ = [
     "ConfigError",
     "ConvergenceError",
     "ConvergenceWarning",
+    "DivergenceError",
     "DoubleBackwardError",
     "MondeqError",
     "StepSizeWarning",
@@ -41,6 +42,11 @@ class StepSizeWarning(UserWarning):
 
 class ConvergenceError(MondeqError, RuntimeError):
     """A splitting solver failed to converge and the layer is in strict mode."""
+
+
+class DivergenceError(MondeqError, FloatingPointError):
+    """Training diverged: a non-finite loss or parameter, or (in strict mode) a solver stuck at
+    its iteration cap. The run stops without saving, so its last checkpoint stays the last good one."""
 
 
 class DoubleBackwardError(MondeqError, RuntimeError):

@@ -12,13 +12,24 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from .errors import MondeqError
 
-__all__ = ["OutputError", "fsync_dir", "output_dir", "remove_stray_temporaries", "write_atomic", "check_writable"]
+__all__ = [
+    "LOCK_NAME",
+    "OutputError",
+    "RunLock",
+    "check_output_file",
+    "check_writable",
+    "fsync_dir",
+    "output_dir",
+    "remove_stray_temporaries",
+    "write_atomic",
+]
 
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -60,6 +71,8 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[str], None]) ->
     """
     path = Path(path)
     folder = output_dir(path.parent)
+    if path.is_dir() and not path.is_symlink():
+        raise OutputError(f"{path} is a folder; cannot replace it with a file")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
@@ -113,3 +126,108 @@ def check_writable(folder: str | Path) -> Path:
     except OSError as error:
         raise OutputError(f"cannot write to run folder {folder}: {error.strerror or error}") from error
     return folder
+
+
+def check_output_file(path: str | Path) -> Path:
+    """``path`` as an output file to be written later: refused now (an :class:`OutputError`) when it
+    is a folder or its folder does not exist, so that a command fails before its work and leaves
+    nothing behind (no folder is created)."""
+    path = Path(path)
+    if str(path) in ("", "."):
+        raise OutputError("the output file name is empty")
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give a file name (such as {path / 'report.json'})")
+    if not path.parent.is_dir():
+        raise OutputError(f"cannot write {path}: folder {path.parent} does not exist")
+    return path
+
+
+#: The lock file of a run folder (see :class:`RunLock`).
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+    """One writer per run folder: an advisory lock on ``FOLDER/.lock``, held from :meth:`acquire`
+    to :meth:`release`.
+
+    The operating system releases the lock when the process ends in any way (``kill -9``
+    included), so a lock left by a dead process never blocks a run: no stale lock can exist. The
+    file holds the owner's process id, for the error message only. Readers (``mondeq eval``,
+    ``plot``, ``certify``) take no lock: a checkpoint is committed atomically, so they always
+    read a consistent one while a run trains.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.path = Path(folder) / LOCK_NAME
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> RunLock:
+        """Take the lock; an :class:`OutputError` naming the holder's process id when another holds it."""
+        if self._fd is not None:
+            return self
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as error:
+            raise OutputError(f"cannot create the lock file {self.path}: {error.strerror or error}") from error
+        if not _try_lock(fd):
+            os.close(fd)
+            holder = _read_pid(self.path)
+            raise OutputError(
+                f"run folder {self.path.parent} is in use by another mondeq process"
+                + (f" (pid {holder})" if holder else "")
+                + "; wait for it to finish, or choose another --out"
+            )
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # closing the descriptor releases the lock
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def _read_pid(path: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(path.read_text().strip() or "0") or None
+    return None
+
+
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+else:
+    import fcntl
+
+    def _try_lock(fd: int) -> bool:
+        """An exclusive ``flock`` without waiting: held per open file, so a second open in the
+        same process is refused too (as a second trainer there must be)."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True

@@ -24,7 +24,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ __all__ = [
     "model_config_from_dict",
     "model_label",
     "model_options",
+    "option_applies",
     "pool_tiers",
     "preset_config",
 ]
@@ -206,10 +207,18 @@ def pool_tiers(tiers: tuple[Tensor, ...], readout: str) -> Tensor:
 #: Options that only some model kinds use (the kinds, and how an error names them): refused with
 #: any other kind unless left at their default.
 _KIND_SPECIFIC_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "width": (("fc",), "fc"),
+    "channels": (("single-conv", "multi-conv"), "the convolutional models"),
     "stride": (("single-conv", "multi-conv"), "the convolutional models"),
     "kernel_size": (("single-conv", "multi-conv"), "the convolutional models"),
+    "pool": (("single-conv",), "single-conv"),
     "readout": (("multi-conv",), "multi-conv"),
 }
+
+
+def option_applies(name: str, kind: str) -> bool:
+    """Whether model option ``name`` means anything for the preset ``kind``."""
+    return kind in _KIND_SPECIFIC_OPTIONS.get(name, (KINDS, ""))[0]
 
 
 def preset_config(kind: str, dataset: str, in_channels: int, image_size: int, num_classes: int, **overrides) -> ModelConfig:
@@ -224,13 +233,18 @@ def preset_config(kind: str, dataset: str, in_channels: int, image_size: int, nu
             raise ConfigError(f"unknown model option {key!r}")
     given = {k: (list(v) if k == "channels" else v) for k, v in overrides.items() if v is not None}
     config = ModelConfig(kind=kind, in_channels=in_channels, image_size=image_size, num_classes=num_classes, **{**sized, **given})
-    defaults = {f.name: f.default for f in fields(ModelConfig)}
+    defaults = {f.name: f.default_factory() if f.default is MISSING else f.default for f in model_options()}
     for name, (kinds, described) in _KIND_SPECIFIC_OPTIONS.items():
         value = getattr(config, name)
         if kind not in kinds and value != defaults[name]:
             raise ConfigError(f"{name.replace('_', ' ')} {value!r} applies to {described}, not {kind}")
     if kind == "single-conv" and len(config.channels) != 1:
         raise ConfigError(f"single-conv takes one channel count, got {config.channels}")
+    side = image_size // config.stride
+    if kind == "single-conv" and image_size % config.stride == 0 and side % config.pool:
+        raise ConfigError(
+            f"pool {config.pool} must divide the equilibrium's side {side} (image {image_size} / stride {config.stride})"
+        )
     return config
 
 
@@ -440,8 +454,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mo
         model.load_state_dict(state)
     except (KeyError, ValueError, TypeError, RuntimeError) as error:
         raise CheckpointError(f"checkpoint {path} does not describe a valid model: {first_line(error)}") from error
-    alpha = meta.get("alpha", model.layer.alpha)
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
-        raise CheckpointError(f"checkpoint {path} holds an invalid step size alpha={alpha!r}")
-    model.layer.alpha = alpha
+    data = meta.get("data")
+    if data is not None and (data["channels"], data["image_size"]) != (model.config.in_channels, model.config.image_size):
+        raise CheckpointError(
+            f"checkpoint {path}: its data entry ({data['channels']} channels, {data['image_size']} pixels) does not match "
+            f"its model ({model.config.in_channels} channels, {model.config.image_size} pixels)"
+        )
+    model.layer.alpha = meta.get("alpha", model.layer.alpha)  # validated with the checkpoint
     return model.to(resolve_device(device)), meta

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import shutil
 import signal
 import sys
 import threading
@@ -32,8 +33,8 @@ from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, require, save_checkpoint
 from .data import DATASET_NAMES, Batches, ImageDataset, dataset_info, load_dataset
 from .devices import resolve_device
-from .errors import ConfigError, first_line
-from .files import check_writable, output_dir, write_atomic
+from .errors import ConfigError, DivergenceError, first_line, ignore_convergence_warnings
+from .files import RunLock, check_writable, output_dir, write_atomic
 from .models import (
     MODEL_KINDS,
     EntryPointConfig,
@@ -42,6 +43,7 @@ from .models import (
     is_entry_point,
     model_config_from_dict,
     model_options,
+    option_applies,
     preset_config,
 )
 
@@ -60,10 +62,17 @@ __all__ = [
 ]
 
 #: Options that may differ from a run's stored configuration when it is resumed.
-RESUMABLE_OPTIONS = ("epochs", "threads", "data_dir", "device", "checkpoint_every", "time_budget", "eval_every")
+RESUMABLE_OPTIONS = ("epochs", "threads", "data_dir", "device", "checkpoint_every", "time_budget", "eval_every", "strict")
 
 #: Epoch cap of a run given a time budget and no epoch count.
 BUDGET_EPOCHS = 1000
+
+#: Training steps in a row with a solve at its iteration cap after which a run is called stalled
+#: (said once on stderr; an error with ``strict``). An epoch of fewer steps stalls when all are capped.
+STALL_STEPS = 20
+
+#: What a training run writes into its folder: ``--overwrite`` removes these before a new run.
+RUN_OUTPUTS = ("checkpoint.json", "checkpoint*.safetensors", "metrics.csv", "certify.json", "plots", "tensorboard")
 
 METRIC_FIELDS = [
     "epoch",
@@ -79,6 +88,7 @@ METRIC_FIELDS = [
     "alpha",
     "lr",
     "elapsed_seconds",
+    "capped_steps",
 ]
 
 
@@ -104,6 +114,9 @@ class TrainConfig:
     eval_every: int = 1
     tune_alpha: bool = True
     max_alpha: float = 1.0
+    #: Stop with an error when the solver has been at its iteration cap for :data:`STALL_STEPS`
+    #: training steps in a row (a diverging run), instead of saying so and going on.
+    strict: bool = False
     augment: bool | None = None
     seed: int = 0
     out: str = "runs/default"
@@ -135,6 +148,16 @@ class TrainConfig:
             _check_number(name, getattr(self, name), minimum=1, integer=True)
         for name in ("lr", "max_alpha"):
             _check_number(name, getattr(self, name), positive=True)
+        _check_number("seed", self.seed, minimum=0, integer=True)
+        if self.seed >= 2**64:
+            raise ConfigError(f"seed must be < 2**64, got {self.seed}")
+        if not str(self.out).strip():
+            raise ConfigError("out (the run folder) must not be empty")
+        defaults = {f.name: f.default for f in fields(self)}
+        if not self.tune_alpha and self.max_alpha != defaults["max_alpha"]:
+            raise ConfigError("max_alpha bounds the tuned step size; it does nothing with tune_alpha off (--no-tune-alpha)")
+        if self.lr_schedule != "step" and self.lr_step != defaults["lr_step"]:
+            raise ConfigError(f"lr_step sets the step schedule's decay; it does nothing with lr_schedule {self.lr_schedule!r}")
         _check_number("checkpoint_every", self.checkpoint_every, minimum=0)
         _check_number("weight_decay", self.weight_decay, minimum=0)
         _check_number("eval_every", self.eval_every, minimum=0, integer=True)
@@ -197,9 +220,15 @@ class Recipe:
     measured: str = "docs/results.md"
 
     def options(self, explicit: dict[str, Any]) -> dict[str, Any]:
-        """The recipe's options updated by ``explicit`` ones (model options merged key by key; the
-        recipe's model options are dropped when ``explicit`` names a model entry point)."""
-        recipe_sizes = {} if is_entry_point(explicit.get("model", "")) else self.settings.get("model_options", {})
+        """The recipe's options updated by ``explicit`` ones (model options merged key by key). When
+        ``explicit`` names another model, the recipe's model options that mean nothing for it are
+        dropped (all of them for a model entry point)."""
+        kind = explicit.get("model", self.settings.get("model"))
+        recipe_sizes = {
+            name: value
+            for name, value in self.settings.get("model_options", {}).items()
+            if not is_entry_point(kind) and option_applies(name, kind)
+        }
         model = {**recipe_sizes, **explicit.get("model_options", {})}
         return {**self.settings, **explicit, "model_options": model}
 
@@ -237,6 +266,7 @@ class RunningTotals:
     backward_iterations: float = 0.0
     forward_seconds: float = 0.0
     backward_seconds: float = 0.0
+    capped_steps: float = 0.0  # steps with a solve stopped at its iteration cap
 
     def add(self, **values: float) -> None:
         for key, value in values.items():
@@ -248,10 +278,11 @@ class RunningTotals:
 
     @classmethod
     def from_checkpoint(cls, stored: dict | list) -> RunningTotals:
-        """From a checkpoint's ``running`` entry: named fields, or the 7-element list of older checkpoints."""
+        """From a checkpoint's ``running`` entry: named fields (those added later default to 0), or
+        the 7-element list of older checkpoints."""
         if isinstance(stored, list):
-            if len(stored) != len(fields(cls)):
-                raise ValueError(f"running totals have {len(stored)} entries, expected {len(fields(cls))}")
+            if len(stored) != 7:
+                raise ValueError(f"running totals have {len(stored)} entries, expected 7")
             return cls(*map(float, stored))
         return cls(**{k: float(v) for k, v in stored.items()})
 
@@ -440,6 +471,15 @@ class Trainer:
     learning rate follows the clock, so it is not bit-reproducible; resuming it with a larger
     ``time_budget`` continues from the exact position, with the schedule stretched over the new
     budget (one-cycle's learning rate rises again).
+
+    A run folder has one writer: the trainer holds :class:`~mondeq.files.RunLock` from its
+    construction to the end of :meth:`fit` (a second trainer on the folder is refused), and a
+    folder that holds a run is refused unless ``on_existing`` says ``"overwrite"`` (its outputs
+    are removed first) or the run is resumed (:meth:`resume_run`). A run that diverges (a
+    non-finite loss or parameter) stops with :class:`~mondeq.errors.DivergenceError` without
+    saving, so its last checkpoint is the last good state; steps whose solve stopped at the
+    iteration cap are counted per epoch (``capped_steps``), and with ``config.strict`` a solver
+    at its cap for :data:`STALL_STEPS` steps in a row stops the run the same way.
     """
 
     #: The clock of the time budget and of periodic checkpoints (seconds; replaceable in tests).
@@ -451,12 +491,13 @@ class Trainer:
         train_set: ImageDataset | None = None,
         test_set: ImageDataset | None = None,
         progress: bool = True,
+        on_existing: str = "refuse",
     ) -> None:
+        if on_existing not in ("refuse", "overwrite", "resume"):
+            raise ValueError(f"on_existing must be refuse, overwrite or resume, got {on_existing!r}")
         self.config = config
         self.device = resolve_device(config.device)
         self.out = Path(config.out)
-        if distributed.is_main():
-            check_writable(self.out)
         if config.threads:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
@@ -465,6 +506,7 @@ class Trainer:
         try:
             self.model = build_model(config.model_config()).to(self.device)
             self.model.layer.linear.check_step_size(self.model.layer.alpha)  # before an epoch, not after
+            self.model.layer.linear.check_margin()
         except (ValueError, TypeError) as error:
             raise ConfigError(f"model {config.model!r} cannot be built as asked: {first_line(error)}") from error
         self.optimizer = make_optimizer(self.model, config)
@@ -480,6 +522,41 @@ class Trainer:
         #: The time budget (minutes) the run last ran out of: it stays stopped until given a larger one,
         #: even when its next evaluation would be quicker than the last (the reserve it stopped for).
         self.budget_spent: float | None = None
+        self._capped_streak = 0  # training steps in a row with a solve at its iteration cap
+        self._saved: tuple[int, int] | None = None  # (epoch, batch) of the last checkpoint this trainer wrote
+        self._lock = RunLock(self.out)
+        self._created_out = False
+        if distributed.is_main():
+            self._claim_folder(on_existing)
+
+    # -- the run folder -------------------------------------------------------------------
+    def _claim_folder(self, on_existing: str) -> None:
+        """Create the run folder (proving it writable), take its lock, and refuse a folder that
+        holds a run unless it is resumed or ``on_existing == "overwrite"`` (then clear it)."""
+        self._created_out = not self.out.exists()
+        check_writable(self.out)
+        for name in ("checkpoint.json", "metrics.csv"):
+            if (self.out / name).is_dir():
+                raise ConfigError(f"{self.out / name} is a folder; mondeq writes a file there (move the folder away)")
+        self._lock.acquire()
+        holds_run = (self.out / "checkpoint.json").exists()  # written before anything else of a run
+        if holds_run and on_existing == "refuse":
+            self._lock.release()
+            raise ConfigError(
+                f"{self.out} already holds a run; continue it with `mondeq train --resume {self.out}`, "
+                "or replace it with --overwrite (or choose another --out)"
+            )
+        if holds_run and on_existing == "overwrite":
+            for pattern in RUN_OUTPUTS:
+                for path in self.out.glob(pattern):
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+    def _release_folder(self, failed: bool) -> None:
+        """Release the lock; after a failure before anything was saved, remove the folder this
+        trainer created (a failing command leaves nothing behind)."""
+        self._lock.release()
+        if failed and self._created_out and self._saved is None and distributed.is_main():
+            shutil.rmtree(self.out, ignore_errors=True)
 
     @classmethod
     def resume_run(cls, run: str | Path, options: dict[str, Any] | None = None, progress: bool = True, **datasets) -> Trainer:
@@ -508,7 +585,7 @@ class Trainer:
             config = TrainConfig.from_dict(stored)
         except TypeError as error:
             raise CheckpointError(f"checkpoint {run} holds an invalid training configuration: {error}") from error
-        trainer = cls(config, progress=progress, **datasets)
+        trainer = cls(config, progress=progress, on_existing="resume", **datasets)
         trainer.resume(run, checkpoint)
         return trainer
 
@@ -517,6 +594,7 @@ class Trainer:
         self._last_save = self.clock()
         if not distributed.is_main():
             return None
+        self._saved = (self.epoch, self.batch)
         meta = {
             "model": self.model.config.to_dict(),
             "train": asdict(self.config),
@@ -555,10 +633,13 @@ class Trainer:
         except (RuntimeError, ValueError, TypeError, KeyError) as error:
             raise CheckpointError(f"cannot resume from checkpoint {path}: {first_line(error)}") from error
         self.epoch, self.batch, self.running = epoch, batch, running
+        self._saved = (epoch, batch)
         saved_world = meta.get("world_size", 1)
         if self.batch and saved_world != distributed.world_size():
             # Mid-epoch with another number of processes: skip as many examples as were seen.
             self.batch = math.ceil(self.batch * saved_world / distributed.world_size())
+        if self.batch > len(self._batches()):
+            raise CheckpointError(f"checkpoint {path}: batch {batch} is beyond the {len(self._batches())} batches of an epoch")
         self.history = meta["history"]
         self.elapsed = float(meta.get("elapsed", 0.0))
         self.budget_spent = meta.get("budget_spent")
@@ -599,12 +680,17 @@ class Trainer:
         in this call, to simulate an interruption.
         """
         self._batches_left = math.inf if stop_after_batches is None else stop_after_batches
+        if distributed.is_main():
+            self._lock.acquire()
         self._clock_start = self.clock() - self.elapsed
         writer = self._tensorboard()
+        failed = True
         try:
-            with _StopRequests(announce=distributed.is_main()) as stops:
+            # Solves stopped at their cap are counted per epoch (capped_steps) instead of warned about per step.
+            with _StopRequests(announce=distributed.is_main()) as stops, ignore_convergence_warnings():
                 while self.epoch < self.config.epochs:
                     if self.out_of_time():  # at an epoch's end: nothing left to train
+                        self._refuse_untrained_budget()
                         self._spend_budget(stops)
                         break
                     start = time.perf_counter()
@@ -619,12 +705,37 @@ class Trainer:
                         self.budget_spent = self.config.time_budget  # saved with the row below
                     row = self._end_epoch(num_batches, time.perf_counter() - start, stops, complete=stopped is None)
                     for key, value in row.items() if writer is not None else ():
-                        writer.add_scalar(key, value, row["epoch"])
+                        if value is not None:
+                            writer.add_scalar(key, value, row["epoch"])
+            failed = False
+        except TrainingInterrupted:
+            failed = False  # saved
+            raise
+        except DivergenceError as error:
+            raise DivergenceError(f"{error}; {self._last_checkpoint()}") from error
         finally:
             self.elapsed, self._clock_start = self.elapsed_seconds(), None
             if writer is not None:
                 writer.close()
+            self._release_folder(failed)
         return self.history
+
+    def _last_checkpoint(self) -> str:
+        """Where the last checkpoint of this run stands, in words."""
+        if self._saved is None:
+            return "nothing was saved"
+        epoch, batch = self._saved
+        where = f"after epoch {epoch}" if batch == 0 else f"at batch {batch} of epoch {epoch + 1}"
+        return f"the last checkpoint ({where}) is kept in {self.out}"
+
+    def _refuse_untrained_budget(self) -> None:
+        """A :class:`~mondeq.errors.ConfigError` when the time budget ran out before the run's first batch."""
+        if self.history or self.epoch or self.batch:
+            return
+        raise ConfigError(
+            f"the time budget ({60 * self.config.time_budget:.3g} s) ran out before the first training batch; "
+            "nothing was trained: give a longer --time-budget"
+        )
 
     def _spend_budget(self, stops: _StopRequests) -> None:
         """Record (and save, once) that the run is out of its time budget between epochs, unless
@@ -655,6 +766,7 @@ class Trainer:
                     return "batches", len(batches)
                 self._between_batches(stops)
                 if self.out_of_time():
+                    self._refuse_untrained_budget()
                     return "time", len(batches)
                 self._train_step(x, y, index, len(batches))
                 self.batch = index + 1
@@ -667,6 +779,9 @@ class Trainer:
         return None, len(batches)
 
     def _batches(self) -> Batches:
+        return self._batches_of(self.epoch)
+
+    def _batches_of(self, epoch: int) -> Batches:
         cfg = self.config
         return Batches(
             self.train_set,
@@ -674,7 +789,7 @@ class Trainer:
             shuffle=True,
             augment=self.train_set.info.augment if cfg.augment is None else cfg.augment,
             seed=cfg.seed,
-            epoch=self.epoch,
+            epoch=epoch,
             rank=distributed.rank(),
             world_size=distributed.world_size(),
             device=self.device,
@@ -716,19 +831,47 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         logits = self.wrapped(x)
         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-        distributed.check_finite(loss, f"epoch {self.epoch} batch {index}")
+        loss_value = loss.item()
+        where = f"epoch {self.epoch + 1}, batch {index + 1}"
+        distributed.check_finite(loss_value, f"the training loss of {where}")
         loss.backward()
         self.optimizer.step()
+        distributed.check_finite(self._parameters_finite(), f"a parameter after the update of {where}")
         stats = model.layer.stats
+        capped = not stats.forward.converged or (stats.backward is not None and not stats.backward.converged)
         self.running.add(
-            loss=loss.item() * len(y),
+            loss=loss_value * len(y),
             correct=(logits.argmax(1) == y).sum().item(),
             examples=len(y),
             forward_iterations=stats.forward.iterations,
             backward_iterations=stats.backward.iterations if stats.backward else 0,
             forward_seconds=stats.forward.seconds,
             backward_seconds=stats.backward.seconds if stats.backward else 0.0,
+            capped_steps=float(capped),
         )
+        self._watch_stall(capped, num_batches)
+
+    def _parameters_finite(self) -> float:
+        """0 when every parameter is finite, NaN otherwise (one host synchronisation)."""
+        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        return 0.0 if bool(finite) else math.nan
+
+    def _watch_stall(self, capped: bool, num_batches: int) -> None:
+        """Count steps in a row at the iteration cap; at :data:`STALL_STEPS` (or a whole epoch of
+        fewer steps) say once that the run is stalling, or stop it with ``strict``."""
+        self._capped_streak = self._capped_streak + 1 if capped else 0
+        if self._capped_streak != min(STALL_STEPS, num_batches):
+            return
+        layer = self.model.layer
+        message = (
+            f"the solver has stopped at its iteration cap ({layer.forward_options.max_iter}) in {self._capped_streak} "
+            f"training steps in a row (epoch {self.epoch + 1}): the run is diverging or the tolerance "
+            f"({layer.forward_options.tol:g}) is out of reach; a smaller --lr or a larger --max-iter helps"
+        )
+        if self.config.strict:
+            raise DivergenceError(f"training stopped (--strict): {message}")
+        if distributed.is_main():
+            print(f"\nmondeq train: warning: {message} (--strict stops such a run)", file=sys.stderr, flush=True)
 
     def _end_epoch(self, num_batches: int, seconds: float, stops: _StopRequests, complete: bool = True) -> dict[str, float]:
         """Evaluate, then advance epoch, position, totals and history together and save.
@@ -754,6 +897,7 @@ class Trainer:
             "alpha": self.model.layer.alpha,
             "lr": self.optimizer.param_groups[0]["lr"],
             "elapsed_seconds": self.elapsed_seconds(),
+            "capped_steps": int(totals.capped_steps),
         }
         if complete:
             self.history, self.epoch, self.batch = [*self.history, row], self.epoch + 1, 0
@@ -765,9 +909,11 @@ class Trainer:
             self._write_csv()
             of = f"/{cfg.epochs}" if cfg.time_budget is None else f" (time budget {cfg.time_budget:.4g} min)"
             test = "not evaluated" if evaluation is None else f"test loss {evaluation.loss:.4f} acc {evaluation.accuracy:.4f}"
+            capped = row["capped_steps"]
+            at_cap = f" ({capped} of {batches} steps stopped at the iteration cap)" if capped else ""
             print(
                 f"epoch {row['epoch']}{of}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
-                f"{test} | fwd {row['forward_iterations']:.1f} bwd {row['backward_iterations']:.1f} iters | "
+                f"{test} | fwd {row['forward_iterations']:.1f} bwd {row['backward_iterations']:.1f} iters{at_cap} | "
                 f"{seconds:.1f}s, {row['elapsed_seconds'] / 60:.1f} min in all",
                 flush=True,
             )
@@ -787,6 +933,7 @@ class Trainer:
             self.save()
             raise TrainingInterrupted(stops.signum or signal.SIGTERM)
         self._evaluation_seconds = evaluation.seconds
+        distributed.check_finite(evaluation.loss, f"the test loss after epoch {self.epoch + 1}")
         return evaluation
 
     def _evaluate_last_row(self, stops: _StopRequests) -> bool:

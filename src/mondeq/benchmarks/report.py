@@ -44,7 +44,7 @@ def run_all(names: list[str] | None = None, tiny: bool = False, out: Path = Path
     if unknown:
         raise ConfigError(f"unknown benchmark sections {sorted(unknown)}; choose from {list(registry)}")
     tune_allocator()  # measure with the same malloc settings as the mondeq command
-    figures = output_dir(out / ("bench-tiny" if tiny else "bench"))
+    figures = output_dir(output_dir(out) / ("bench-tiny" if tiny else "bench"))  # out: refused when not a folder
     results_path = figures / "results.json"
     stored = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for name in names:

@@ -104,6 +104,10 @@ class _Snapshot:
     def __init__(self, op: MonotoneOperator) -> None:
         self.key = op.parameter_state()
         self.values = [p.detach().clone() for p in op.parameters()]
+        finite = torch.stack([torch.isfinite(v).all() for v in self.values]).all() if self.values else True
+        if not bool(finite):  # the equilibrium would be NaN; the guarantee needs finite weights
+            name = next(n for n, p in op.named_parameters() if not bool(torch.isfinite(p).all()))
+            raise ValueError(f"parameter {name!r} of the {type(op).__name__} operator holds NaN or Inf values")
         self.generation = next(_generations)
 
     def matches(self, op: MonotoneOperator) -> bool:
@@ -188,6 +192,17 @@ class MonotoneOperator(nn.Module):
             raise ValueError(f"step size alpha must be > 0 and at most {largest:.3g} ({dtype}), got {alpha!r}")
         return float(alpha)
 
+    def check_margin(self) -> float:
+        r"""``m``; ``ValueError`` when it is below the parameters' dtype resolution (``finfo.eps``), where
+        :math:`(1 - m) I` rounds to :math:`I` and the guarantee :math:`I - W \succeq mI` is lost."""
+        dtype = next(self.parameters()).dtype
+        eps = torch.finfo(dtype).eps
+        if self.m < eps:
+            raise ValueError(
+                f"monotonicity parameter m={self.m:g} is below the resolution of {dtype} ({eps:.3g}): I - W >= mI cannot hold"
+            )
+        return self.m
+
     def unflatten(self, z: Tensor) -> Tensor | tuple[Tensor, ...]:
         """The structured view of a flat hidden state."""
         return z
@@ -225,6 +240,7 @@ class MonotoneOperator(nn.Module):
     def frozen(self, alpha: float, with_resolvent: bool = True) -> FrozenOperator:
         r"""Detached maps of :math:`W` (``.T``: of :math:`W^\top`), cached until ``m`` or a parameter's value changes."""
         alpha = self.check_step_size(alpha)
+        self.check_margin()
         key = (self.generation(), alpha, with_resolvent)
         if self._frozen_cache is not None and self._frozen_cache[0] == key:
             return self._frozen_cache[1]

@@ -28,7 +28,7 @@ class SolverOptions:
     Attributes:
         method: the name of a splitting method in :data:`~mondeq.solvers.SOLVERS` (``"pr"``,
             ``"dr"``, ``"fb"``); long names and method objects are replaced by that name.
-        tol: the relative fixed-point residual to stop at, finite and > 0.
+        tol: the relative fixed-point residual to stop at, in (0, 1).
         max_iter: the iteration cap, an integer >= 1.
         anderson: memory of Anderson acceleration, an integer >= 0 (0: off).
     """
@@ -44,6 +44,8 @@ class SolverOptions:
             raise ValueError(f"method {type(solver).__name__} is not in mondeq.solvers.SOLVERS; register it there")
         object.__setattr__(self, "method", solver.name)
         object.__setattr__(self, "tol", positive_finite("tol", self.tol))
+        if self.tol >= 1:  # a relative residual below 1 is met by almost any guess: nothing would be solved
+            raise ValueError(f"tol is a relative residual and must be < 1, got {self.tol!r}")
         if not isinstance(self.max_iter, int) or self.max_iter < 1:
             raise ValueError(f"max_iter must be a positive integer, got {self.max_iter!r}")
         if not isinstance(self.anderson, int) or self.anderson < 0:
