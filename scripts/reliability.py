@@ -442,14 +442,20 @@ the new one. `--checkpoint-every MINUTES` (default 10) bounds what `kill -9` can
 ## Bad inputs
 
 Each line must end with exit code 2 and a one-line error that names the problem (no
-traceback; `mondeq --debug COMMAND ...` shows it).
+traceback; `mondeq --debug COMMAND ...` shows it). Among them, the ways a run could be lost: a
+second `mondeq train` into a folder that holds a run (refused unless `--resume` or
+`--overwrite`), a folder in use by another training (an advisory lock, released by the system
+however its holder ends), and divergence (a non-finite loss or parameter stops the run without
+saving, so the last checkpoint is the last good one; `--strict` also stops a solver stuck at its
+iteration cap).
 
 | what is wrong | command | exit | the answer | one line, named |
 |---|---|---|---|---|
 {table}
 
 Answered by the library rather than the command line (tests in `tests/test_safety.py`,
-`tests/test_properties.py`, `tests/test_data.py`): second-order gradients through the implicit
+`tests/test_properties.py`, `tests/test_data.py`, `tests/test_run_safety.py`): weights that hold
+NaN or Inf are refused by the layer; second-order gradients through the implicit
 layer are refused with `DoubleBackwardError`; in-place parameter edits (`p.data.mul_`) are
 detected and the cached solver maps rebuilt; layers pickle and deep-copy after a forward; a
 batch of 0 returns an empty equilibrium; 16-bit PNG and float TIFF images are scaled to the

@@ -12,7 +12,22 @@ import pytest
 
 import mondeq
 
-MODULES = ("operators", "activations", "solvers", "layer", "stats", "models", "train", "data", "checkpoint", "files", "robust", "errors")
+MODULES = (
+    "operators",
+    "activations",
+    "solvers",
+    "layer",
+    "stats",
+    "gradients",
+    "reuse",
+    "models",
+    "train",
+    "data",
+    "checkpoint",
+    "files",
+    "robust",
+    "errors",
+)
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [
     pytest.mark.slow,

@@ -192,7 +192,9 @@ def test_a_diverging_run_stops_and_its_last_good_checkpoint_loads(tmp_path, data
 
 
 def test_a_non_finite_loss_stops_the_command_in_one_line(tmp_path, folder, capsys):
-    code = cli("train", "--data-dir", folder, "--model", "fc", "--lr", "1e30", "--epochs", "3", "--out", tmp_path / "r", "--no-progress")
+    code = cli(
+        "train", "--data-dir", folder, "--model", "fc", "--lr", "1e30", "--epochs", "3", "--out", tmp_path / "r", "--no-progress"
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("mondeq train: error: training diverged:"), err
 
@@ -289,6 +291,7 @@ BAD_ENTRIES = [
         ],
     ),
     ("model", ["fc", [1]]),
+    ("attachments", [["fixed-points"], {"fixed-points": 3}, "x"]),
     ("train", ["fc", None]),
 ]
 

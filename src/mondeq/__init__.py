@@ -16,13 +16,16 @@ from .errors import (
     ConfigError,
     ConvergenceError,
     ConvergenceWarning,
+    DivergenceError,
     DoubleBackwardError,
     MondeqError,
     StepSizeWarning,
     ignore_convergence_warnings,
 )
+from .gradients import Implicit, JacobianFree, Phantom
 from .layer import MonDEQ
 from .operators import FullyConnected, KrylovStats, Monotone, MonotoneOperator, MultiConv, Resolvent, SingleConv
+from .reuse import FixedPointStore
 from .solvers import Anderson, DouglasRachford, ForwardBackward, PeacemanRachford, SolverOptions, get_solver
 from .stats import SolveRecord, SolverStats
 
@@ -36,11 +39,15 @@ __all__ = [
     "ConfigError",
     "ConvergenceError",
     "ConvergenceWarning",
+    "DivergenceError",
     "DoubleBackwardError",
     "DouglasRachford",
+    "FixedPointStore",
     "ForwardBackward",
     "FullyConnected",
     "HardTanh",
+    "Implicit",
+    "JacobianFree",
     "KrylovStats",
     "LeakyReLU",
     "MonDEQ",
@@ -49,6 +56,7 @@ __all__ = [
     "MonotoneOperator",
     "MultiConv",
     "PeacemanRachford",
+    "Phantom",
     "ProximalActivation",
     "ReLU",
     "Resolvent",

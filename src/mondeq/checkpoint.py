@@ -27,12 +27,21 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
+from safetensors.torch import load_file as load_tensors_file
 from safetensors.torch import save as serialize_tensors
 
 from .errors import MondeqError
-from .files import remove_stray_temporaries, write_atomic
+from .files import fsync_dir, remove_stray_temporaries, write_atomic
 
-__all__ = ["CheckpointError", "RUN_SCHEMA", "save_checkpoint", "load_checkpoint", "checkpoint_paths", "validate_meta"]
+__all__ = [
+    "CheckpointError",
+    "RUN_SCHEMA",
+    "checkpoint_paths",
+    "load_attachment",
+    "load_checkpoint",
+    "save_checkpoint",
+    "validate_meta",
+]
 
 FORMAT_VERSION = 1
 _READ_ATTEMPTS = 5  # a reader racing a writer may find the tensors it was pointed at just replaced
@@ -104,8 +113,16 @@ def save_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     meta: dict[str, Any],
+    attachments: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
-    """Write model weights, optimizer state and ``meta`` (JSON-serialisable) atomically; returns the JSON path."""
+    """Write model weights, optimizer state and ``meta`` (JSON-serialisable) atomically; returns the JSON path.
+
+    ``attachments`` maps a name (letters, digits, ``-``) to tensors that may be large and that a
+    resumed run can do without (fixed points kept for reuse): each is written to
+    ``NAME-<hash>-<name>.safetensors`` straight from the tensors' memory, renamed into place but
+    not flushed to disk (a crash may lose it; :func:`load_attachment` then answers ``None``), and
+    named in the JSON's ``attachments`` entry.
+    """
     json_path = _json_path(path)
     tensors, optimizer_meta = _state_tensors(model, optimizer)
     payload = serialize_tensors(tensors)
@@ -113,15 +130,68 @@ def save_checkpoint(
     stem = json_path.with_suffix("").name
     tensors_path = json_path.with_name(f"{stem}-{digest[:16]}.safetensors")
     write_atomic(tensors_path, payload)
+    named = {}
+    for name, values in (attachments or {}).items():
+        if not re.fullmatch(r"[a-z0-9-]+", name):
+            raise ValueError(f"attachment names are lower-case letters, digits and '-', got {name!r}")
+        named[name] = _write_attachment(json_path.with_name(f"{stem}-{digest[:16]}-{name}.safetensors"), values).name
     document = {"format": FORMAT_VERSION, "tensors": tensors_path.name, "tensors_sha256": digest}
-    document.update(optimizer=optimizer_meta, **meta)
+    document.update(optimizer=optimizer_meta, **meta, **({"attachments": named} if named else {}))
     write_atomic(json_path, json.dumps(document, indent=2))  # the commit point
-    ours = re.compile(re.escape(stem) + r"(-[0-9a-f]{16})?\.safetensors")  # legacy and content-addressed names
+    ours = re.compile(re.escape(stem) + r"(-[0-9a-f]{16})?(-[a-z0-9-]+)?\.safetensors")  # legacy, tensors, attachments
+    keep = {tensors_path.name, *named.values()}
     for old in json_path.parent.glob(f"{stem}*.safetensors"):
-        if old != tensors_path and ours.fullmatch(old.name):
+        if old.name not in keep and ours.fullmatch(old.name):
             old.unlink()
     remove_stray_temporaries(json_path.parent, stem)
     return json_path
+
+
+_SAFETENSORS_DTYPES = {
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.bool: "BOOL",
+    torch.uint8: "U8",
+    torch.int64: "I64",
+}
+
+
+def _write_attachment(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    """A safetensors file written from the tensors' own memory (no serialised copy of gigabytes), to a
+    temporary file renamed into place; not fsynced: an attachment is advisory."""
+    cpu = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+    header, offset = {}, 0
+    for name, t in cpu.items():
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    temporary = path.with_name(f".{path.name}.attachment.tmp")
+    with open(temporary, "wb") as file:
+        file.write(struct.pack("<Q", len(text)) + text)
+        for t in cpu.values():
+            if t.numel():
+                file.write(memoryview(t.view(torch.uint8).reshape(-1).numpy()))
+    os.replace(temporary, path)
+    fsync_dir(path.parent)
+    return path
+
+
+def load_attachment(path: str | Path, name: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor] | None:
+    """The tensors of the checkpoint's attachment ``name``, or ``None`` when it has none or its file
+    is missing or unreadable (lost in a crash: attachments are not flushed to disk)."""
+    json_path = _json_path(path)
+    file = _read_meta(json_path).get("attachments", {}).get(name)
+    if not isinstance(file, str) or Path(file).name != file:
+        return None
+    try:
+        _read_tensors_file_header(json_path.with_name(file))
+        return load_tensors_file(str(json_path.with_name(file)), device=str(device))
+    except (OSError, CheckpointError, SafetensorError, ValueError):
+        return None
 
 
 def _read_consistent(json_path: Path) -> tuple[dict[str, Any], Path, bytes]:
@@ -168,6 +238,11 @@ def _read_regular(path: Path, limit: int | None = None) -> bytes:
 def _read_tensors_file(path: Path) -> bytes:
     """A safetensors file, read only after its size is checked against the one its header states
     (8 bytes of header length, the JSON header, then the data its offsets cover)."""
+    return _read_regular(path, limit=_read_tensors_file_header(path))
+
+
+def _read_tensors_file_header(path: Path) -> int:
+    """The size of a regular safetensors file, checked against the size its header states."""
     info = os.stat(path)  # FileNotFoundError: the caller may retry
     if not stat.S_ISREG(info.st_mode):
         raise CheckpointError(f"{path} is not a regular file")
@@ -184,7 +259,7 @@ def _read_tensors_file(path: Path) -> bytes:
             raise CheckpointError(f"{path} has a corrupt safetensors header") from error
     if size != 8 + length + end:
         raise CheckpointError(f"{path} has {size} bytes, its header describes {8 + length + end} (truncated or corrupt)")
-    return _read_regular(path, limit=size)
+    return size
 
 
 # -- the schema of a run checkpoint's entries ---------------------------------------------------
@@ -241,6 +316,10 @@ RUN_SCHEMA: dict[str, tuple[Callable[[object], bool], str]] = {
     "history": (lambda v: isinstance(v, list) and all(_row(r) for r in v), "a list of rows of numbers with an epoch"),
     "data": (_data, "a data set description: channels 1 or 3, an image size, 2+ class names, a mean and a std > 0 per channel"),
     "model": (lambda v: isinstance(v, dict), "an object"),
+    "attachments": (
+        lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(f, str) for k, f in v.items()),
+        "an object of file names",
+    ),
     "train": (lambda v: isinstance(v, dict), "an object"),
 }
 

@@ -166,6 +166,12 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--strict", action="store_true", default=None, help="stop a run whose solver is stuck at its iteration cap")
     p.add_argument(
+        "--reuse",
+        choices=["off", "forward", "both"],
+        help="fixed-point reuse: start each example's solves where its last visit ended (default off)",
+    )
+    p.add_argument("--reuse-memory", type=POSITIVE, metavar="GB", help="memory cap of the fixed-point store (default 4)")
+    p.add_argument(
         "--checkpoint-every",
         type=NON_NEGATIVE,
         metavar="MINUTES",

@@ -189,6 +189,10 @@ class Batches:
     def __len__(self) -> int:
         return -(-len(self.order) // self.batch_size)
 
+    def indices(self, batch: int) -> Tensor:
+        """The data set indices of the examples in batch number ``batch``, ``(batch_size,)`` (fewer in the last)."""
+        return self.order[batch * self.batch_size : (batch + 1) * self.batch_size]
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for start in range(0, len(self.order), self.batch_size):
             index = self.order[start : start + self.batch_size]

@@ -12,7 +12,9 @@ from torch import Tensor, nn
 
 from .activations import ProximalActivation, get_activation
 from .errors import ConvergenceError, ConvergenceWarning, DoubleBackwardError, StepSizeWarning
+from .gradients import Adjoint, get_gradient
 from .operators.base import FrozenOperator, MonotoneOperator
+from .reuse import FixedPointStore, _Selection
 from .solvers import Anderson, SolverOptions, SplittingMethod, SplittingProblem, solve
 from .solvers.options import positive_finite
 from .stats import SolveRecord, SolverStats
@@ -86,6 +88,9 @@ class MonDEQ(nn.Module):
         anderson: memory of Anderson acceleration on the splitting iteration (0: off).
         strict: raise :class:`~mondeq.errors.ConvergenceError` instead of warning when a solve
             does not reach its tolerance.
+        gradient: how gradients are computed (:mod:`mondeq.gradients`): ``"implicit"`` (exact,
+            the backward solve above), ``"phantom"`` (damped unrolled steps), ``"jacobian-free"``
+            (one step, no backward solve), or an :class:`~mondeq.gradients.Adjoint`.
 
     The solver settings are held as two :class:`~mondeq.solvers.SolverOptions` values, changed
     with :meth:`configure` or, for a block, :meth:`options`; ``method`` (the
@@ -101,6 +106,9 @@ class MonDEQ(nn.Module):
         forward_options: :class:`~mondeq.solvers.SolverOptions` of the equilibrium solve.
         backward_options: those of the implicit backward solve (same method and ``anderson``).
         alpha: the step size, a validated property.
+        gradient: the :class:`~mondeq.gradients.Adjoint` in use.
+        fixed_points: a :class:`~mondeq.reuse.FixedPointStore` whose selected examples start the
+            training solves from their last equilibrium (``None``: every solve starts cold).
         stats: :class:`~mondeq.stats.SolverStats` of the last call.
 
     Maps derived from the parameters (the resolvent, the Lipschitz constant for ``fb``) are
@@ -138,6 +146,7 @@ class MonDEQ(nn.Module):
         backward_max_iter: int | None = None,
         anderson: int = 0,
         strict: bool = False,
+        gradient: str | Adjoint = "implicit",
     ) -> None:
         super().__init__()
         if not isinstance(linear, MonotoneOperator):
@@ -156,6 +165,8 @@ class MonDEQ(nn.Module):
             anderson=anderson,
         )
         self.strict = strict
+        self.gradient = get_gradient(gradient)
+        self.fixed_points: FixedPointStore | None = None
         self.stats: SolverStats | None = None
         self._lipschitz_cache: tuple[int, float] | None = None
 
@@ -227,6 +238,7 @@ class MonDEQ(nn.Module):
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         state["_lipschitz_cache"] = None
+        state["fixed_points"] = None  # training-run state, possibly gigabytes: not part of a copy
         return state
 
     def clear_cache(self) -> None:
@@ -274,34 +286,46 @@ class MonDEQ(nn.Module):
             raise ValueError("input contains NaN or Inf values")
 
     def forward(self, x: Tensor, z0: Tensor | tuple[Tensor, ...] | None = None) -> Tensor | tuple[Tensor, ...]:
+        """The equilibrium for input ``x``. ``z0``, an estimate of it, starts the solve from the state whose
+        fixed point it would be (one extra multiplication); by default the solve starts at zero, or,
+        while :attr:`fixed_points` selects a training batch, from each example's last equilibrium."""
         self.check_input(x)
         alpha = self.step_size()
         options = self.forward_options
         frozen = self.linear.frozen(alpha, with_resolvent=options.solver.needs_resolvent)
         injection = self.linear.inject(x)
-        if z0 is None:
-            start = torch.zeros_like(injection)
-        else:
-            start = self.linear.flatten(z0).detach().to(injection)
-            if start.shape != injection.shape:
-                raise ValueError(f"z0 has {tuple(start.shape)} elements, expected {tuple(injection.shape)}")
+        differentiable = torch.is_grad_enabled() and injection.requires_grad
+        selection = self.fixed_points.active() if self.fixed_points is not None and differentiable else None
         activation = self.activation
         with torch.no_grad():
+            warm = None if selection is None else selection.start("forward", injection)
+            if z0 is not None:
+                start = self.linear.flatten(z0).detach().to(injection)
+                if start.shape != injection.shape:
+                    raise ValueError(f"z0 has {tuple(start.shape)} elements, expected {tuple(injection.shape)}")
+                warm = (
+                    frozen.multiply(start) + injection.detach(),
+                    torch.ones(len(start), dtype=torch.bool, device=start.device),
+                )
             # activation.forward, not the module's __call__: its hook dispatch on every iteration costs small models
             prox = lambda y: activation.prox(y, alpha)  # noqa: E731
-            z, record = self._solve(frozen, activation.forward, prox, injection.detach(), start, options)
+            z, record = self._solve(frozen, activation.forward, prox, injection.detach(), options, warm)
         stats = SolverStats(alpha=alpha, forward=record)
         self.stats = stats
         self._check(record, "forward", options)
-        if torch.is_grad_enabled() and injection.requires_grad:
-            pre = self.linear.multiply(z) + injection
-            z = activation(pre)
-            derivative = activation.derivative(pre.detach())
-            z.register_hook(lambda grad: self._implicit_backward(grad, derivative, frozen, stats))
+        if differentiable:
+            z, pre = self.gradient.attach(self, z, injection, frozen, stats, selection)
+            if selection is not None:
+                selection.keep("forward", pre)
         return self.linear.unflatten(z)
 
     def _implicit_backward(
-        self, grad: Tensor | None, derivative: Tensor, frozen: FrozenOperator, stats: SolverStats
+        self,
+        grad: Tensor | None,
+        derivative: Tensor,
+        frozen: FrozenOperator,
+        stats: SolverStats,
+        selection: _Selection | None = None,
     ) -> Tensor | None:
         r"""Turn :math:`g = \partial L / \partial z` into :math:`(I - W^\top D)^{-1} g`: the forward solve on
         :math:`W^\top` with the linear activation :math:`y \mapsto D y`."""
@@ -318,11 +342,13 @@ class MonDEQ(nn.Module):
             # prox of alpha * f for the linear "activation" y -> d * y: y -> d y / (d + alpha (1 - d))
             shrink = d / (d + frozen.alpha * (1 - d))
             options = self.backward_options
-            w, stats.backward = self._solve(
-                transposed, lambda y: d * y, lambda y: shrink * y, grad, torch.zeros_like(grad), options
-            )
+            warm = None if selection is None else selection.start("backward", grad)
+            w, stats.backward = self._solve(transposed, lambda y: d * y, lambda y: shrink * y, grad, options, warm)
             self._check(stats.backward, "backward", options)
-            return transposed.multiply(w) + grad
+            pre = transposed.multiply(w) + grad
+            if selection is not None:
+                selection.keep("backward", pre)
+            return pre
 
     def _solve(
         self,
@@ -330,12 +356,14 @@ class MonDEQ(nn.Module):
         activation: Callable[[Tensor], Tensor],
         prox: Callable[[Tensor], Tensor],
         injection: Tensor,
-        start: Tensor,
         options: SolverOptions,
+        warm: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, SolveRecord]:
-        r"""The equilibrium :math:`z = \sigma(Wz + b)` from ``start`` with ``frozen``'s :math:`W`, :math:`\alpha`
-        and resolvent, :math:`\sigma` = ``activation`` (``prox``: :math:`\operatorname{prox}_{\alpha f}`),
-        :math:`b` = ``injection``, solved as ``options`` say; and the record of the solve."""
+        r"""The equilibrium :math:`z = \sigma(Wz + b)` with ``frozen``'s :math:`W`, :math:`\alpha` and
+        resolvent, :math:`\sigma` = ``activation`` (``prox``: :math:`\operatorname{prox}_{\alpha f}`),
+        :math:`b` = ``injection``, solved as ``options`` say; and the record of the solve. It starts at
+        zero, or, for the rows where ``warm = (pre, rows)`` says so, from the method's
+        :meth:`~mondeq.solvers.SplittingMethod.warm_state` of the pre-activation estimate ``pre``."""
         problem = SplittingProblem(
             multiply=frozen.multiply,
             injection=injection,
@@ -350,7 +378,12 @@ class MonDEQ(nn.Module):
             scale = frozen.alpha / (1 + frozen.alpha)
             inner.reset(tol=INNER_TOL_FRACTION * scale * options.tol, reduction=INNER_REDUCTION)
         accelerator = Anderson(options.anderson) if options.anderson else None
-        result = solve(options.solver, problem, start, options.tol, options.max_iter, accelerator)
+        method, zero = options.solver, torch.zeros_like(injection)
+        state = None
+        if warm is not None:
+            pre, rows = warm
+            state = torch.where(rows[:, None], method.warm_state(problem, pre), method.init(problem, zero))
+        result = solve(method, problem, zero, options.tol, options.max_iter, accelerator, state=state)
         return result.z, SolveRecord.of(result, inner)
 
     def _check(self, record: SolveRecord, direction: str, options: SolverOptions) -> None:
@@ -368,5 +401,5 @@ class MonDEQ(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"solver={self.forward_options.method}, alpha={self.alpha}, tol={self.tol}, max_iter={self.max_iter}, "
-            f"anderson={self.anderson}, strict={self.strict}"
+            f"anderson={self.anderson}, strict={self.strict}, gradient={self.gradient!r}"
         )

@@ -37,6 +37,7 @@ from .activations import ACTIVATIONS
 from .checkpoint import CheckpointError, load_checkpoint, require
 from .devices import resolve_device
 from .errors import ConfigError, first_line
+from .gradients import GRADIENTS, get_gradient
 from .layer import MonDEQ
 from .operators import FullyConnected, MonotoneOperator, MultiConv, SingleConv
 from .solvers import SOLVERS
@@ -109,6 +110,19 @@ class ModelConfig:
     tol: float = field(default=1e-2, metadata=_option("relative residual tolerance (preset 1e-2)", "positive"))
     max_iter: int = field(default=300, metadata=_option("solver iteration cap (preset 300)", "positive_int"))
     anderson: int = field(default=0, metadata=_option("Anderson acceleration memory (0: off)", "count"))
+    gradient: str = field(
+        default="implicit",
+        metadata=_option(
+            "how gradients are computed: implicit (exact, a backward solve), phantom (damped unrolled steps), "
+            "jacobian-free (one step, no backward solve)",
+            "choice",
+            choices=GRADIENTS,
+        ),
+    )
+    phantom_steps: int = field(default=5, metadata=_option("unrolled steps of --gradient phantom (default 5)", "positive_int"))
+    phantom_damping: float = field(
+        default=0.5, metadata=_option("damping of --gradient phantom's steps, in (0, 1] (default 0.5)", "positive")
+    )
     #: Spectral bound on the input injection U (None: unconstrained); see :class:`SpectralBound`.
     input_norm: float | None = field(
         default=None,
@@ -124,6 +138,18 @@ class ModelConfig:
             raise ConfigError(f"unknown model {self.kind!r}; choose one of {list(KINDS)}")
         for option in model_options():
             check_option(option, getattr(self, option.name))
+        phantom = {"steps": self.phantom_steps, "damping": self.phantom_damping}
+        if self.gradient != "phantom" and phantom != {"steps": 5, "damping": 0.5}:
+            raise ConfigError(f"phantom_steps and phantom_damping set --gradient phantom; the gradient is {self.gradient!r}")
+        try:
+            self.adjoint()
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+    def adjoint(self):
+        """The :class:`~mondeq.gradients.Adjoint` that :attr:`gradient` (and the phantom settings) name."""
+        phantom = {"steps": self.phantom_steps, "damping": self.phantom_damping}
+        return get_gradient(self.gradient, **(phantom if self.gradient == "phantom" else {}))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -303,6 +329,7 @@ class MonDEQClassifier(nn.Module):
             tol=c.tol,
             max_iter=c.max_iter,
             anderson=c.anderson,
+            gradient=c.adjoint(),
         )
         with torch.no_grad():  # the readout's width follows from the pooling
             features = self.pool(torch.zeros(1, operator.features)).shape[1]

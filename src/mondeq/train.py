@@ -11,6 +11,7 @@ position inside an epoch.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .checkpoint import CheckpointError, load_checkpoint, require, save_checkpoint
+from .checkpoint import CheckpointError, load_attachment, load_checkpoint, require, save_checkpoint
 from .data import DATASET_NAMES, Batches, ImageDataset, dataset_info, load_dataset
 from .devices import resolve_device
 from .errors import ConfigError, DivergenceError, first_line, ignore_convergence_warnings
@@ -46,6 +47,7 @@ from .models import (
     option_applies,
     preset_config,
 )
+from .reuse import FixedPointStore
 
 __all__ = [
     "RECIPES",
@@ -70,6 +72,12 @@ BUDGET_EPOCHS = 1000
 #: Training steps in a row with a solve at its iteration cap after which a run is called stalled
 #: (said once on stderr; an error with ``strict``). An epoch of fewer steps stalls when all are capped.
 STALL_STEPS = 20
+
+#: What fixed-point reuse keeps (``TrainConfig.reuse``).
+REUSE_MODES = ("off", "forward", "both")
+
+#: The checkpoint attachment that holds the fixed-point store.
+FIXED_POINTS = "fixed-points"
 
 #: What a training run writes into its folder: ``--overwrite`` removes these before a new run.
 RUN_OUTPUTS = ("checkpoint.json", "checkpoint*.safetensors", "metrics.csv", "certify.json", "plots", "tensorboard")
@@ -117,6 +125,11 @@ class TrainConfig:
     #: Stop with an error when the solver has been at its iteration cap for :data:`STALL_STEPS`
     #: training steps in a row (a diverging run), instead of saying so and going on.
     strict: bool = False
+    #: Fixed-point reuse (:mod:`mondeq.reuse`): each training example's solves start from where its
+    #: last visit ended: ``off``, ``forward`` (the equilibrium) or ``both`` (and the backward solve).
+    reuse: str = "off"
+    #: Memory cap of the fixed-point store, in GB (examples beyond it start cold).
+    reuse_memory: float = 4.0
     augment: bool | None = None
     seed: int = 0
     out: str = "runs/default"
@@ -144,6 +157,9 @@ class TrainConfig:
             raise ConfigError(f"unknown recipe {self.recipe!r}; choose one of {sorted(RECIPES)}")
         if self.lr_schedule not in ("step", "one-cycle", "constant"):
             raise ConfigError(f"lr_schedule must be step, one-cycle or constant, got {self.lr_schedule!r}")
+        if self.reuse not in REUSE_MODES:
+            raise ConfigError(f"reuse must be one of {', '.join(REUSE_MODES)}, got {self.reuse!r}")
+        _check_number("reuse_memory", self.reuse_memory, positive=True)
         for name in ("epochs", "batch_size", "test_batch_size", "lr_step", "threads", "train_limit", "test_limit"):
             _check_number(name, getattr(self, name), minimum=1, integer=True)
         for name in ("lr", "max_alpha"):
@@ -510,6 +526,16 @@ class Trainer:
         except (ValueError, TypeError) as error:
             raise ConfigError(f"model {config.model!r} cannot be built as asked: {first_line(error)}") from error
         self.optimizer = make_optimizer(self.model, config)
+        self.fixed_points: FixedPointStore | None = None
+        if config.reuse != "off":
+            self.fixed_points = FixedPointStore(
+                len(self.train_set),
+                self.model.layer.linear.features,
+                backward=config.reuse == "both",
+                max_bytes=int(config.reuse_memory * 1e9),
+                device=self.device,
+            )
+            self.model.layer.fixed_points = self.fixed_points
         self.epoch, self.batch = 0, 0
         self.running = RunningTotals()
         self.progress = progress and distributed.is_main()
@@ -609,7 +635,10 @@ class Trainer:
             "budget_spent": self.budget_spent,
             "evaluation_seconds": self._evaluation_seconds,
         }
-        return save_checkpoint(self.out / "checkpoint", self.model, self.optimizer, meta)
+        # The fixed points of one process: those of a distributed run's other ranks are not here.
+        keep = self.fixed_points is not None and distributed.world_size() == 1
+        attachments = {FIXED_POINTS: self.fixed_points.state_dict()} if keep else None
+        return save_checkpoint(self.out / "checkpoint", self.model, self.optimizer, meta, attachments)
 
     def resume(self, path: str | Path | None = None, checkpoint: tuple | None = None) -> None:
         """Continue from a checkpoint (default: the one in ``config.out``); ``checkpoint`` is what
@@ -641,10 +670,30 @@ class Trainer:
         if self.batch > len(self._batches()):
             raise CheckpointError(f"checkpoint {path}: batch {batch} is beyond the {len(self._batches())} batches of an epoch")
         self.history = meta["history"]
+        self._resume_fixed_points(path)
         self.elapsed = float(meta.get("elapsed", 0.0))
         self.budget_spent = meta.get("budget_spent")
         self._evaluation_seconds = meta.get("evaluation_seconds")
         self._last_save = self.clock()
+
+    def _resume_fixed_points(self, path: str | Path) -> None:
+        """Refill the fixed-point store from the checkpoint; it stays cold (every example's next solve
+        starts at zero, the run continues to tolerance rather than bit for bit) when the checkpoint
+        has none (a distributed run, or a crash that lost the unflushed file)."""
+        if self.fixed_points is None:
+            return
+        state = load_attachment(path, FIXED_POINTS, self.device)
+        try:
+            if state is None:
+                raise ValueError("no stored fixed points")
+            self.fixed_points.load_state_dict(state)
+        except ValueError as reason:
+            self.fixed_points.clear()
+            if distributed.is_main():
+                print(f"mondeq train: {reason} in {path}: every example starts cold once", file=sys.stderr, flush=True)
+            return
+        for direction, rows in self.fixed_points.rows.items():  # a damaged file must not start a solve from NaN
+            self.fixed_points.visited[direction] &= torch.isfinite(rows).all(dim=1)
 
     # -- time -----------------------------------------------------------------------------
     def elapsed_seconds(self) -> float:
@@ -682,6 +731,8 @@ class Trainer:
         self._batches_left = math.inf if stop_after_batches is None else stop_after_batches
         if distributed.is_main():
             self._lock.acquire()
+            if self.fixed_points is not None:
+                print(f"mondeq train: {self.fixed_points.describe()}", file=sys.stderr, flush=True)
         self._clock_start = self.clock() - self.elapsed
         writer = self._tensorboard()
         failed = True
@@ -768,7 +819,7 @@ class Trainer:
                 if self.out_of_time():
                     self._refuse_untrained_budget()
                     return "time", len(batches)
-                self._train_step(x, y, index, len(batches))
+                self._train_step(x, y, index, len(batches), batches.indices(index))
                 self.batch = index + 1
                 self._batches_left -= 1
                 self._show(bar)
@@ -817,7 +868,7 @@ class Trainer:
             alpha=f"{self.model.layer.alpha:g}",
         )
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, index: int, num_batches: int) -> None:
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, index: int, num_batches: int, examples: torch.Tensor) -> None:
         cfg = self.config
         model = self.model
         if cfg.tune_alpha and index in (30, num_batches // 2):
@@ -829,12 +880,14 @@ class Trainer:
             if beta1 is not None:
                 group["betas"] = (beta1, group["betas"][1])
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.wrapped(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-        loss_value = loss.item()
-        where = f"epoch {self.epoch + 1}, batch {index + 1}"
-        distributed.check_finite(loss_value, f"the training loss of {where}")
-        loss.backward()
+        reuse = self.fixed_points.select(examples) if self.fixed_points is not None else contextlib.nullcontext()
+        with reuse:  # this forward and its backward start from the examples' last fixed points
+            logits = self.wrapped(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            loss_value = loss.item()
+            where = f"epoch {self.epoch + 1}, batch {index + 1}"
+            distributed.check_finite(loss_value, f"the training loss of {where}")
+            loss.backward()
         self.optimizer.step()
         distributed.check_finite(self._parameters_finite(), f"a parameter after the update of {where}")
         stats = model.layer.stats

@@ -95,6 +95,12 @@ class SplittingMethod:
         """The initial state for the initial iterate ``z0``."""
         return z0
 
+    def warm_state(self, problem: SplittingProblem, pre: Tensor) -> Tensor:
+        r"""The state whose estimate is :math:`\sigma(p)` for a pre-activation estimate :math:`p \approx Wz^\star + b`:
+        the method's fixed point when :math:`p` is exact, so a solve started there stops after one step.
+        Forward-backward's state is :math:`z` itself, :math:`\sigma(p)`."""
+        return problem.activation(pre)
+
     def step(self, problem: SplittingProblem, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         raise NotImplementedError
 
@@ -113,16 +119,18 @@ def solve(
     tol: float,
     max_iter: int,
     accelerator: Callable[[Tensor, Tensor], Tensor] | None = None,
+    state: Tensor | None = None,
 ) -> SolverResult:
     """Iterate ``method`` from ``z0`` until the relative residual is ``<= tol`` or ``max_iter`` steps.
 
     ``accelerator(state, mapped_state)``, when given (e.g. :class:`~mondeq.solvers.Anderson`),
-    replaces each new state by an extrapolated one.
+    replaces each new state by an extrapolated one. ``state``, when given, is the initial state
+    itself (a warm start, :meth:`SplittingMethod.warm_state`) instead of ``method.init(problem, z0)``.
     """
     if method.needs_resolvent and problem.resolvent is None:
         raise ValueError(f"splitting method {method.name!r} needs the operator's resolvent")
     start = time.perf_counter()
-    state = method.init(problem, z0)
+    state = method.init(problem, z0) if state is None else state
     residuals: list[float] = []
     times: list[float] = []
     status = Status.MAX_ITER

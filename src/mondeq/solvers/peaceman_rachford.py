@@ -46,3 +46,8 @@ class PeacemanRachford(SplittingMethod):
     def step(self, problem: SplittingProblem, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         _, r, z_half, pre = resolvent_half_step(problem, state)
         return torch.add(r, z_half, alpha=2), z_half, pre
+
+    def warm_state(self, problem: SplittingProblem, pre: Tensor) -> Tensor:
+        r""":math:`u = (1 - \alpha)\sigma(p) + \alpha p`: at the fixed point :math:`z_{1/2} = z = \sigma(p)`, so
+        :math:`2z - u = z + \alpha (I - W) z - \alpha b` and :math:`u = z - \alpha((I - W)z - b)` (also Douglas-Rachford's)."""
+        return torch.lerp(problem.activation(pre), pre, problem.alpha)
