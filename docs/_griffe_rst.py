@@ -1,7 +1,7 @@
 """Griffe extension for the documentation site: mondeq's docstrings use a few reST constructs
 inside Google-style sections; this rewrites them to the Markdown that mkdocstrings renders.
 
-- ``:math:`x``` becomes ``$x$`` (pymdownx.arithmatex, shown by MathJax);
+- ``:math:`x``` becomes ``$x$`` (pymdownx.arithmatex; docs/hooks/mathml.py renders it to MathML);
 - ``.. math::`` and its indented block become a ``$$ ... $$`` display;
 - ``:class:`~mondeq.x.Y``` and the other Python roles become a cross-reference ``[`Y`][mondeq.x.Y]``
   when the target is a dotted ``mondeq.`` path, else inline code;

@@ -41,7 +41,7 @@ def main() -> None:
             with (
                 warnings.catch_warnings(),
                 ignore_convergence_warnings(),
-                model.layer.options(method=method, tol=1e-6, max_iter=500),
+                model.layer.options(solver=method, tol=1e-6, max_iter=500),
             ):
                 warnings.simplefilter("ignore", StepSizeWarning)  # FB picks its own step size m / L^2
                 with torch.no_grad():

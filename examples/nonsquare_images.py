@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from mondeq import MonDEQ, MultiConv
-from mondeq.data import DATASETS, Batches, DataError, ImageDataset, load_dataset
+from mondeq.data import DATASETS, Batches, ImageDataset, load_dataset
+from mondeq.errors import DataError
 
 HEIGHT, WIDTH = 28, 20
 

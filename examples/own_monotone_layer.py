@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from mondeq import MonDEQ, Monotone, SingleConv
-from mondeq.data import DATASETS, Batches, DataError, ImageDataset, load_dataset
+from mondeq.data import DATASETS, Batches, ImageDataset, load_dataset
+from mondeq.errors import DataError
 
 
 class SequenceModel(nn.Module):

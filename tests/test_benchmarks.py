@@ -11,6 +11,7 @@ from mondeq.benchmarks.report import run_all
 GROUPS = {
     "processes": ["memory", "data_parallel", "threads"],
     "in-process": ["solvers", "resolvent", "training_step", "peers", "scaling", "robustness", "time_to_accuracy", "evaluation"],
+    "training": ["reuse"],
 }
 
 
@@ -36,6 +37,14 @@ def test_every_benchmark_runs_tiny(tmp_path, group):
         assert implicit[0] == implicit[-1] and unrolled[-1] > unrolled[0]
         assert all(r["images_per_second"] > 0 for r in results["data_parallel"]["rows"])
         assert len(results["threads"]["rows"]) == 6 and all(r["seconds_per_batch"] > 0 for r in results["threads"]["rows"])
+        return
+    if group == "training":
+        rows = {(r["reuse"], r["gradient"]): r for r in results["reuse"]["rows"]}
+        cold = rows["off", "implicit"]["forward_iterations"]
+        assert (
+            rows["forward", "implicit"]["forward_iterations"] <= cold and rows["both", "implicit"]["forward_iterations"] <= cold
+        )
+        assert rows["off", "jacobian-free"]["backward_iterations"] == 0 and all(r["step_seconds"] > 0 for r in rows.values())
         return
     for title in ("Solver comparison", "Resolvent cost", "Training step", "Peers", "Scaling", "Time to accuracy"):
         assert title in text

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from datafiles import write_cifar_like, write_mnist_like, write_svhn_like
-from mondeq.data import Batches, DataError, augment_batch, load_dataset, read_idx, write_idx
+from mondeq.data import Batches, augment_batch, load_dataset, read_idx, write_idx
+from mondeq.errors import DataError
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
@@ -69,7 +70,7 @@ def test_fashion_mnist_found_in_system_folder_without_data_dir(tmp_path, monkeyp
     import mondeq.data as data
 
     write_mnist_like(tmp_path / "system")
-    monkeypatch.setitem(data.SYSTEM_DIRS, "fashion-mnist", [tmp_path / "system"])
+    monkeypatch.setattr(type(data.READERS["fashion-mnist"]), "system_dirs", (tmp_path / "system",))
     monkeypatch.setenv("MONDEQ_DATA", str(tmp_path / "empty"))
     assert len(load_dataset("fashion-mnist", "test")) == 32
 

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from datafiles import write_cifar_like, write_mnist_like, write_svhn_like
-from mondeq.data import DATASETS, DataError, ImageDataset, load_dataset, read_idx, read_image, write_idx
+from mondeq.data import DATASETS, ImageDataset, load_dataset, read_idx, read_image, write_idx
+from mondeq.errors import DataError
 
 RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's _reconstruct, under whichever module this numpy has
 
@@ -26,7 +27,7 @@ def test_explicit_data_dir_does_not_fall_back_to_system_folder(tmp_path, monkeyp
     import mondeq.data as data
 
     write_mnist_like(tmp_path / "system")
-    monkeypatch.setitem(data.SYSTEM_DIRS, "fashion-mnist", [tmp_path / "system"])
+    monkeypatch.setattr(type(data.READERS["fashion-mnist"]), "system_dirs", (tmp_path / "system",))
     (tmp_path / "empty").mkdir()
     with pytest.raises(
         DataError,
@@ -76,7 +77,7 @@ def test_labels_out_of_range_named(tmp_path):
 @pytest.mark.parametrize("count", [0, -1, -100])
 def test_subset_refuses_counts_below_one(count):
     dataset = ImageDataset(torch.zeros(5, 1, 28, 28, dtype=torch.uint8), torch.zeros(5, dtype=torch.int64), DATASETS["mnist"])
-    with pytest.raises(ValueError, match=f"at least 1.*got {count}"):
+    with pytest.raises(ValueError, match=f"count must be a positive integer, got {count}"):
         dataset.subset(count)
     assert len(dataset.subset(None)) == 5 and len(dataset.subset(2)) == 2 and len(dataset.subset(9)) == 5
 

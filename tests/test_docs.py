@@ -64,7 +64,9 @@ def test_module_pages_and_math(site: Path) -> None:
         html = (site / "api" / module / "index.html").read_text(encoding="utf-8")
         assert f'id="mondeq.{module}' in html, module
     layer = (site / "api" / "layer" / "index.html").read_text(encoding="utf-8")
-    assert 'class="arithmatex"' in layer  # :math: roles became MathJax spans
-    assert ":math:" not in layer and ":class:" not in layer
+    assert '<span class="math"><math' in layer  # :math: roles became MathML, drawn without a script
+    assert ":math:" not in layer and ":class:" not in layer and "arithmatex" not in layer
+    math = (site / "math" / "index.html").read_text(encoding="utf-8")
+    assert math.count("<math") > 20 and "\\(" not in math and "cdn.jsdelivr" not in math
     examples = (site / "examples" / "index.html").read_text(encoding="utf-8")
     assert "--8&lt;--" not in examples and "ignore_convergence_warnings" in examples  # the scripts are included

@@ -55,8 +55,8 @@ def test_non_tensor_input(conv_layer):
     [
         ({"alpha": 0.0}, "alpha must be a positive"),
         ({"alpha": -1.0}, "alpha must be a positive"),
-        ({"tol": 0.0}, "tol must be a positive"),
-        ({"tol": float("nan")}, "tol must be a positive"),
+        ({"tol": 0.0}, r"tol must be a number in \(0, 1\)"),
+        ({"tol": float("nan")}, r"tol must be a number in \(0, 1\)"),
         ({"max_iter": 0}, "max_iter must be a positive integer"),
         ({"anderson": -1}, "anderson"),
         ({"solver": "broyden"}, "unknown solver 'broyden'"),
@@ -71,11 +71,11 @@ def test_bad_layer_options(kwargs, match):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"method": "broyden"}, "unknown solver 'broyden'"),
-        ({"tol": 0.0}, "tol must be a positive finite"),
-        ({"tol": float("inf")}, "tol must be a positive finite"),
-        ({"tol": "1e-4"}, "tol must be a positive finite"),
-        ({"tol": 1e10}, "tol is a relative residual and must be < 1"),
+        ({"solver": "broyden"}, "unknown solver 'broyden'"),
+        ({"tol": 0.0}, r"tol must be a number in \(0, 1\)"),
+        ({"tol": float("inf")}, r"tol must be a number in \(0, 1\)"),
+        ({"tol": "1e-4"}, r"tol must be a number in \(0, 1\)"),
+        ({"tol": 1e10}, r"tol must be a number in \(0, 1\)"),
         ({"max_iter": 0}, "max_iter must be a positive integer"),
         ({"max_iter": 2.5}, "max_iter must be a positive integer"),
         ({"anderson": -1}, "anderson .* non-negative integer"),
@@ -88,7 +88,7 @@ def test_bad_solver_options(kwargs, match):
 
 
 def test_solver_options_name_a_registered_method():
-    assert SolverOptions(get_solver("peaceman-rachford")).method == SolverOptions("PR").method == "pr"
+    assert SolverOptions(get_solver("peaceman-rachford")).solver == SolverOptions("PR").solver == "pr"
 
     class Unregistered(SplittingMethod):
         name = "mine"
@@ -100,8 +100,8 @@ def test_solver_options_name_a_registered_method():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"backward_tol": -1.0}, "backward_tol must be a positive finite"),
-        ({"backward_tol": 1.0}, "backward_tol is a relative residual and must be < 1"),
+        ({"backward_tol": -1.0}, r"backward_tol must be a number in \(0, 1\)"),
+        ({"backward_tol": 1.0}, r"backward_tol must be a number in \(0, 1\)"),
         ({"backward_max_iter": 0}, "backward_max_iter must be a positive integer"),
         ({"alpha": float("nan")}, "alpha must be a positive finite"),
         ({"solver": "newton"}, "unknown solver 'newton'"),
@@ -119,8 +119,8 @@ def test_bad_settings_name_the_argument_and_change_nothing(kwargs, match):
     assert (layer.forward_options, layer.backward_options, layer.alpha) == before
     with pytest.raises(TypeError, match="tolerance"):
         layer.configure(tolerance=1e-6)
-    with pytest.raises(TypeError, match="not both"):
-        layer.configure(method="pr", solver="dr")
+    with pytest.raises(TypeError, match="method"):
+        layer.configure(method="pr")  # one name: solver
 
 
 def test_ignore_convergence_warnings_silences_only_them():
@@ -148,21 +148,21 @@ def test_float32_works():
 @pytest.mark.parametrize(
     "build, error, match",
     [
-        (lambda: FullyConnected(0, 5), ValueError, "in_features must be positive, got 0"),
-        (lambda: FullyConnected(4, -1), ValueError, "width must be positive, got -1"),
-        (lambda: FullyConnected(4.0, 5), TypeError, "in_features must be an integer"),
-        (lambda: FullyConnected(4, True), TypeError, "width must be an integer"),
-        (lambda: SingleConv(1, 2.5, 8), TypeError, "channels must be an integer"),
-        (lambda: SingleConv(0, 2, 8), ValueError, "in_channels must be positive"),
-        (lambda: SingleConv(1, 2, -8), ValueError, "image_size must be positive"),
-        (lambda: SingleConv(1, 2, 8, kernel_size=-3), ValueError, "kernel_size must be positive"),
+        (lambda: FullyConnected(0, 5), ValueError, "in_features must be a positive integer, got 0"),
+        (lambda: FullyConnected(4, -1), ValueError, "width must be a positive integer, got -1"),
+        (lambda: FullyConnected(4.0, 5), TypeError, "in_features must be a positive integer, got float"),
+        (lambda: FullyConnected(4, True), TypeError, "width must be a positive integer, got bool"),
+        (lambda: SingleConv(1, 2.5, 8), TypeError, "channels must be a positive integer, got float"),
+        (lambda: SingleConv(0, 2, 8), ValueError, "in_channels must be a positive integer"),
+        (lambda: SingleConv(1, 2, -8), ValueError, "image_size must be a positive integer"),
+        (lambda: SingleConv(1, 2, 8, kernel_size=-3), ValueError, "kernel_size must be a positive integer"),
         (lambda: MultiConv(1, 3, 8), TypeError, "channels must be a tuple or list"),
         (lambda: MultiConv(1, (), 8), ValueError, "channels must name at least one tier"),
-        (lambda: MultiConv(1, (2, 0), 8), ValueError, r"channels\[1\] must be positive"),
-        (lambda: MultiConv(1, (2, "3"), 8), TypeError, r"channels\[1\] must be an integer"),
-        (lambda: FullyConnected(4, 5, m=float("inf")), ValueError, "m must be > 0 and finite, got inf"),
-        (lambda: FullyConnected(4, 5, m=float("nan")), ValueError, "m must be > 0 and finite, got nan"),
-        (lambda: SingleConv(1, 2, 8, m="0.1"), TypeError, "m must be a real number"),
+        (lambda: MultiConv(1, (2, 0), 8), ValueError, r"channels\[1\] must be a positive integer, got 0"),
+        (lambda: MultiConv(1, (2, "3"), 8), TypeError, r"channels\[1\] must be a positive integer, got str"),
+        (lambda: FullyConnected(4, 5, m=float("inf")), ValueError, "m must be a positive finite number, got inf"),
+        (lambda: FullyConnected(4, 5, m=float("nan")), ValueError, "m must be a positive finite number, got nan"),
+        (lambda: SingleConv(1, 2, 8, m="0.1"), TypeError, "m must be a positive finite number, got str"),
     ],
 )
 def test_bad_operator_arguments_name_the_argument(build, error, match):
@@ -172,7 +172,7 @@ def test_bad_operator_arguments_name_the_argument(build, error, match):
 
 def test_setting_a_bad_margin_later_raises():
     op = FullyConnected(4, 5)
-    with pytest.raises(ValueError, match="m must be > 0 and finite"):
+    with pytest.raises(ValueError, match="m must be a positive finite number"):
         op.m = float("inf")
     assert op.m == 0.1
 

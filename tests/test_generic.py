@@ -142,7 +142,7 @@ def test_equilibrium_from_every_splitting_matches_dense(kind):
     act = get_activation("relu")
     reference = dense_equilibrium(op, act, x)
     for solver in ("fb", "pr", "dr"):
-        alpha = 0.9 * op.m / MonDEQ(op, solver="fb").lipschitz() ** 2 if solver == "fb" else 0.7
+        alpha = 0.9 * op.m / op.lipschitz() ** 2 if solver == "fb" else 0.7
         layer = MonDEQ(op, solver=solver, alpha=alpha, tol=1e-11, max_iter=5000, anderson=5 if solver == "fb" else 0)
         with torch.no_grad():
             z = op.flatten(layer(x))

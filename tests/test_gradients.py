@@ -45,7 +45,7 @@ def test_gradients_match_dense_implicit_function_theorem(name, solver, activatio
     weight = torch.randn(x.shape[0], op.features, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     expected = dense_gradients(op, activation, x, weight)
 
-    alpha = 0.9 * op.m / MonDEQ(op, solver="fb").lipschitz() ** 2 if solver == "fb" else 0.8
+    alpha = 0.9 * op.m / op.lipschitz() ** 2 if solver == "fb" else 0.8
     layer = MonDEQ(op, activation=activation, solver=solver, alpha=alpha, tol=1e-12, max_iter=20000)
     x = x.clone().requires_grad_(True)
     z = op.flatten(layer(x))

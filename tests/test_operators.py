@@ -145,9 +145,9 @@ def test_structured_views():
 @pytest.mark.parametrize(
     "build, match",
     [
-        (lambda: FullyConnected(4, 5, m=0.0), "m must be > 0"),
-        (lambda: FullyConnected(4, 5, m=-1.0), "m must be > 0"),
-        (lambda: SingleConv(1, 4, 8, m=-0.1), "m must be > 0"),
+        (lambda: FullyConnected(4, 5, m=0.0), "m must be a positive finite number"),
+        (lambda: FullyConnected(4, 5, m=-1.0), "m must be a positive finite number"),
+        (lambda: SingleConv(1, 4, 8, m=-0.1), "m must be a positive finite number"),
         (lambda: SingleConv(1, 4, 8, kernel_size=4), "odd"),
         (lambda: MultiConv(1, (4, 4, 4, 4), 28), "tier 2 has side 7"),
         (lambda: MultiConv(1, (4, 4), 14, kernel_size=9), "kernel_size"),

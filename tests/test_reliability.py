@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from datafiles import write_mnist_like
-from mondeq.checkpoint import CheckpointError, checkpoint_paths, load_checkpoint, save_checkpoint
+from mondeq.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from mondeq.data import load_dataset
-from mondeq.files import OutputError, output_dir, write_atomic
-from mondeq.train import TrainConfig, Trainer, TrainingInterrupted
+from mondeq.errors import CheckpointError, OutputError, TrainingInterrupted
+from mondeq.files import output_dir, write_atomic
+from mondeq.train import TrainConfig, Trainer
 
 TIMING = {"forward_seconds", "backward_seconds", "epoch_seconds", "elapsed_seconds"}
 
@@ -127,11 +128,11 @@ def test_sigint_inside_adams_parameter_loop(tmp_path, data, uninterrupted, monke
     resume_and_compare(tmp_path, data, uninterrupted)
 
 
-@pytest.mark.parametrize("where", ["_write_csv", "evaluate"])
+@pytest.mark.parametrize("where", ["write", "evaluate"])
 def test_sigint_during_epoch_end_bookkeeping(tmp_path, data, uninterrupted, monkeypatch, where):
     trainer = Trainer(config(tmp_path), *data, progress=False)
-    if where == "_write_csv":  # after the epoch has advanced, before the loop moves on
-        trainer._write_csv = send_after(trainer._write_csv, signal.SIGINT)
+    if where == "write":  # metrics.csv: after the epoch has advanced, before the loop moves on
+        trainer.log.write = send_after(trainer.log.write, signal.SIGINT)
     else:  # during the first evaluation, after its first batch
         model_forward = trainer.model.forward
 
@@ -145,7 +146,7 @@ def test_sigint_during_epoch_end_bookkeeping(tmp_path, data, uninterrupted, monk
     with pytest.raises(TrainingInterrupted):
         trainer.fit()
     meta, _, _ = load_checkpoint(tmp_path)
-    expected = (1, 0) if where == "_write_csv" else (0, 5)  # epoch finished / all batches done, not evaluated
+    expected = (1, 0) if where == "write" else (0, 5)  # epoch finished / all batches done, not evaluated
     assert (meta["epoch"], meta["batch"]) == expected
     resume_and_compare(tmp_path, data, uninterrupted)
 
@@ -168,7 +169,7 @@ def test_signal_handlers_are_restored(tmp_path, data):
 
 
 def test_periodic_checkpoints_inside_an_epoch(tmp_path, data, monkeypatch):
-    import mondeq.train as train_module
+    import mondeq.train.run_folder as train_module
 
     positions = []
     original = train_module.save_checkpoint

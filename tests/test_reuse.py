@@ -13,6 +13,7 @@ from helpers import OPERATOR_NAMES, dense_equilibrium, make_input, make_operator
 from mondeq import FullyConnected, MonDEQ, get_activation
 from mondeq.checkpoint import load_checkpoint
 from mondeq.data import load_dataset
+from mondeq.errors import ConfigError
 from mondeq.gradients import GRADIENTS, JacobianFree, Phantom, get_gradient
 from mondeq.reuse import FixedPointStore
 from mondeq.train import TrainConfig, Trainer
@@ -218,6 +219,18 @@ def test_resume_with_reuse_is_bit_identical(tmp_path, data, reuse):
     assert [{k: v for k, v in r.items() if k not in timing} for r in history] == [
         {k: v for k, v in r.items() if k not in timing} for r in expected
     ]
+
+
+def test_only_the_checkpoints_of_an_interruption_hold_the_store(tmp_path, data):
+    run = tmp_path / "run"
+    Trainer(config(run, reuse="forward", epochs=1), *data, progress=False).fit()
+    meta = load_checkpoint(run)[0]
+    assert "attachments" not in meta and not list(run.glob("*fixed-points*"))  # an epoch's end: gigabytes not written
+
+
+def test_reuse_both_needs_the_implicit_gradient(tmp_path, data):
+    with pytest.raises(ConfigError, match="solves no backward problem: use --reuse forward"):
+        Trainer(config(tmp_path / "run", reuse="both", model_options={"gradient": "jacobian-free"}), *data, progress=False)
 
 
 def test_resume_without_the_stored_fixed_points_continues_cold(tmp_path, data, capsys):

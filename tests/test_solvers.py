@@ -16,7 +16,7 @@ def layer_for(op, solver, activation="relu", alpha=None, **kw):
     iterations here, so it runs with Anderson acceleration, which keeps its fixed point (the
     equilibrium) and takes a fifth of them; plain FB iterations are tested elsewhere."""
     if alpha is None:
-        alpha = 0.9 * op.m / (MonDEQ(op, solver="fb").lipschitz() ** 2) if solver == "fb" else 0.6
+        alpha = 0.9 * op.m / (op.lipschitz() ** 2) if solver == "fb" else 0.6
     kw.setdefault("anderson", 5 if solver == "fb" else 0)
     return MonDEQ(op, activation=activation, solver=solver, alpha=alpha, tol=1e-11, max_iter=5000, **kw)
 
@@ -52,7 +52,7 @@ def test_equilibrium_with_alpha_not_one(solver, alpha_scale):
     x = make_input(op)
     alpha = (0.5 if solver == "fb" else 1.0) * alpha_scale
     if solver == "fb":
-        alpha = alpha_scale * 0.45 * op.m / MonDEQ(op, solver="fb").lipschitz() ** 2
+        alpha = alpha_scale * 0.45 * op.m / op.lipschitz() ** 2
     layer = MonDEQ(op, activation="tanh", solver=solver, alpha=alpha, tol=1e-12, max_iter=20000)
     assert layer.step_size() == pytest.approx(alpha)
     with torch.no_grad():
@@ -119,23 +119,13 @@ def test_stats_nest_one_record_per_direction():
     }
 
 
-def test_flat_stats_names_are_deprecated_but_give_the_same_values():
+def test_stats_have_one_name_per_value():
     op = make_operator("fc", scale=0.4)
     layer = MonDEQ(op, tol=1e-8, max_iter=500)
-    x = make_input(op).requires_grad_()
-    layer(x)
-    with pytest.warns(DeprecationWarning, match=r"stats\.backward\.iterations"):
-        assert layer.stats.backward_iterations is None
-    with pytest.warns(DeprecationWarning):
-        assert layer.stats.backward_residuals == []
-    layer(x).sum().backward()
-    stats = layer.stats
+    layer(make_input(op).requires_grad_()).sum().backward()
     for direction in ("forward", "backward"):
-        for key in ("iterations", "residual", "seconds", "converged", "residuals", "times"):
-            with pytest.warns(DeprecationWarning, match=rf"use stats\.{direction}\.{key}"):
-                assert getattr(stats, f"{direction}_{key}") == getattr(getattr(stats, direction), key)
-    with pytest.raises(AttributeError):
-        stats.forward_iterations = 3
+        assert isinstance(getattr(layer.stats, direction).iterations, int)
+        assert not hasattr(layer.stats, f"{direction}_iterations")  # no flat aliases
 
 
 def test_divergence_is_detected_not_reported_as_convergence():
@@ -166,9 +156,10 @@ def test_options_are_values_with_separate_directions():
     layer = MonDEQ(make_operator("fc"), solver="dr", tol=1e-3, max_iter=50, backward_tol=1e-5, anderson=2)
     assert layer.forward_options == SolverOptions("douglas-rachford", tol=1e-3, max_iter=50, anderson=2)
     assert layer.backward_options == SolverOptions("dr", tol=1e-5, max_iter=50, anderson=2)
-    assert layer.forward_options.method == "dr" and isinstance(layer.forward_options.solver, DouglasRachford)
-    assert (layer.method.name, layer.tol, layer.max_iter, layer.anderson) == ("dr", 1e-3, 50, 2)
-    assert (layer.backward_tol, layer.backward_max_iter) == (1e-5, 50)
+    assert layer.forward_options.solver == "dr" and isinstance(layer.forward_options.splitting, DouglasRachford)
+    options = layer.forward_options
+    assert (options.tol, options.max_iter, options.anderson) == (1e-3, 50, 2)
+    assert (layer.backward_options.tol, layer.backward_options.max_iter) == (1e-5, 50)
     with pytest.raises(AttributeError):
         layer.forward_options.tol = 0.5  # frozen: replace, don't mutate
 
@@ -183,7 +174,7 @@ def test_configure_changes_both_directions_unless_backward_is_given():
     assert layer.backward_options == SolverOptions("fb", tol=1e-8, max_iter=20, anderson=3)
     layer.alpha = 2  # the trainer tunes alpha by assignment
     assert layer.alpha == 2.0
-    with pytest.raises(ValueError, match="alpha must be a positive finite"):
+    with pytest.raises(ValueError, match="alpha must be a positive finite number"):
         layer.alpha = 0.0
 
 
@@ -192,7 +183,7 @@ def test_options_apply_inside_the_block_and_are_restored_after_an_exception():
     x = make_input(op)
     layer = MonDEQ(op, tol=1e-4, max_iter=100, backward_tol=1e-5)
     before = layer.forward_options, layer.backward_options, layer.alpha
-    with pytest.raises(RuntimeError, match="inside"), layer.options(method="dr", tol=1e-10, max_iter=500, alpha=0.5):
+    with pytest.raises(RuntimeError, match="inside"), layer.options(solver="dr", tol=1e-10, max_iter=500, alpha=0.5):
         assert layer.forward_options == layer.backward_options == SolverOptions("dr", tol=1e-10, max_iter=500)
         layer(x)
         assert layer.stats.alpha == 0.5 and layer.stats.forward.residual <= 1e-10
@@ -203,34 +194,22 @@ def test_options_apply_inside_the_block_and_are_restored_after_an_exception():
     assert layer.backward_options == before[1]
 
 
-def test_assigning_settings_is_deprecated_but_works_as_before():
+def test_settings_change_only_through_configure_or_options():
     layer = MonDEQ(make_operator("fc"), tol=1e-3, max_iter=50, backward_tol=1e-5, backward_max_iter=60)
-    with pytest.warns(DeprecationWarning, match=r"configure\(tol=") as caught:
-        layer.tol = 1e-4
-    assert caught[0].filename == __file__  # points at the assignment
-    with pytest.warns(DeprecationWarning):
-        layer.max_iter = 70
-    assert layer.forward_options == SolverOptions("pr", tol=1e-4, max_iter=70)
-    assert layer.backward_options == SolverOptions("pr", tol=1e-5, max_iter=60)  # untouched, as before
-    with pytest.warns(DeprecationWarning):
-        layer.backward_tol = 1e-6
-    with pytest.warns(DeprecationWarning):
-        layer.backward_max_iter = 80
-    with pytest.warns(DeprecationWarning):
-        layer.method = get_solver("dr")
-    with pytest.warns(DeprecationWarning):
-        layer.anderson = 4
-    assert layer.forward_options == SolverOptions("dr", tol=1e-4, max_iter=70, anderson=4)
-    assert layer.backward_options == SolverOptions("dr", tol=1e-6, max_iter=80, anderson=4)
-    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="max_iter must be a positive integer"):
-        layer.max_iter = 0
+    for name in ("tol", "max_iter", "method", "solver", "anderson", "backward_tol", "backward_max_iter"):
+        assert not hasattr(layer, name)  # read them from layer.forward_options / backward_options
+    layer.configure(tol=1e-4, backward_tol=1e-5)
+    assert layer.forward_options == SolverOptions("pr", tol=1e-4, max_iter=50)
+    assert layer.backward_options == SolverOptions("pr", tol=1e-5, max_iter=60)
+    with pytest.raises(ValueError, match="max_iter must be a positive integer"):
+        layer.configure(max_iter=0)
 
 
 def test_forward_backward_step_above_bound_is_clamped_with_a_message():
     op = make_operator("fc", m=0.5, scale=0.4)
     layer = MonDEQ(op, solver="fb", alpha=1.0, tol=1e-8, max_iter=5000)
     L = torch.linalg.matrix_norm(torch.eye(op.features, dtype=torch.float64) - op.to_dense(), ord=2).item()
-    assert layer.lipschitz() == pytest.approx(L, rel=1e-3)
+    assert op.lipschitz() == pytest.approx(L, rel=1e-3)
     with pytest.warns(UserWarning, match=r"exceeds its convergence bound 2m/L\^2"):
         layer(make_input(op))
     assert layer.stats.alpha == pytest.approx(op.m / L**2, rel=1e-2)

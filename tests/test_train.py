@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from datafiles import write_mnist_like
-from mondeq.checkpoint import CheckpointError, checkpoint_paths, load_checkpoint
+from mondeq.checkpoint import checkpoint_paths, load_checkpoint
 from mondeq.data import load_dataset
+from mondeq.errors import CheckpointError
 from mondeq.models import ModelConfig, load_model
 from mondeq.train import TrainConfig, Trainer, learning_rate
 
@@ -99,7 +100,7 @@ def test_time_budget_stops_evaluates_saves_and_resumes(tmp_path, data):
     assert [row["epoch"] for row in history] == [1, 1.5, 2, 3]
     assert [row["elapsed_seconds"] for row in history] == [60.0, 90.0, 120.0, 180.0]
     assert load_checkpoint(tmp_path)[0]["epoch"] == 3
-    with pytest.raises(ValueError, match="time_budget must be > 0"):
+    with pytest.raises(ValueError, match="time_budget must be a positive finite number"):
         make_config(tmp_path, "fc", time_budget=0)
 
 
@@ -109,12 +110,12 @@ def test_time_budget_stop_is_final_when_the_next_evaluation_is_quicker(tmp_path,
     leaves room (seen on a GPU shared by three runs: a second fractional row 0.03 epochs later)."""
     import dataclasses
 
-    import mondeq.train
+    import mondeq.train.loop
 
     durations = iter([25.0])
-    real_evaluate = mondeq.train.evaluate
+    real_evaluate = mondeq.train.loop.evaluate
     monkeypatch.setattr(
-        mondeq.train, "evaluate", lambda *a, **k: dataclasses.replace(real_evaluate(*a, **k), seconds=next(durations, 1.0))
+        mondeq.train.loop, "evaluate", lambda *a, **k: dataclasses.replace(real_evaluate(*a, **k), seconds=next(durations, 1.0))
     )
     train, test = data
     trainer = Trainer(make_config(tmp_path, "fc", epochs=None, time_budget=1.5), train, test, progress=False)
@@ -136,10 +137,10 @@ def test_time_budget_stop_at_an_epoch_end_is_saved(tmp_path, data, monkeypatch):
     train on (the reserve and the spent budget are in the checkpoint)."""
     import dataclasses
 
-    import mondeq.train
+    import mondeq.train.loop
 
-    real_evaluate = mondeq.train.evaluate
-    monkeypatch.setattr(mondeq.train, "evaluate", lambda *a, **k: dataclasses.replace(real_evaluate(*a, **k), seconds=35.0))
+    real_evaluate = mondeq.train.loop.evaluate
+    monkeypatch.setattr(mondeq.train.loop, "evaluate", lambda *a, **k: dataclasses.replace(real_evaluate(*a, **k), seconds=35.0))
     train, test = data
     trainer = Trainer(make_config(tmp_path, "fc", epochs=None, time_budget=1.5), train, test, progress=False)
     FakeClock(trainer)
@@ -256,7 +257,7 @@ def test_label_smoothing_is_the_training_loss(tmp_path, data):
 
     train, test = data
     trainer = Trainer(make_config(tmp_path, "fc", label_smoothing=0.4), train, test, progress=False)
-    x, y = next(iter(trainer._batches()))
+    x, y = next(iter(trainer.batches()))
     with torch.no_grad():
         logits = trainer.model.train()(x)
     trainer.fit(stop_after_batches=1)

@@ -30,11 +30,10 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import load_file as load_tensors_file
 from safetensors.torch import save as serialize_tensors
 
-from .errors import MondeqError
+from .errors import CheckpointError
 from .files import fsync_dir, remove_stray_temporaries, write_atomic
 
 __all__ = [
-    "CheckpointError",
     "RUN_SCHEMA",
     "checkpoint_paths",
     "load_attachment",
@@ -45,10 +44,6 @@ __all__ = [
 
 FORMAT_VERSION = 1
 _READ_ATTEMPTS = 5  # a reader racing a writer may find the tensors it was pointed at just replaced
-
-
-class CheckpointError(MondeqError, RuntimeError):
-    """A checkpoint is missing, corrupt or inconsistent."""
 
 
 def _json_path(path: str | Path) -> Path:

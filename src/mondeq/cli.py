@@ -2,8 +2,10 @@
 
 Each command is one section here, its arguments beside its handler, and one entry of
 :data:`COMMANDS`. Choices come from the library's registries (data sets, model kinds, solvers,
-activations, benchmark sections) and the model flags from :class:`~mondeq.models.ModelConfig`'s
-fields, so adding any of those needs no change here.
+activations, benchmark sections), and the ``train`` flags from the fields of
+:class:`~mondeq.train.TrainConfig` and :class:`~mondeq.models.ModelConfig`, so adding any of
+those needs no change here. Only the chosen command's arguments are built, and torch is imported
+only by the commands that use it: ``mondeq --help`` and ``--version`` answer at once.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
+import shlex
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, Field, dataclass
 from pathlib import Path
+
+from . import validation
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,23 +29,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _number(kind: type, minimum: float, strict: bool = False, below: float = math.inf):
-    """An argparse type: a finite ``kind`` value >= ``minimum`` (> when ``strict``) and < ``below``,
-    else a one-line error."""
+def _argument_type(number: validation.Number, name: str) -> Callable[[str], int | float]:
+    """An argparse type from a :class:`~mondeq.validation.Number`: its one-line reason on a bad value."""
 
-    def parse(text: str):
+    def parse(text: str) -> int | float:
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-            raise argparse.ArgumentTypeError(f"{text} must be finite and {'>' if strict else '>='} {minimum:g}")
-        if value >= below:
-            raise argparse.ArgumentTypeError(f"{text} must be < {below:g}")
-        return value
+            return number.parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    parse.__name__ = name  # argparse names the type in its messages
     return parse
+
+
+#: argparse types of the kinds of number that option metadata names.
+NUMBER_TYPES = {kind: _argument_type(number, "int" if number.integer else "float") for kind, number in validation.NUMBERS.items()}
+POSITIVE_INT, COUNT, POSITIVE = NUMBER_TYPES["positive_int"], NUMBER_TYPES["count"], NUMBER_TYPES["positive"]
 
 
 def duration_minutes(text: str) -> float:
@@ -71,14 +74,35 @@ def model_name(text: str) -> str:
 
 model_name.__name__ = "model"
 
-POSITIVE_INT = _number(int, 1)
-COUNT = _number(int, 0)
-POSITIVE = _number(float, 0, strict=True)
-NON_NEGATIVE = _number(float, 0)
-UNIT_INTERVAL = _number(float, 0, below=1.0)  # [0, 1)
-SEED = _number(int, 0, below=2**64)  # what torch's generators take
-#: argparse types of the kinds of value named in model option metadata.
-VALUE_TYPES = {"positive_int": POSITIVE_INT, "count": COUNT, "positive": POSITIVE}
+#: Parsers that option metadata names (``option(..., parser="duration")``).
+PARSERS: dict[str, Callable[[str], object]] = {"duration": duration_minutes, "model": model_name}
+
+
+def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, options: Sequence[Field], defaults: bool) -> None:
+    """One flag per option field (:func:`~mondeq.validation.option` metadata), ``--field-name``; every
+    flag's value is ``None`` unless given. ``defaults`` appends each field's default to its help."""
+    for option in options:
+        meta, flag = option.metadata, "--" + option.name.replace("_", "-")
+        default = option.default if option.default is not MISSING else None
+        shown = defaults and default not in (None, "") and meta["value"] != "flag" and "default" not in meta["help"]
+        help = (meta["help"] + (f" (default {default})" if shown else "")).replace("%", "%%")
+        common = {"dest": option.name, "default": None, "help": help}
+        if meta["value"] == "flag":
+            if default is True:
+                parser.add_argument("--no-" + flag[2:], action="store_false", **common)
+            elif default is False:
+                parser.add_argument(flag, action="store_true", **common)
+            else:
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+            continue
+        extra = {k: meta[k] for k in ("nargs", "metavar") if k in meta}
+        if meta["value"] == "choice":
+            extra["choices"] = sorted(meta["choices"])
+        elif "parser" in meta:
+            extra["type"] = PARSERS[meta["parser"]]
+        elif meta["value"] != "text":
+            extra["type"] = NUMBER_TYPES[meta["value"]]
+        parser.add_argument(flag, **common, **extra)
 
 
 # -- options every command shares ------------------------------------------------------------
@@ -100,14 +124,6 @@ def _set_up(args: argparse.Namespace) -> str:
     return str(resolve_device(args.device))
 
 
-def _checkpoint_test_set(meta: dict, data_dir: str | None, limit: int | None = None):
-    """The test split of the data set a checkpoint was trained on (``--data-dir`` overrides its folder)."""
-    from .data import load_dataset
-
-    train_cfg = meta["train"]
-    return load_dataset(train_cfg["dataset"], "test", data_dir or train_cfg.get("data_dir")).subset(limit)
-
-
 # -- train -----------------------------------------------------------------------------------
 TRAIN_HELP = """Train a monDEQ classifier. Writes OUT/checkpoint.json with the tensors file it names,
 OUT/metrics.csv (and OUT/tensorboard when tensorboard is installed). Ctrl-C or SIGTERM saves a
@@ -115,91 +131,30 @@ checkpoint and stops; --resume continues it."""
 
 
 def train_arguments(p: argparse.ArgumentParser) -> None:
-    from .data import DATASET_NAMES
-    from .models import MODEL_KINDS, model_options
-    from .train import RECIPES
+    from .models import model_options
+    from .train import TrainConfig
+    from .validation import options_of
 
-    p.add_argument(
-        "--recipe",
-        choices=sorted(RECIPES),
-        help="a tested set of options (explicit flags override it): "
-        + "; ".join(f"{name}: {recipe.summary}" for name, recipe in RECIPES.items()),
-    )
-    p.add_argument("--dataset", choices=DATASET_NAMES, help="default fashion-mnist; folder: --data-dir DIR/{train,test}/CLASS/*")
-    p.add_argument(
-        "--model",
-        type=model_name,
-        metavar="{" + ",".join(MODEL_KINDS) + "} or MODULE:FUNCTION",
-        help="a preset (default single-conv), or your own model: FUNCTION(in_channels=, image_size=, num_classes=) "
-        "in MODULE returns an nn.Module with a MonDEQ layer (docs: Your own monotone layer)",
-    )
-    p.add_argument("--epochs", type=POSITIVE_INT, help="epochs (default 1; with --time-budget: until the budget is spent)")
-    p.add_argument(
-        "--time-budget",
-        type=duration_minutes,
-        metavar="DURATION",
-        help="wall time for the whole run (90s, 45m, 1h): stops in time to evaluate and save",
-    )
-    p.add_argument("--batch-size", type=POSITIVE_INT, help="training batch size (default 128)")
-    p.add_argument("--test-batch-size", type=POSITIVE_INT, help="evaluation batch size (default 128)")
-    p.add_argument("--lr", type=POSITIVE, help="(peak) learning rate (default 1e-3)")
-    p.add_argument("--lr-schedule", choices=["step", "one-cycle", "constant"], help="default step")
-    p.add_argument("--lr-step", type=POSITIVE_INT, help="epochs between 10x decays of the step schedule (default 10)")
-    p.add_argument("--weight-decay", type=NON_NEGATIVE, help="decoupled (AdamW) weight decay of weights and kernels (default 0)")
-    p.add_argument("--label-smoothing", type=UNIT_INTERVAL, help="label smoothing of the training loss, in [0, 1) (default 0)")
-    p.add_argument(
-        "--eval-every",
-        type=COUNT,
-        metavar="EPOCHS",
-        help="evaluate every EPOCHS epochs (default 1; 0: only at the end, which is always evaluated)",
-    )
-    p.add_argument("--no-tune-alpha", dest="tune_alpha", action="store_false", default=None, help="keep alpha fixed")
-    p.add_argument("--max-alpha", type=POSITIVE, help="largest alpha tried when tuning (default 1.0)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random crop + flip (default: on for cifar10)")
-    p.add_argument("--seed", type=SEED, help="random seed, below 2**64 (default 0)")
-    p.add_argument("--out", help="run folder (default runs/DATASET-MODEL)")
-    p.add_argument("--train-limit", type=POSITIVE_INT, help="use only the first N training images")
-    p.add_argument("--test-limit", type=POSITIVE_INT, help="use only the first N test images")
+    add_options(p, options_of(TrainConfig), defaults=True)
     p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR", help="continue the run in --out (or RUN_DIR)")
     p.add_argument(
         "--overwrite", action="store_true", help="replace the run that --out holds (without it, such a folder is refused)"
     )
-    p.add_argument("--strict", action="store_true", default=None, help="stop a run whose solver is stuck at its iteration cap")
-    p.add_argument(
-        "--reuse",
-        choices=["off", "forward", "both"],
-        help="fixed-point reuse: start each example's solves where its last visit ended (default off)",
-    )
-    p.add_argument("--reuse-memory", type=POSITIVE, metavar="GB", help="memory cap of the fixed-point store (default 4)")
-    p.add_argument(
-        "--checkpoint-every",
-        type=NON_NEGATIVE,
-        metavar="MINUTES",
-        help="also save a checkpoint inside an epoch this often (default 10; 0: only at epoch ends)",
-    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _device_options(p)
-    group = p.add_argument_group("model and solver (default: the preset's)")
-    for option in model_options():
-        meta = option.metadata
-        extra = {k: meta[k] for k in ("nargs", "metavar") if k in meta}
-        if meta["value"] == "choice":
-            extra["choices"] = sorted(meta["choices"])
-        else:
-            extra["type"] = VALUE_TYPES[meta["value"]]
-        group.add_argument("--" + option.name.replace("_", "-"), help=meta["help"], **extra)
+    add_options(p.add_argument_group("model and solver (default: the preset's)"), model_options(), defaults=False)
 
 
 def train_command(args: argparse.Namespace) -> int:
     from . import distributed
-    from .train import TrainingInterrupted
+    from .devices import resolve_device
+    from .errors import TrainingInterrupted
 
-    device = distributed.init_from_environment(_set_up(args))
+    device = distributed.init_from_environment(str(resolve_device(args.device or "cpu")))
     try:
         code = _train(args, device)
     except TrainingInterrupted as stop:
         if distributed.is_main():
-            print(f"\nmondeq train: {stop}: checkpoint saved; continue with --resume", file=sys.stderr)
+            print(f"\nmondeq train: {stop}: checkpoint saved; continue with `{_resume_command(args)}`", file=sys.stderr)
         distributed.shutdown(synchronize=False)
         return 128 + stop.signal
     except KeyboardInterrupt:
@@ -210,9 +165,14 @@ def train_command(args: argparse.Namespace) -> int:
     except Exception as error:
         if distributed.world_size() <= 1:
             raise
-        _leave_distributed_run(error)
+        distributed.leave_after_failure(error)
     distributed.shutdown()
     return code
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues the run ``args`` trained."""
+    return "mondeq train --resume " + shlex.quote(str(args.run_folder))
 
 
 def _train(args: argparse.Namespace, device: str) -> int:
@@ -231,10 +191,11 @@ def _train(args: argparse.Namespace, device: str) -> int:
     if args.resume:
         if args.overwrite:
             raise ConfigError("--resume continues a run and --overwrite replaces it: give one of them")
-        run = Path(args.resume) if isinstance(args.resume, str) else Path(options.get("out", default_out))
-        trainer = Trainer.resume_run(run, {**options, "device": device}, progress=not args.no_progress)
+        args.run_folder = Path(args.resume) if isinstance(args.resume, str) else Path(options.get("out", default_out))
+        trainer = Trainer.resume_run(args.run_folder, {**options, "device": device}, progress=not args.no_progress)
     else:
         options.setdefault("out", default_out)
+        args.run_folder = Path(options["out"])
         on_existing = "overwrite" if args.overwrite else "refuse"
         trainer = Trainer(TrainConfig(**options, device=device), progress=not args.no_progress, on_existing=on_existing)
     history = trainer.fit()
@@ -242,28 +203,6 @@ def _train(args: argparse.Namespace, device: str) -> int:
         last = history[-1]
         print(f"test accuracy {last['test_accuracy']:.4f} after {last['epoch']} epoch(s); run saved in {trainer.config.out}")
     return 0
-
-
-def _leave_distributed_run(error: Exception) -> None:
-    """Name this rank's failure and leave at once, so torchrun stops the other ranks instead of
-    letting them wait in a collective. A lost connection means another rank died first: say so,
-    and leave a moment later, so that torchrun's summary names that rank as the root cause."""
-    import time
-
-    from . import distributed
-
-    reason = distributed.lost_contact(error)
-    if reason:
-        print(
-            f"mondeq train: rank {distributed.rank()} lost contact with another rank ({reason}); "
-            "that rank stopped first: see torchrun's summary for its cause",
-            file=sys.stderr,
-            flush=True,
-        )
-        time.sleep(distributed.LOST_CONTACT_GRACE)
-    else:
-        print(f"mondeq train: rank {distributed.rank()} failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
-    os._exit(1)
 
 
 # -- eval ------------------------------------------------------------------------------------
@@ -274,29 +213,33 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=POSITIVE_INT, default=128, help="evaluation batch size (default 128)")
     p.add_argument("--limit", type=POSITIVE_INT, help="evaluate only the first N test images")
     p.add_argument("--solver", choices=sorted(SOLVERS), help="override the splitting method")
-    p.add_argument("--tol", type=POSITIVE, help="override the tolerance")
+    p.add_argument("--tol", type=NUMBER_TYPES["tolerance"], help="override the tolerance")
     p.add_argument("--max-iter", type=POSITIVE_INT, help="override the iteration cap")
     _device_options(p)
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from .models import load_model, model_label
+    from .models import load_model, model_label, run_position, test_set_of
     from .train import evaluate
 
     device = _set_up(args)
     model, meta = load_model(args.checkpoint, device)
-    overrides = {"method": args.solver, "tol": args.tol, "max_iter": args.max_iter}
+    overrides = {"solver": args.solver, "tol": args.tol, "max_iter": args.max_iter}
     model.layer.configure(**{k: v for k, v in overrides.items() if v is not None})
-    test = _checkpoint_test_set(meta, args.data_dir, args.limit)
-    result = evaluate(model, test, args.batch_size, device)
+    position = run_position(meta)
+    if position:
+        print(f"mondeq eval: note: {position}", file=sys.stderr)
+    result = evaluate(model, test_set_of(meta, args.data_dir, args.limit), args.batch_size, device)
     report = {
         "dataset": meta["train"]["dataset"],
         "model": model_label(meta["model"]),
+        "epoch": meta.get("epoch"),
+        "batch": meta.get("batch"),
         "examples": result.examples,
         "test_accuracy": round(result.accuracy, 4),
         "test_loss": round(result.loss, 4),
         "forward_iterations": round(result.forward_iterations, 2),
-        "solver": model.layer.forward_options.method,
+        "solver": model.layer.forward_options.solver,
         "alpha": model.layer.alpha,
         "tol": model.layer.forward_options.tol,
         "seconds": round(result.seconds, 2),
@@ -337,31 +280,18 @@ def plot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="run folder")
     p.add_argument("--out", help="folder for the PNGs (default RUN_DIR/plots)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=128)
-    p.add_argument("--tol", type=POSITIVE, default=1e-6)
+    p.add_argument("--tol", type=NUMBER_TYPES["tolerance"], default=1e-6)
     p.add_argument("--max-iter", type=POSITIVE_INT, default=300)
     _device_options(p)
 
 
 def plot_command(args: argparse.Namespace) -> int:
-    from .data import Batches
-    from .files import output_dir
-    from .models import equilibrium_input, load_model, model_label
-    from .plot import convergence_traces, plot_certified, plot_convergence, plot_training_curves
+    from .plot import plot_run
 
     device = _set_up(args)
-    run = Path(args.run_dir)
-    model, meta = load_model(run, device)  # before anything is written: a missing run leaves nothing behind
-    out = output_dir(Path(args.out) if args.out else run / "plots")
-    written = []
-    if (run / "metrics.csv").is_file():
-        written.append(plot_training_curves(run / "metrics.csv", out / "training_curves.png"))
-    if (run / "certify.json").is_file():
-        written.append(plot_certified(run / "certify.json", out / "certified_accuracy.png"))
-    test = _checkpoint_test_set(meta, args.data_dir)
-    x, _ = next(iter(Batches(test, args.batch_size, device=device)))
-    traces = convergence_traces(model.layer, equilibrium_input(model, x), tol=args.tol, max_iter=args.max_iter)
-    title = f"{model_label(meta['model'])} on {meta['train']['dataset']}, batch of {len(x)}"
-    written.append(plot_convergence(traces, out / "convergence.png", title))
+    written, notes = plot_run(args.run_dir, args.out, args.batch_size, args.tol, args.max_iter, args.data_dir, device)
+    for note in notes:
+        print(f"mondeq plot: note: {note}", file=sys.stderr)
     for path in written:
         print(path)
     return 0
@@ -374,41 +304,24 @@ def certify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=POSITIVE_INT, default=1000, help="test images to certify (default 1000)")
     p.add_argument("--pgd-steps", type=COUNT, default=20, help="steps of the PGD attack (0: no attack)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=250)
-    p.add_argument("--tol", type=POSITIVE, default=1e-4, help="solver tolerance while certifying (default 1e-4)")
+    p.add_argument("--tol", type=NUMBER_TYPES["tolerance"], default=1e-4, help="solver tolerance while certifying (default 1e-4)")
     p.add_argument("--out", help="JSON report (default: certify.json beside the checkpoint)")
     _device_options(p)
 
 
 def certify_command(args: argparse.Namespace) -> int:
     from .checkpoint import checkpoint_paths
-    from .errors import ConfigError
     from .files import check_output_file, write_atomic
-    from .models import MonDEQClassifier, load_model
-    from .robust import evaluate_robustness, lipschitz_bound
+    from .robust import certify_checkpoint
 
     device = _set_up(args)
-    model, meta = load_model(args.checkpoint, device)
     out = check_output_file(args.out if args.out else checkpoint_paths(args.checkpoint)[1].with_name("certify.json"))
-    if not isinstance(model, MonDEQClassifier):
-        raise ConfigError(
-            f"certify needs a preset model (fc, single-conv, multi-conv), not {meta['model'].get('entry_point')!r}: "
-            "its bound ||R|| ||U|| / m holds for an equilibrium read out by one linear map"
-        )
-    model.layer.configure(tol=args.tol)  # margins of the true equilibrium
-    bound = lipschitz_bound(model)
-    test = _checkpoint_test_set(meta, args.data_dir, args.limit)
-    robustness = evaluate_robustness(model, test, args.eps, bound.logits, args.pgd_steps, args.batch_size, device)
-    report = {
-        "m": bound.m,
-        "input_norm": bound.input_norm,
-        "readout_norm": bound.readout_norm,
-        "lipschitz_equilibrium": bound.equilibrium,
-        "lipschitz_logits": bound.logits,
-        **robustness,
-    }
+    report = certify_checkpoint(
+        args.checkpoint, args.eps, args.limit, args.pgd_steps, args.batch_size, args.tol, args.data_dir, device
+    )
     print(
-        f"Lipschitz bound (l2): equilibrium {bound.equilibrium:.4g}, logits {bound.logits:.4g} "
-        f"(||U|| = {bound.input_norm:.4g}, ||R|| = {bound.readout_norm:.4g}, m = {bound.m:g})"
+        f"Lipschitz bound (l2): equilibrium {report['lipschitz_equilibrium']:.4g}, logits {report['lipschitz_logits']:.4g} "
+        f"(||U|| = {report['input_norm']:.4g}, ||R|| = {report['readout_norm']:.4g}, m = {report['m']:g})"
     )
     print(f"clean accuracy {report['clean_accuracy']:.4f} on {report['examples']} test images")
     for k, e in enumerate(report["eps"]):
@@ -443,9 +356,9 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--solver", default="pr", choices=sorted(SOLVERS))
     p.add_argument("--alpha", type=POSITIVE, default=1.0)
-    p.add_argument("--tol", type=POSITIVE, default=1e-4)
+    p.add_argument("--tol", type=NUMBER_TYPES["tolerance"], default=1e-4)
     p.add_argument("--batch-size", type=POSITIVE_INT, default=32)
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--seed", type=NUMBER_TYPES["seed"], default=0)
     _device_options(p, data=False)
 
 
@@ -467,7 +380,8 @@ def demo_command(args: argparse.Namespace) -> int:
     z = layer(x)
     z.pow(2).mean().backward()
     print(f"equilibrium shape {tuple(z.shape)}, |dL/dx| = {x.grad.norm():.4g}")
-    print(json.dumps(layer.stats.as_dict(), indent=2))
+    stats = {k: round(v, 6) if isinstance(v, float) else v for k, v in layer.stats.as_dict().items()}
+    print(json.dumps(stats, indent=2))
     return 0
 
 
@@ -491,29 +405,42 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+def _version() -> str:
+    from importlib import metadata
 
+    try:
+        return metadata.version("mondeq")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``mondeq`` parser. Given ``argv``, only the command it names gets its arguments (building
+    them imports the library); without, every command does."""
     parser = _Parser(
         prog="mondeq",
         description="Monotone operator equilibrium networks: train, evaluate and inspect monDEQ classifiers.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = None if argv is None else next((a for a in argv if a in COMMANDS), "")
     for name, command in COMMANDS.items():
         p = commands.add_parser(name, help=command.help, description=command.description)
-        command.arguments(p)
+        if chosen is None or name == chosen:
+            command.arguments(p)
         p.set_defaults(run=command.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; an error in what was asked (options, files, data) is one line on stderr and exit code 2."""
-    from .devices import tune_allocator
     from .errors import MondeqError, first_line
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    from .devices import tune_allocator
+
     tune_allocator()
     try:
         return args.run(args)

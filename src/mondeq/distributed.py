@@ -24,6 +24,7 @@ __all__ = [
     "check_finite",
     "init_from_environment",
     "is_main",
+    "leave_after_failure",
     "lost_contact",
     "rank",
     "shutdown",
@@ -93,6 +94,28 @@ def lost_contact(error: BaseException) -> str | None:
             return reason
     backend_errors = tuple(getattr(dist, name) for name in ("DistBackendError", "DistNetworkError") if hasattr(dist, name))
     return "backend error" if isinstance(error, backend_errors) else None
+
+
+def leave_after_failure(error: BaseException, program: str = "mondeq train") -> None:
+    """Name this rank's failure on stderr and end the process at once (exit code 1), so that torchrun
+    stops the other ranks instead of letting them wait in a collective. A lost connection means
+    another rank died first: say so, and leave a moment later, so that torchrun's summary names
+    that rank as the root cause."""
+    import sys
+    import time
+
+    reason = lost_contact(error)
+    if reason:
+        print(
+            f"{program}: rank {rank()} lost contact with another rank ({reason}); "
+            "that rank stopped first: see torchrun's summary for its cause",
+            file=sys.stderr,
+            flush=True,
+        )
+        time.sleep(LOST_CONTACT_GRACE)
+    else:
+        print(f"{program}: rank {rank()} failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def wrap(model: nn.Module) -> nn.Module:

@@ -7,13 +7,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
+    "ConfigTypeError",
+    "DataError",
     "ConvergenceError",
     "ConvergenceWarning",
     "DivergenceError",
     "DoubleBackwardError",
     "MondeqError",
+    "OutputError",
     "StepSizeWarning",
+    "TrainingInterrupted",
     "first_line",
     "ignore_convergence_warnings",
 ]
@@ -30,6 +35,36 @@ class MondeqError(Exception):
 
 class ConfigError(MondeqError, ValueError):
     """An option or argument has a value that cannot work (named in the message)."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """An option or argument has a value of the wrong type (named in the message)."""
+
+
+class CheckpointError(MondeqError, RuntimeError):
+    """A checkpoint is missing, corrupt or inconsistent."""
+
+
+class DataError(MondeqError, RuntimeError):
+    """A data file is missing, truncated or not in the expected format."""
+
+
+class OutputError(MondeqError, OSError):
+    """A run folder or output file cannot be written safely."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped between two batches on SIGINT or SIGTERM; the checkpoint holds the position.
+
+    Attributes:
+        signal: the signal number that asked for the stop.
+    """
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signal = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
 
 
 class ConvergenceWarning(RuntimeWarning):

@@ -17,11 +17,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import MondeqError
+from .errors import OutputError
 
 __all__ = [
     "LOCK_NAME",
-    "OutputError",
     "RunLock",
     "check_output_file",
     "check_writable",
@@ -32,10 +31,6 @@ __all__ = [
 ]
 
 TEMPORARY_SUFFIX = ".tmp"
-
-
-class OutputError(MondeqError, OSError):
-    """A run folder or output file cannot be written safely."""
 
 
 def fsync_dir(folder: Path) -> None:

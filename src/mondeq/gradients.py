@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .validation import DAMPING, POSITIVE_INT
+
 if TYPE_CHECKING:
     from .layer import MonDEQ
     from .operators.base import FrozenOperator
@@ -97,11 +99,8 @@ class Phantom(Adjoint):
     name = "phantom"
 
     def __init__(self, steps: int = 5, damping: float = 0.5) -> None:
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"phantom steps must be an integer >= 1, got {steps!r}")
-        if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not 0 < damping <= 1:
-            raise ValueError(f"phantom damping must be in (0, 1], got {damping!r}")
-        self.steps, self.damping = steps, float(damping)
+        self.steps = POSITIVE_INT.check("phantom steps", steps)
+        self.damping = DAMPING.check("phantom damping", damping)
 
     def options(self) -> dict[str, Any]:
         return {"steps": self.steps, "damping": self.damping}

@@ -11,51 +11,20 @@ import torch
 from torch import Tensor, nn
 
 from .activations import ProximalActivation, get_activation
-from .errors import ConvergenceError, ConvergenceWarning, DoubleBackwardError, StepSizeWarning
+from .errors import ConvergenceError, ConvergenceWarning, DoubleBackwardError
 from .gradients import Adjoint, get_gradient
 from .operators.base import FrozenOperator, MonotoneOperator
 from .reuse import FixedPointStore, _Selection
 from .solvers import Anderson, SolverOptions, SplittingMethod, SplittingProblem, solve
-from .solvers.options import positive_finite
 from .stats import SolveRecord, SolverStats
+from .validation import POSITIVE
 
 __all__ = ["MonDEQ", "SolverStats"]
-
-#: An iterative resolvent (e.g. :class:`~mondeq.operators.Monotone`'s GMRES) stops at this fraction of
-#: the outer tolerance, relative to its right-hand side, or once it has reduced the residual of its
-#: warm start by :data:`INNER_REDUCTION`: warm starts then track the outer iterates, so the outer
-#: splitting converges to its tolerance even though each inner solve is loose.
-INNER_TOL_FRACTION = 0.1
-INNER_REDUCTION = 0.1
 
 
 def _given(**values: object) -> dict[str, object]:
     """The keyword arguments that are not ``None``."""
     return {key: value for key, value in values.items() if value is not None}
-
-
-def _setting(name: str, attribute: str | None = None) -> property:
-    """``layer.<name>``: an attribute (default ``name`` less ``backward_``) of the forward options,
-    or of the backward ones for ``backward_*``; assigning it is deprecated."""
-    direction = "backward" if name.startswith("backward_") else "forward"
-    attribute = attribute or name.removeprefix("backward_")
-
-    def get(self: MonDEQ) -> object:
-        return getattr(getattr(self, f"{direction}_options"), attribute)
-
-    def set_(self: MonDEQ, value: object) -> None:
-        warnings.warn(
-            f"assigning MonDEQ.{name} is deprecated; use layer.configure({name}=...) or `with layer.options({name}=...):`",
-            DeprecationWarning,
-            stacklevel=3,  # past nn.Module.__setattr__
-        )
-        # as before: tol and max_iter alone leave the backward setting as it is
-        keep = {f"backward_{name}": getattr(self.backward_options, name)} if name in ("tol", "max_iter") else {}
-        self.configure(**{name: value}, **keep)
-
-    return property(
-        get, set_, doc=f"``{direction}_options.{attribute}`` (assigning it is deprecated: use :meth:`MonDEQ.configure`)."
-    )
 
 
 class MonDEQ(nn.Module):
@@ -92,10 +61,9 @@ class MonDEQ(nn.Module):
             the backward solve above), ``"phantom"`` (damped unrolled steps), ``"jacobian-free"``
             (one step, no backward solve), or an :class:`~mondeq.gradients.Adjoint`.
 
-    The solver settings are held as two :class:`~mondeq.solvers.SolverOptions` values, changed
-    with :meth:`configure` or, for a block, :meth:`options`; ``method`` (the
-    :class:`~mondeq.solvers.SplittingMethod`), ``tol``, ``max_iter``, ``anderson``,
-    ``backward_tol`` and ``backward_max_iter`` read them.
+    The solver settings are held as two :class:`~mondeq.solvers.SolverOptions` values,
+    :attr:`forward_options` and :attr:`backward_options`, changed with :meth:`configure` or, for a
+    block, :meth:`options`.
 
     Shape:
         - Input: whatever ``linear`` expects, e.g. :math:`(N, C, H, W)` for convolutions.
@@ -104,15 +72,15 @@ class MonDEQ(nn.Module):
 
     Attributes:
         forward_options: :class:`~mondeq.solvers.SolverOptions` of the equilibrium solve.
-        backward_options: those of the implicit backward solve (same method and ``anderson``).
+        backward_options: those of the implicit backward solve (same solver and ``anderson``).
         alpha: the step size, a validated property.
         gradient: the :class:`~mondeq.gradients.Adjoint` in use.
         fixed_points: a :class:`~mondeq.reuse.FixedPointStore` whose selected examples start the
             training solves from their last equilibrium (``None``: every solve starts cold).
         stats: :class:`~mondeq.stats.SolverStats` of the last call.
 
-    Maps derived from the parameters (the resolvent, the Lipschitz constant for ``fb``) are
-    cached and rebuilt when a parameter's value changes, however it was changed (also in place
+    Maps derived from the parameters (the resolvent; the Lipschitz constant for ``fb``) are
+    cached by the operator and rebuilt when a parameter's value changes, however it was changed (also in place
     through ``.data``, as EMA or weight-clipping code does); :meth:`clear_cache` drops them.
     Caches are dropped when the layer is pickled or deep-copied.
 
@@ -126,13 +94,6 @@ class MonDEQ(nn.Module):
         >>> with layer.options(tol=1e-8, max_iter=500):
         ...     z = layer(torch.randn(8, 784))
     """
-
-    method = _setting("method", "solver")
-    tol = _setting("tol")
-    max_iter = _setting("max_iter")
-    anderson = _setting("anderson")
-    backward_tol = _setting("backward_tol")
-    backward_max_iter = _setting("backward_max_iter")
 
     def __init__(
         self,
@@ -156,7 +117,7 @@ class MonDEQ(nn.Module):
         self.forward_options = self.backward_options = SolverOptions()
         self._alpha = 1.0
         self.configure(
-            method=solver,
+            solver=solver,
             alpha=alpha,
             tol=tol,
             max_iter=max_iter,
@@ -168,7 +129,6 @@ class MonDEQ(nn.Module):
         self.gradient = get_gradient(gradient)
         self.fixed_points: FixedPointStore | None = None
         self.stats: SolverStats | None = None
-        self._lipschitz_cache: tuple[int, float] | None = None
 
     # -- settings -------------------------------------------------------------------------
     @property
@@ -178,12 +138,11 @@ class MonDEQ(nn.Module):
 
     @alpha.setter
     def alpha(self, value: float) -> None:
-        self._alpha = positive_finite("alpha", value)
+        self._alpha = POSITIVE.check("alpha", value)
 
     def configure(
         self,
         *,
-        method: str | SplittingMethod | None = None,
         solver: str | SplittingMethod | None = None,
         tol: float | None = None,
         max_iter: int | None = None,
@@ -194,29 +153,24 @@ class MonDEQ(nn.Module):
     ) -> None:
         """Change the solver settings for good; arguments left ``None`` keep their value.
 
-        ``solver`` is another name for ``method``. ``method`` and ``anderson`` apply to both
-        directions, ``tol`` and ``max_iter`` too unless ``backward_tol`` / ``backward_max_iter``
-        are given. Everything is validated before anything changes (``ValueError`` naming the
-        argument).
+        ``solver`` and ``anderson`` apply to both directions, ``tol`` and ``max_iter`` too unless
+        ``backward_tol`` / ``backward_max_iter`` are given. Everything is validated before anything
+        changes (``ValueError`` naming the argument).
         """
-        if method is not None and solver is not None:
-            raise TypeError("give method or solver (another name for it), not both")
-        method = solver if method is None else method
-        forward = self.forward_options
-        forward = replace(forward, **_given(method=method, tol=tol, max_iter=max_iter, anderson=anderson))
+        forward = replace(self.forward_options, **_given(solver=solver, tol=tol, max_iter=max_iter, anderson=anderson))
         try:
             backward = replace(
                 self.backward_options,
-                method=forward.method,
+                solver=forward.solver,
                 anderson=forward.anderson,
                 **_given(
                     tol=tol if backward_tol is None else backward_tol,
                     max_iter=max_iter if backward_max_iter is None else backward_max_iter,
                 ),
             )
-        except ValueError as error:  # tol or max_iter: name the argument given
-            raise ValueError(f"backward_{error}") from None
-        alpha = self._alpha if alpha is None else positive_finite("alpha", alpha)
+        except (ValueError, TypeError) as error:  # tol or max_iter: name the argument given
+            raise type(error)(f"backward_{error}") from None
+        alpha = self._alpha if alpha is None else POSITIVE.check("alpha", alpha)
         self.forward_options, self.backward_options, self._alpha = forward, backward, alpha
 
     @contextmanager
@@ -237,40 +191,17 @@ class MonDEQ(nn.Module):
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        state["_lipschitz_cache"] = None
         state["fixed_points"] = None  # training-run state, possibly gigabytes: not part of a copy
         return state
 
     def clear_cache(self) -> None:
-        """Drop the cached Lipschitz constant and the operator's cached maps (:meth:`MonotoneOperator.clear_cache`)."""
-        self._lipschitz_cache = None
+        """Drop the operator's cached maps (:meth:`MonotoneOperator.clear_cache`)."""
         self.linear.clear_cache()
 
-    # -- step size ------------------------------------------------------------------------
-    def lipschitz(self) -> float:
-        r""":math:`L = \|I - W\|_2` by power iteration, cached until ``m`` or a parameter's value changes."""
-        key = self.linear.generation()
-        if self._lipschitz_cache is None or self._lipschitz_cache[0] != key:
-            self._lipschitz_cache = (key, self.linear.lipschitz())
-        return self._lipschitz_cache[1]
-
     def step_size(self) -> float:
-        """The step size the solver will use: ``alpha``, clamped for forward-backward."""
-        if self.forward_options.solver.needs_resolvent:
-            return self.alpha
-        lipschitz = self.lipschitz()
-        bound = 2 * self.linear.m / lipschitz**2
-        if self.alpha < bound:
-            return self.alpha
-        message = (
-            f"forward-backward step size alpha={self.alpha:g} exceeds its convergence bound "
-            f"2m/L^2 = {bound:.4g} (m={self.linear.m:g}, L=||I-W||={lipschitz:.4g})"
-        )
-        if self.strict:
-            raise ValueError(message)
-        optimal = self.linear.m / lipschitz**2
-        warnings.warn(f"{message}; using alpha=m/L^2={optimal:.4g}", StepSizeWarning, stacklevel=3)
-        return optimal
+        """The step size the solver will use: ``alpha``, as the splitting method admits it
+        (:meth:`~mondeq.solvers.SplittingMethod.admissible_step`: forward-backward clamps it)."""
+        return self.forward_options.splitting.admissible_step(self.alpha, self.linear, self.strict)
 
     # -- forward --------------------------------------------------------------------------
     def check_input(self, x: Tensor) -> None:
@@ -292,7 +223,7 @@ class MonDEQ(nn.Module):
         self.check_input(x)
         alpha = self.step_size()
         options = self.forward_options
-        frozen = self.linear.frozen(alpha, with_resolvent=options.solver.needs_resolvent)
+        frozen = self.linear.frozen(alpha, with_resolvent=options.splitting.needs_resolvent)
         injection = self.linear.inject(x)
         differentiable = torch.is_grad_enabled() and injection.requires_grad
         selection = self.fixed_points.active() if self.fixed_points is not None and differentiable else None
@@ -372,25 +303,23 @@ class MonDEQ(nn.Module):
             alpha=frozen.alpha,
             resolvent=frozen.resolvent.solve if frozen.resolvent is not None else None,
         )
-        inner = frozen.resolvent.inner if frozen.resolvent is not None and options.solver.needs_resolvent else None
-        if inner is not None:  # an iterative resolvent: no more accurate than the outer tolerance needs;
-            # the splitting derives W z + b from the resolvent's output divided by alpha
-            scale = frozen.alpha / (1 + frozen.alpha)
-            inner.reset(tol=INNER_TOL_FRACTION * scale * options.tol, reduction=INNER_REDUCTION)
+        method, zero = options.splitting, torch.zeros_like(injection)
+        resolvent = frozen.resolvent if method.needs_resolvent else None
+        if resolvent is not None:  # an iterative resolvent sets its inner accuracy from the outer tolerance
+            resolvent.prepare(options.tol)
         accelerator = Anderson(options.anderson) if options.anderson else None
-        method, zero = options.solver, torch.zeros_like(injection)
         state = None
         if warm is not None:
             pre, rows = warm
             state = torch.where(rows[:, None], method.warm_state(problem, pre), method.init(problem, zero))
         result = solve(method, problem, zero, options.tol, options.max_iter, accelerator, state=state)
-        return result.z, SolveRecord.of(result, inner)
+        return result.z, SolveRecord.of(result, None if resolvent is None else resolvent.inner)
 
     def _check(self, record: SolveRecord, direction: str, options: SolverOptions) -> None:
         if record.converged:
             return
         message = (
-            f"monDEQ {direction} solve ({options.method}) "
+            f"monDEQ {direction} solve ({options.solver}) "
             f"{record.status.value}: relative residual {record.residual:.3e} > tol {options.tol:g} after "
             f"{record.iterations} iterations"
         )
@@ -400,6 +329,7 @@ class MonDEQ(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"solver={self.forward_options.method}, alpha={self.alpha}, tol={self.tol}, max_iter={self.max_iter}, "
-            f"anderson={self.anderson}, strict={self.strict}, gradient={self.gradient!r}"
+            f"solver={self.forward_options.solver}, alpha={self.alpha}, tol={self.forward_options.tol}, "
+            f"max_iter={self.forward_options.max_iter}, anderson={self.forward_options.anderson}, strict={self.strict}, "
+            f"gradient={self.gradient!r}"
         )

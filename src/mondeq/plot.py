@@ -87,7 +87,7 @@ def convergence_traces(layer, x: torch.Tensor, solvers=("fb", "pr", "dr"), tol: 
     """
     traces = {}
     for name in solvers:
-        with layer.options(method=name, tol=tol, max_iter=max_iter), ignore_convergence_warnings(), warnings.catch_warnings():
+        with layer.options(solver=name, tol=tol, max_iter=max_iter), ignore_convergence_warnings(), warnings.catch_warnings():
             warnings.simplefilter("ignore", StepSizeWarning)
             layer(x)
         stats = layer.stats
@@ -111,3 +111,41 @@ def plot_convergence(traces: dict, out: Path, title: str = "") -> Path:
     fig.tight_layout()
     save_figure(fig, out)
     return out
+
+
+def plot_run(
+    run: str | Path,
+    out: str | Path | None = None,
+    batch_size: int = 128,
+    tol: float = 1e-6,
+    max_iter: int = 300,
+    data_dir: str | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[list[Path], list[str]]:
+    """The plots of a run folder, written to ``out`` (default ``RUN/plots``): training curves (from
+    ``metrics.csv``), certified accuracy (from ``certify.json``) and the FB / PR / DR convergence of
+    the forward solve on a test batch. Returns the files written and notes on what is missing (a
+    run stopped before its first epoch ended has no curves yet)."""
+    from .data import Batches
+    from .files import output_dir
+    from .models import equilibrium_input, load_model, model_label, run_position, test_set_of
+
+    run = Path(run)
+    model, meta = load_model(run, device)  # before anything is written: a missing run leaves nothing behind
+    folder = output_dir(Path(out) if out else run / "plots")
+    written, notes = [], []
+    position = run_position(meta)
+    if position:
+        notes.append(position)
+    if (run / "metrics.csv").is_file():
+        written.append(plot_training_curves(run / "metrics.csv", folder / "training_curves.png"))
+    else:
+        notes.append("no training curves: metrics.csv is written when the first epoch ends")
+    if (run / "certify.json").is_file():
+        written.append(plot_certified(run / "certify.json", folder / "certified_accuracy.png"))
+    test = test_set_of(meta, data_dir)
+    x, _ = next(iter(Batches(test, batch_size, device=device)))
+    traces = convergence_traces(model.layer, equilibrium_input(model, x), tol=tol, max_iter=max_iter)
+    title = f"{model_label(meta['model'])} on {meta['train']['dataset']}, batch of {len(x)}"
+    written.append(plot_convergence(traces, folder / "convergence.png", title))
+    return written, notes

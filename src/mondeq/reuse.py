@@ -28,6 +28,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from .validation import POSITIVE_INT
+
 __all__ = ["DIRECTIONS", "FixedPointStore"]
 
 #: What can be reused: the equilibrium solve's pre-activation and the implicit backward solve's.
@@ -60,9 +62,7 @@ class FixedPointStore:
         dtype: torch.dtype = torch.bfloat16,
         device: str | torch.device = "cpu",
     ) -> None:
-        if examples < 1 or features < 1:
-            raise ValueError(f"examples and features must be >= 1, got {examples} and {features}")
-        self.examples, self.features = int(examples), int(features)
+        self.examples, self.features = POSITIVE_INT.check("examples", examples), POSITIVE_INT.check("features", features)
         self.directions = DIRECTIONS if backward else DIRECTIONS[:1]
         per_example = features * torch.finfo(dtype).bits // 8 * len(self.directions)
         self.capacity = self.examples if max_bytes is None else min(self.examples, int(max_bytes) // per_example)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -214,4 +215,41 @@ def evaluate_robustness(
         "certified_accuracy": [c / n for c in certified],
         "pgd_accuracy": [r / n for r in robust] if pgd_steps else None,
         "pgd_steps": pgd_steps,
+    }
+
+
+def certify_checkpoint(
+    path: str | Path,
+    eps: list[float],
+    limit: int | None = 1000,
+    pgd_steps: int = 20,
+    batch_size: int = 250,
+    tol: float = 1e-4,
+    data_dir: str | None = None,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """The robustness report of a preset classifier's checkpoint on the first ``limit`` test images:
+    its Lipschitz bound (``m``, ``input_norm``, ``readout_norm``, ``lipschitz_equilibrium``,
+    ``lipschitz_logits``) and :func:`evaluate_robustness`'s clean, certified and PGD accuracy at each
+    radius, the equilibrium solved to ``tol`` (margins of the true equilibrium)."""
+    from .errors import ConfigError
+    from .models import load_model, test_set_of
+
+    model, meta = load_model(path, device)
+    if not isinstance(model, MonDEQClassifier):
+        raise ConfigError(
+            f"certify needs a preset model (fc, single-conv, multi-conv), not {meta['model'].get('entry_point')!r}: "
+            "its bound ||R|| ||U|| / m holds for an equilibrium read out by one linear map"
+        )
+    model.layer.configure(tol=tol)
+    bound = lipschitz_bound(model)
+    test = test_set_of(meta, data_dir, limit)
+    robustness = evaluate_robustness(model, test, eps, bound.logits, pgd_steps, batch_size, device)
+    return {
+        "m": bound.m,
+        "input_norm": bound.input_norm,
+        "readout_norm": bound.readout_norm,
+        "lipschitz_equilibrium": bound.equilibrium,
+        "lipschitz_logits": bound.logits,
+        **robustness,
     }

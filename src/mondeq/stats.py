@@ -2,7 +2,6 @@ r"""What a :class:`~mondeq.MonDEQ` call measured: one record per solve direction
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 from .solvers import SolverResult, Status
@@ -55,21 +54,6 @@ class SolveRecord:
         )
 
 
-def _flat(direction: str, key: str) -> property:
-    """Deprecated read-only ``stats.<direction>_<key>``: ``stats.<direction>.<key>``."""
-
-    def get(self: SolverStats) -> object:
-        warnings.warn(
-            f"SolverStats.{direction}_{key} is deprecated; use stats.{direction}.{key}", DeprecationWarning, stacklevel=2
-        )
-        record = getattr(self, direction)
-        if record is None:
-            return [] if key in ("residuals", "times") else None
-        return getattr(record, key)
-
-    return property(get, doc=f"Deprecated: ``stats.{direction}.{key}``.")
-
-
 @dataclass
 class SolverStats:
     """Statistics of the last call of a :class:`~mondeq.MonDEQ`.
@@ -91,16 +75,3 @@ class SolverStats:
             for key in ("iterations", "residual", "seconds", "converged"):
                 out[f"{direction}_{key}"] = None if record is None else getattr(record, key)
         return out
-
-    forward_iterations = _flat("forward", "iterations")
-    forward_residual = _flat("forward", "residual")
-    forward_seconds = _flat("forward", "seconds")
-    forward_converged = _flat("forward", "converged")
-    forward_residuals = _flat("forward", "residuals")
-    forward_times = _flat("forward", "times")
-    backward_iterations = _flat("backward", "iterations")
-    backward_residual = _flat("backward", "residual")
-    backward_seconds = _flat("backward", "seconds")
-    backward_converged = _flat("backward", "converged")
-    backward_residuals = _flat("backward", "residuals")
-    backward_times = _flat("backward", "times")

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from .. import plot
-from ..data import DATASETS, DataError, ImageDataset, load_dataset
+from ..data import DATASETS, ImageDataset, load_dataset
+from ..errors import DataError
 from ..models import ModelConfig, MonDEQClassifier, load_model, preset_config
 
 KINDS = ("fc", "single-conv", "multi-conv")

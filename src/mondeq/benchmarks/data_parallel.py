@@ -14,7 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..data import DataError, load_dataset, write_synthetic_mnist
+from ..data import load_dataset, write_synthetic_mnist
+from ..errors import DataError
 from . import Section
 
 

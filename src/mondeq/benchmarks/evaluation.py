@@ -13,9 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError
-from ..data import DataError, ImageDataset, load_dataset
-from ..errors import ignore_convergence_warnings
+from ..data import ImageDataset, load_dataset
+from ..errors import CheckpointError, DataError, ignore_convergence_warnings
 from ..models import MonDEQClassifier, load_model, preset_config
 from ..train import RECIPES, TrainConfig, evaluate
 from . import Section

@@ -49,7 +49,7 @@ def child(mode: str, iterations: int, tiny: bool) -> dict:
                     logits = model(x)
             else:
                 injection = op.inject(x)
-                alpha = 0.5 * op.m / layer.lipschitz() ** 2
+                alpha = 0.5 * op.m / op.lipschitz() ** 2
                 z = torch.zeros_like(injection)
                 for _ in range(iterations):
                     z = torch.relu((1 - alpha) * z + alpha * (op.multiply(z) + injection))
@@ -57,7 +57,7 @@ def child(mode: str, iterations: int, tiny: bool) -> dict:
             loss = F.cross_entropy(logits, y)
         loss.backward()
 
-    layer.lipschitz()
+    op.lipschitz()
     before = reset_peak_rss()
     step()
     return {"mode": mode, "iterations": iterations, "peak_growth_mb": (peak_rss() - before) / 1024, "saved_mb": saved / 2**20}

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Batches, DataError, ImageDataset, load_dataset
-from ..errors import ignore_convergence_warnings
+from ..data import Batches, ImageDataset, load_dataset
+from ..errors import DataError, ignore_convergence_warnings
 from ..models import MonDEQClassifier, preset_config
 from . import Section
 from .common import Scale, batch, model_at, pyplot, save_figure, synthetic_images

@@ -18,7 +18,8 @@ NOTES = "benchmark-notes.md"
 
 
 def load_notes(path: Path, names: list[str]) -> dict[str, str]:
-    """Hand-written analysis per section: ``### NAME`` headings in ``path``, each followed by its text."""
+    """Hand-written analysis per section: ``### NAME`` headings in ``path``, each followed by its text
+    (its first paragraph: the section's takeaway)."""
     notes: dict[str, str] = {}
     if not path.is_file():
         return notes
@@ -69,11 +70,17 @@ def run_all(names: list[str] | None = None, tiny: bool = False, out: Path = Path
 
 
 def _section_text(name: str, section: Section, result: dict, figures: Path, notes: dict) -> list[str]:
-    lines = [f"## {section.title}", "", section.markdown(result), ""]
+    """A section on its page: the takeaway (the notes' first paragraph), the table, the plots, and a
+    link to the rest of the analysis on the notes page."""
+    takeaway, _, details = notes.get(name, "").partition("\n\n")
+    lines = [f"## {section.title}", ""]
+    if takeaway:
+        lines += [f"**{takeaway.strip()}**", ""]
+    lines += [section.markdown(result), ""]
     for png in sorted(figures.glob(f"{name.split('_')[0]}*.png")):
         lines.append(f"![{png.stem}]({figures.name}/{png.name})")
-    if name in notes:
-        lines += ["", "**Targets and analysis.** " + notes[name]]
+    if details.strip():
+        lines += ["", f"Targets, analysis and the search: [benchmark notes]({NOTES}#{name})."]
     if "_seconds" in result:
         lines += ["", f"_Section ran in {result['_seconds']:.0f} s._"]
     return [*lines, ""]

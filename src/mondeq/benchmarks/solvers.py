@@ -39,7 +39,7 @@ def run(tiny: bool = False, max_iter: int | None = None) -> dict:
             layer = model.layer
             for method, anderson in METHODS:
                 model.zero_grad()
-                options = layer.options(method=method, anderson=anderson, tol=min(LEVELS), max_iter=max_iter)
+                options = layer.options(solver=method, anderson=anderson, tol=min(LEVELS), max_iter=max_iter)
                 with options, ignore_convergence_warnings(), warnings.catch_warnings():
                     warnings.simplefilter("ignore", StepSizeWarning)  # FB runs at its safe step m / L^2
                     loss = F.cross_entropy(model(x), y)

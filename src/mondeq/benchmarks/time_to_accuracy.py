@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Batches, DataError, ImageDataset, load_dataset
-from ..errors import ignore_convergence_warnings
+from ..data import Batches, ImageDataset, load_dataset
+from ..errors import DataError, ignore_convergence_warnings
 from ..models import MonDEQClassifier, preset_config
 from ..reuse import FixedPointStore
 from ..train import RECIPES, TrainConfig, learning_rate, make_optimizer, tune_alpha
@@ -166,7 +166,9 @@ def markdown(result: dict) -> str:
         points = curve["points"]
         seconds, half = points[len(points) // 2 - 1] if len(points) > 1 else points[0]
         final = curve.get("final", points[-1][1])
-        lines.append(f"| {name} | {curve['parameters']:,} | {100 * half:.2f}% ({seconds / 60:.1f} min) | **{100 * final:.2f}%** |")
+        lines.append(
+            f"| {name} | {curve['parameters']:,} | {100 * half:.2f}% ({seconds / 60:.1f} min) | **{100 * final:.2f}%** |"
+        )
     if result.get("recipe_run"):
         seconds, final = result["recipe_run"][-1]
         lines += ["", f"Full `{RECIPE}` run: {100 * final:.2f}% after {seconds / 60:.1f} minutes, evaluations included."]

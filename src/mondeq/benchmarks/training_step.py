@@ -98,7 +98,7 @@ def reference_pr(op, injection: Tensor, prox, resolvent, alpha, tol, max_iter, t
 def reference_forward(model, x: Tensor) -> Tensor:
     """The classifier's forward pass with the reference-style equilibrium layer (ReLU)."""
     layer, op = model.layer, model.layer.linear
-    alpha, tol, max_iter = layer.alpha, layer.tol, layer.max_iter
+    alpha, tol, max_iter = layer.alpha, layer.forward_options.tol, layer.forward_options.max_iter
     injection = op.inject(x)
     with torch.no_grad():
         resolvent = ReferenceStyleResolvent(op, alpha)

@@ -14,8 +14,6 @@ views, as in lineax: ``weights.T``, ``resolvent.T`` and ``frozen.T`` describe :m
 from __future__ import annotations
 
 import itertools
-import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -24,20 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from ..linalg import largest_singular_value
+from ..validation import POSITIVE
 
-__all__ = ["MonotoneOperator", "Resolvent", "FrozenOperator", "positive_int"]
+__all__ = ["MonotoneOperator", "Resolvent", "FrozenOperator"]
 
 #: Source of cache generations: unique across all operators of the process.
 _generations = itertools.count(1)
-
-
-def positive_int(name: str, value: object) -> int:
-    """``value`` as an ``int`` if it is a positive integer; else ``TypeError`` / ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return int(value)
 
 
 class Resolvent:
@@ -45,8 +35,8 @@ class Resolvent:
 
     Built from both directions, so that a transposed view shares whatever either direction
     materialises lazily (e.g. adjoint factors). An iterative resolvent carries ``inner``, the
-    statistics and tolerance of its inner solves (e.g. :class:`~mondeq.operators.KrylovStats`),
-    which the layer sets before each equilibrium solve and reports in its stats.
+    statistics and tolerance of its inner solves (e.g. :class:`~mondeq.operators.KrylovStats`):
+    :meth:`prepare` sets that tolerance before each equilibrium solve, the layer reports the statistics.
     """
 
     def __init__(self, solve: Callable[[Tensor], Tensor], solve_transpose: Callable[[Tensor], Tensor], inner: Any | None = None):
@@ -57,6 +47,13 @@ class Resolvent:
     def solve(self, y: Tensor) -> Tensor:
         r""":math:`(I + \alpha(I - W))^{-1} y` for flat ``y`` of shape ``(batch, features)``."""
         return self._solve(y)
+
+    def prepare(self, outer_tol: float) -> None:
+        """Called before each splitting solve that uses this resolvent, with that solve's tolerance:
+        an iterative resolvent decides from it how accurate its inner solves must be (``inner.prepare``);
+        an exact one has nothing to do."""
+        if self.inner is not None:
+            self.inner.prepare(outer_tol)
 
     @property
     def T(self) -> Resolvent:
@@ -133,19 +130,16 @@ class MonotoneOperator(nn.Module):
         self.m = m
         self._snapshot: _Snapshot | None = None
         self._frozen_cache: tuple[tuple[int, float, bool], FrozenOperator] | None = None
+        self._lipschitz_cache: tuple[int, float] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "m":
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"monotonicity parameter m must be a real number, got {type(value).__name__}")
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"monotonicity parameter m must be > 0 and finite, got {value!r}")
-            value = float(value)
+            value = POSITIVE.check("monotonicity parameter m", value)
         super().__setattr__(name, value)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        state.update(_snapshot=None, _frozen_cache=None)  # closures and stale copies
+        state.update(_snapshot=None, _frozen_cache=None, _lipschitz_cache=None)  # closures and stale copies
         return state
 
     # -- to implement -------------------------------------------------------------------
@@ -236,6 +230,7 @@ class MonotoneOperator(nn.Module):
         """Drop the cached :meth:`frozen` maps; the next call rebuilds them from the parameters."""
         self._snapshot = None
         self._frozen_cache = None
+        self._lipschitz_cache = None
 
     def frozen(self, alpha: float, with_resolvent: bool = True) -> FrozenOperator:
         r"""Detached maps of :math:`W` (``.T``: of :math:`W^\top`), cached until ``m`` or a parameter's value changes."""
@@ -251,7 +246,14 @@ class MonotoneOperator(nn.Module):
         self._frozen_cache = (key, frozen)
         return frozen
 
-    def lipschitz(self, iterations: int = 50) -> float:
+    def lipschitz(self) -> float:
+        r""":math:`L = \|I - W\|_2` (:meth:`estimate_lipschitz`), cached until ``m`` or a parameter's value changes."""
+        key = self.generation()
+        if self._lipschitz_cache is None or self._lipschitz_cache[0] != key:
+            self._lipschitz_cache = (key, self.estimate_lipschitz())
+        return self._lipschitz_cache[1]
+
+    def estimate_lipschitz(self, iterations: int = 50) -> float:
         r"""Estimate :math:`L = \|I - W\|_2` by power iteration on :math:`(I-W)^\top(I-W)`."""
         with torch.no_grad():  # not through frozen(): that would evict the solver's cached maps
             weights = self.weights()

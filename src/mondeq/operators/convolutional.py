@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import MonotoneOperator, Resolvent, positive_int
+from ..validation import POSITIVE_INT
+from .base import MonotoneOperator, Resolvent
 
 __all__ = ["MultiConv", "SingleConv"]
 
@@ -220,27 +221,27 @@ class MultiConv(MonotoneOperator):
         stride: int = 1,
     ) -> None:
         super().__init__(m)
-        in_channels = positive_int("in_channels", in_channels)
+        in_channels = POSITIVE_INT.check("in_channels", in_channels)
         if not isinstance(channels, (tuple, list)):
             raise TypeError(f"channels must be a tuple or list of channels per tier, got {channels!r}")
         if not channels:
             raise ValueError("channels must name at least one tier, got an empty sequence")
-        channels = tuple(positive_int(f"channels[{i}]", c) for i, c in enumerate(channels))
+        channels = tuple(POSITIVE_INT.check(f"channels[{i}]", c) for i, c in enumerate(channels))
         shape = image_size if isinstance(image_size, (tuple, list)) else (image_size, image_size)
         if not 1 <= len(shape) <= 3:
             raise ValueError(
                 "image_size must be a side (square image), (length,), (height, width) or (depth, height, width), "
                 f"got {image_size!r}"
             )
-        shape = tuple(positive_int("image_size", side) for side in shape)
+        shape = tuple(POSITIVE_INT.check("image_size", side) for side in shape)
         if len(shape) != 2 and len(channels) > 1:
             raise ValueError(
                 f"{len(channels)} tiers need 2-D images, but image_size {image_size!r} has {len(shape)} dimension(s): "
                 "use one tier (SingleConv) for 1-D and 3-D signals"
             )
-        if positive_int("kernel_size", kernel_size) % 2 != 1:
+        if POSITIVE_INT.check("kernel_size", kernel_size) % 2 != 1:
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
-        stride = positive_int("stride", stride)
+        stride = POSITIVE_INT.check("stride", stride)
 
         def named(size: tuple[int, ...]) -> str:
             return str(size[0]) if len(set(size)) == 1 else "x".join(map(str, size))
@@ -493,7 +494,7 @@ class SingleConv(MultiConv):
         stride: int = 1,
     ) -> None:
         super().__init__(
-            in_channels, (positive_int("channels", channels),), image_size, kernel_size=kernel_size, m=m, stride=stride
+            in_channels, (POSITIVE_INT.check("channels", channels),), image_size, kernel_size=kernel_size, m=m, stride=stride
         )
 
     def unflatten(self, z: Tensor) -> Tensor:  # type: ignore[override]

@@ -26,11 +26,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .base import MonotoneOperator, Resolvent, positive_int
+from ..validation import POSITIVE_INT
+from .base import MonotoneOperator, Resolvent
 
 __all__ = ["Monotone", "KrylovStats", "gmres"]
 
 Map = Callable[[Tensor], Tensor]
+
+#: The inner GMRES of a resolvent stops at this fraction of the outer splitting's tolerance (scaled
+#: by alpha / (1 + alpha)), or once it reduced its warm start's residual by :data:`INNER_REDUCTION`.
+INNER_TOL_FRACTION = 0.1
+INNER_REDUCTION = 0.1
 
 
 @dataclass
@@ -49,6 +55,7 @@ class KrylovStats:
 
     tol: float = 1e-6
     reduction: float = 0.0
+    alpha: float = 1.0  # the resolvent's step size
     applications: int = 0
     iterations: int = 0
     residual: float = 0.0
@@ -58,6 +65,17 @@ class KrylovStats:
         self.reduction = self.reduction if reduction is None else reduction
         self.applications = self.iterations = 0
         self.residual = 0.0
+
+    def prepare(self, outer_tol: float) -> None:
+        r"""Before an outer splitting solve to ``outer_tol``: inner solves no more accurate than it needs.
+
+        The splitting derives :math:`Wz + b` from the resolvent's output divided by :math:`\alpha`,
+        so the inner tolerance is :data:`INNER_TOL_FRACTION` of ``outer_tol`` scaled by
+        :math:`\alpha / (1 + \alpha)`, or a reduction of the warm start's residual by
+        :data:`INNER_REDUCTION`: warm starts track the outer iterates, so the outer splitting
+        converges to its tolerance even though each inner solve is loose.
+        """
+        self.reset(tol=INNER_TOL_FRACTION * self.alpha / (1 + self.alpha) * outer_tol, reduction=INNER_REDUCTION)
 
 
 def gmres(
@@ -169,8 +187,8 @@ class Monotone(MonotoneOperator):
         self.features = math.prod(self.hidden_shape)
         self.A, self.B, self.injection = A, B, injection
         self.A_T, self.B_T = A_T, B_T
-        self.restart = positive_int("restart", restart)
-        self.max_iter = positive_int("max_iter", max_iter)
+        self.restart = POSITIVE_INT.check("restart", restart)
+        self.max_iter = POSITIVE_INT.check("max_iter", max_iter)
         if next(self.parameters(), None) is None:
             raise ValueError("Monotone needs at least one nn.Module with parameters among A, B and injection")
         self.check_maps()
@@ -267,7 +285,7 @@ class Monotone(MonotoneOperator):
         return self.flatten((1 - self.m) * hidden - adjoint + skew * bz)
 
     def build_resolvent(self, weights: _MapWeights, alpha: float) -> Resolvent:
-        stats = KrylovStats(tol=1e-12 if self._dtype() == torch.float64 else 1e-6)
+        stats = KrylovStats(tol=1e-12 if self._dtype() == torch.float64 else 1e-6, alpha=alpha)
         starts: dict[tuple[int, int], Tensor] = {}  # warm starts by (skew sign, batch size)
 
         def solver(w: _MapWeights) -> Callable[[Tensor], Tensor]:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -94,6 +95,12 @@ class SplittingMethod:
     def init(self, problem: SplittingProblem, z0: Tensor) -> Tensor:
         """The initial state for the initial iterate ``z0``."""
         return z0
+
+    def admissible_step(self, alpha: float, operator: Any, strict: bool = False) -> float:
+        """The step size this method uses for ``alpha`` on ``operator`` (a
+        :class:`~mondeq.operators.MonotoneOperator`): ``alpha`` itself for methods that converge for
+        every :math:`\alpha > 0`."""
+        return alpha
 
     def warm_state(self, problem: SplittingProblem, pre: Tensor) -> Tensor:
         r"""The state whose estimate is :math:`\sigma(p)` for a pre-activation estimate :math:`p \approx Wz^\star + b`:

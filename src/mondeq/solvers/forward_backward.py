@@ -2,9 +2,13 @@ r"""Forward-backward splitting."""
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from ..errors import StepSizeWarning
 from .base import SplittingMethod, SplittingProblem
 
 
@@ -22,6 +26,24 @@ class ForwardBackward(SplittingMethod):
 
     name = "fb"
     long_name = "forward-backward"
+
+    def admissible_step(self, alpha: float, operator: Any, strict: bool = False) -> float:
+        """``alpha`` below the convergence bound :math:`2m/L^2`; above it, :math:`m/L^2` with a
+        :class:`~mondeq.errors.StepSizeWarning` (a ``ValueError`` if ``strict``). :math:`L` is the
+        operator's cached :meth:`~mondeq.operators.MonotoneOperator.lipschitz`."""
+        lipschitz = operator.lipschitz()
+        bound = 2 * operator.m / lipschitz**2
+        if alpha < bound:
+            return alpha
+        message = (
+            f"forward-backward step size alpha={alpha:g} exceeds its convergence bound "
+            f"2m/L^2 = {bound:.4g} (m={operator.m:g}, L=||I-W||={lipschitz:.4g})"
+        )
+        if strict:
+            raise ValueError(message)
+        optimal = operator.m / lipschitz**2
+        warnings.warn(f"{message}; using alpha=m/L^2={optimal:.4g}", StepSizeWarning, stacklevel=4)
+        return optimal
 
     def step(self, problem: SplittingProblem, state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         pre = problem.multiply(state) + problem.injection

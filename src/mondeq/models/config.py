@@ -1,0 +1,163 @@
+"""What a classifier is made of: :class:`ModelConfig` (each option a field: the flags follow), the
+presets of each kind per data set, and which options a kind takes."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+
+from ..activations import ACTIVATIONS
+from ..errors import ConfigError
+from ..gradients import GRADIENTS, Adjoint, get_gradient
+from ..solvers import SOLVERS
+from ..validation import check_options, option, options_of
+from .entry_point import EntryPointConfig
+from .kinds import KINDS
+
+__all__ = ["READOUTS", "ModelConfig", "model_config_from_dict", "model_options", "option_applies", "preset_config"]
+
+#: What multi-conv's readout sees: the coarsest tier, or every tier average-pooled to its size.
+READOUTS = ("last", "all")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a classifier (stored in checkpoints as JSON).
+
+    ``kind`` and the data set's shape (``in_channels``, ``image_size``, ``num_classes``) are fixed
+    by the run; every field with option metadata is a ``mondeq train`` flag of the same name.
+    """
+
+    kind: str
+    in_channels: int
+    image_size: int
+    num_classes: int
+    width: int = field(default=87, metadata=option("hidden units of the fc model", "positive_int"))
+    channels: list[int] = field(
+        default_factory=lambda: [54], metadata=option("channels (one per tier for multi-conv)", "positive_int", nargs="+")
+    )
+    kernel_size: int = field(
+        default=3, metadata=option("odd kernel size of the conv models' convolutions (preset 3)", "positive_int")
+    )
+    pool: int = field(default=4, metadata=option("average pooling of the single-conv readout (preset 4)", "positive_int"))
+    stride: int = field(
+        default=1, metadata=option("stride of the conv models' input injection: 2 halves the equilibrium's side", "positive_int")
+    )
+    readout: str = field(
+        default="last",
+        metadata=option(
+            "multi-conv's readout: the coarsest tier (preset last) or all tiers pooled to its size", "choice", choices=READOUTS
+        ),
+    )
+    m: float = field(default=1.0, metadata=option("monotonicity margin m > 0 (preset 1.0)", "positive"))
+    activation: str = field(default="relu", metadata=option("proximal activation (preset relu)", "choice", choices=ACTIVATIONS))
+    solver: str = field(default="pr", metadata=option("splitting method (preset pr)", "choice", choices=SOLVERS))
+    alpha: float = field(default=1.0, metadata=option("splitting step size (preset 1.0, then tuned)", "positive"))
+    tol: float = field(default=1e-2, metadata=option("relative residual tolerance, in (0, 1) (preset 1e-2)", "tolerance"))
+    max_iter: int = field(default=300, metadata=option("solver iteration cap (preset 300)", "positive_int"))
+    anderson: int = field(default=0, metadata=option("Anderson acceleration memory (0: off)", "count"))
+    gradient: str = field(
+        default="implicit",
+        metadata=option(
+            "how gradients are computed: implicit (exact, a backward solve), phantom (damped unrolled steps), "
+            "jacobian-free (one step, no backward solve)",
+            "choice",
+            choices=GRADIENTS,
+        ),
+    )
+    phantom_steps: int = field(default=5, metadata=option("unrolled steps of --gradient phantom (default 5)", "positive_int"))
+    phantom_damping: float = field(
+        default=0.5, metadata=option("damping of --gradient phantom's steps, in (0, 1] (default 0.5)", "damping")
+    )
+    #: Spectral bound on the input injection U (None: unconstrained); see :class:`SpectralBound`.
+    input_norm: float | None = field(
+        default=None,
+        metadata=option(
+            "keep ||U|| <= C (spectral normalisation); with a large --m it lowers the bound ||R|| ||U|| / m",
+            "positive",
+            metavar="C",
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"unknown model {self.kind!r}; choose one of {list(KINDS)}")
+        check_options(self)
+        defaults = {f.name: f.default for f in fields(self)}
+        if self.gradient != "phantom" and any(getattr(self, k) != defaults[k] for k in ("phantom_steps", "phantom_damping")):
+            raise ConfigError(f"phantom_steps and phantom_damping set --gradient phantom; the gradient is {self.gradient!r}")
+
+    def adjoint(self) -> Adjoint:
+        """The :class:`~mondeq.gradients.Adjoint` that :attr:`gradient` (and the phantom settings) name."""
+        phantom = {"steps": self.phantom_steps, "damping": self.phantom_damping}
+        return get_gradient(self.gradient, **(phantom if self.gradient == "phantom" else {}))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+def model_options() -> list[Field]:
+    """The fields of :class:`ModelConfig` that a user may set (each a ``mondeq train`` flag)."""
+    return options_of(ModelConfig)
+
+
+#: Options that only some model kinds use (the kinds, and how an error names them): refused with
+#: any other kind unless left at their default.
+_KIND_SPECIFIC_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "width": (("fc",), "fc"),
+    "channels": (("single-conv", "multi-conv"), "the convolutional models"),
+    "stride": (("single-conv", "multi-conv"), "the convolutional models"),
+    "kernel_size": (("single-conv", "multi-conv"), "the convolutional models"),
+    "pool": (("single-conv",), "single-conv"),
+    "readout": (("multi-conv",), "multi-conv"),
+}
+
+
+def option_applies(name: str, kind: str) -> bool:
+    """Whether model option ``name`` means anything for the preset ``kind``."""
+    return kind in _KIND_SPECIFIC_OPTIONS.get(name, (KINDS, ""))[0]
+
+
+def preset_config(kind: str, dataset: str, in_channels: int, image_size: int, num_classes: int, **overrides) -> ModelConfig:
+    """The paper's configuration of ``kind`` for ``dataset``, with ``overrides`` (``None`` ignored)."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown model {kind!r}; choose one of {list(KINDS)}")
+    size = KINDS[kind].sizes.get(dataset, KINDS[kind].sizes["mnist"])
+    sized = {"width": size} if kind == "fc" else {"channels": [size] if isinstance(size, int) else list(size)}
+    known = {f.name for f in fields(ModelConfig)}
+    for key in overrides:
+        if key not in known:
+            raise ConfigError(f"unknown model option {key!r}")
+    given = {k: (list(v) if k == "channels" else v) for k, v in overrides.items() if v is not None}
+    config = ModelConfig(kind=kind, in_channels=in_channels, image_size=image_size, num_classes=num_classes, **{**sized, **given})
+    defaults = {f.name: f.default_factory() if f.default is MISSING else f.default for f in model_options()}
+    for name, (kinds, described) in _KIND_SPECIFIC_OPTIONS.items():
+        value = getattr(config, name)
+        if kind not in kinds and value != defaults[name]:
+            raise ConfigError(f"{name.replace('_', ' ')} {value!r} applies to {described}, not {kind}")
+    if kind == "single-conv" and len(config.channels) != 1:
+        raise ConfigError(f"single-conv takes one channel count, got {config.channels}")
+    side = image_size // config.stride
+    if kind == "single-conv" and image_size % config.stride == 0 and side % config.pool:
+        raise ConfigError(
+            f"pool {config.pool} must divide the equilibrium's side {side} (image {image_size} / stride {config.stride})"
+        )
+    return config
+
+
+def model_config_from_dict(data: dict) -> ModelConfig | EntryPointConfig:
+    """A checkpoint's ``model`` entry: a preset's :class:`ModelConfig` or an :class:`EntryPointConfig`
+    (unknown keys are refused; fields added later take their defaults)."""
+    if "entry_point" not in data:
+        return ModelConfig.from_dict(data)
+    unknown = set(data) - {f.name for f in fields(EntryPointConfig)}
+    if unknown:
+        raise ConfigError(f"unknown model config keys: {sorted(unknown)}")
+    return EntryPointConfig(**data)

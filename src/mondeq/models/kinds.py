@@ -1,0 +1,63 @@
+"""The classifier kinds: each a monotone operator, how its equilibrium is pooled for the readout, and
+the paper's hidden size per data set. Adding a kind is one entry of :data:`KINDS`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..operators import FullyConnected, MonotoneOperator, MultiConv, SingleConv
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
+
+__all__ = ["KINDS", "MODEL_KINDS", "ClassifierKind", "pool_tiers"]
+
+
+@dataclass(frozen=True)
+class ClassifierKind:
+    """A model kind: its monotone operator, how the equilibrium is pooled for the readout, and the
+    paper's hidden size per data set (``width`` for fc, ``channels`` otherwise)."""
+
+    operator: Callable[[ModelConfig], MonotoneOperator]
+    pool: Callable[[ModelConfig, Tensor | tuple[Tensor, ...]], Tensor]
+    sizes: dict[str, int | tuple[int, ...]]
+
+
+KINDS: dict[str, ClassifierKind] = {
+    "fc": ClassifierKind(
+        operator=lambda c: FullyConnected(c.in_channels * c.image_size**2, c.width, m=c.m),
+        pool=lambda c, z: z,
+        sizes={"mnist": 87, "fashion-mnist": 87, "cifar10": 200, "svhn": 200},
+    ),
+    "single-conv": ClassifierKind(
+        operator=lambda c: SingleConv(
+            c.in_channels, c.channels[0], c.image_size, kernel_size=c.kernel_size, m=c.m, stride=c.stride
+        ),
+        pool=lambda c, z: F.avg_pool2d(z, c.pool),
+        sizes={"mnist": 54, "fashion-mnist": 54, "cifar10": 81, "svhn": 81},
+    ),
+    "multi-conv": ClassifierKind(
+        operator=lambda c: MultiConv(
+            c.in_channels, tuple(c.channels), c.image_size, kernel_size=c.kernel_size, m=c.m, stride=c.stride
+        ),
+        pool=lambda c, z: pool_tiers(z, c.readout),
+        sizes={"mnist": (16, 32, 32), "fashion-mnist": (16, 32, 32), "cifar10": (16, 32, 60), "svhn": (16, 32, 60)},
+    ),
+}
+MODEL_KINDS = tuple(KINDS)
+
+
+def pool_tiers(tiers: tuple[Tensor, ...], readout: str) -> Tensor:
+    r"""Multi-conv's readout input: the coarsest tier :math:`(N, c_L, s_L, s_L)` (``"last"``), or every
+    tier :math:`i` average-pooled by :math:`2^{L-i}` to that size and stacked along the channels,
+    :math:`(N, \sum_i c_i, s_L, s_L)` (``"all"``)."""
+    if readout == "last":
+        return tiers[-1]
+    last = len(tiers) - 1
+    return torch.cat([F.avg_pool2d(t, 2 ** (last - i)) if i < last else t for i, t in enumerate(tiers)], dim=1)

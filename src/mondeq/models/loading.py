@@ -1,0 +1,98 @@
+"""Building a classifier from its configuration, and loading one from a checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import load_checkpoint, require
+from ..devices import resolve_device
+from ..errors import CheckpointError, ConfigError, first_line
+from .classifier import MonDEQClassifier
+from .config import ModelConfig, model_config_from_dict
+from .entry_point import EntryPointConfig, EntryPointModel
+
+__all__ = ["build_model", "equilibrium_input", "load_model", "model_label", "run_position", "test_set_of"]
+
+
+def model_label(config: dict) -> str:
+    """How a checkpoint's ``model`` entry is named in reports: the preset or the entry point."""
+    return config.get("kind") or config.get("entry_point", "?")
+
+
+def build_model(config: ModelConfig | EntryPointConfig) -> MonDEQClassifier | EntryPointModel:
+    """The classifier a configuration describes: a preset's or the user's."""
+    return EntryPointModel(config) if isinstance(config, EntryPointConfig) else MonDEQClassifier(config)
+
+
+class _Reached(Exception):
+    """Raised by :func:`equilibrium_input`'s hook to stop the model at its monDEQ layer."""
+
+    def __init__(self, value: Tensor) -> None:
+        super().__init__()
+        self.value = value
+
+
+@torch.no_grad()
+def equilibrium_input(model: nn.Module, x: Tensor) -> Tensor:
+    """What ``model.layer`` receives when ``model`` runs on ``x`` in evaluation mode (``x`` itself
+    for the presets; the output of a user model's stem). The model stops there; its mode is restored."""
+
+    def reached(module: nn.Module, args: tuple) -> None:
+        raise _Reached(args[0])
+
+    handle = model.layer.register_forward_pre_hook(reached)
+    training = model.training
+    model.eval()
+    try:
+        model(x)
+    except _Reached as stop:
+        return stop.value
+    finally:
+        handle.remove()
+        model.train(training)
+    raise ConfigError(f"{type(model).__name__} did not call its monDEQ layer on an input batch")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MonDEQClassifier | EntryPointModel, dict[str, Any]]:
+    """The classifier of a checkpoint (run folder or file), and the checkpoint's metadata."""
+    meta, state, _ = load_checkpoint(path)
+    require(meta, "model", "train", where=f"checkpoint {path}")
+    try:
+        model = build_model(model_config_from_dict(meta["model"]))
+        model.load_state_dict(state)
+    except (KeyError, ValueError, TypeError, RuntimeError) as error:
+        raise CheckpointError(f"checkpoint {path} does not describe a valid model: {first_line(error)}") from error
+    data = meta.get("data")
+    if data is not None and (data["channels"], data["image_size"]) != (model.config.in_channels, model.config.image_size):
+        raise CheckpointError(
+            f"checkpoint {path}: its data entry ({data['channels']} channels, {data['image_size']} pixels) does not match "
+            f"its model ({model.config.in_channels} channels, {model.config.image_size} pixels)"
+        )
+    model.layer.alpha = meta.get("alpha", model.layer.alpha)  # validated with the checkpoint
+    return model.to(resolve_device(device)), meta
+
+
+def test_set_of(meta: dict[str, Any], data_dir: str | None = None, limit: int | None = None):
+    """The test split of the data set a checkpoint was trained on (``data_dir`` overrides its folder),
+    its first ``limit`` images."""
+    from ..data import load_dataset
+
+    train = meta["train"]
+    return load_dataset(train["dataset"], "test", data_dir or train.get("data_dir")).subset(limit)
+
+
+def run_position(meta: dict[str, Any]) -> str | None:
+    """A note when a checkpoint was saved inside an epoch (its weights are mid-epoch and ``metrics.csv``
+    ends at the last finished epoch); ``None`` at an epoch's end."""
+    epoch, batch = meta.get("epoch", 0), meta.get("batch", 0)
+    if not batch:
+        return None
+    finished = len([row for row in meta.get("history", []) if float(row["epoch"]).is_integer()])
+    return (
+        f"the run stopped inside epoch {epoch + 1}, after batch {batch}: its weights are mid-epoch, "
+        f"and metrics.csv holds the {finished} finished epoch(s); `mondeq train --resume` continues it"
+    )

@@ -1,0 +1,429 @@
+"""The training loop: epochs of steps, evaluations and checkpoints, and the rules that stop it.
+
+The loop owns the order of things; everything else lives beside it: the options (:mod:`.config`),
+what a step uses (:mod:`.schedule`), the test set (:mod:`.evaluation`), wall time (:mod:`.budget`),
+the reports (:mod:`.metrics`), the folder (:mod:`.run_folder`), checkpoints (:mod:`.run_state`)
+and signals (:mod:`.signals`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .. import distributed
+from ..data import Batches, ImageDataset, load_dataset
+from ..devices import resolve_device
+from ..errors import ConfigError, DivergenceError, TrainingInterrupted, first_line, ignore_convergence_warnings
+from ..gradients import Implicit
+from ..models import build_model
+from ..reuse import FixedPointStore
+from . import run_state
+from .budget import TimeBudget
+from .config import TrainConfig
+from .evaluation import EvalResult, evaluate
+from .metrics import MetricsLog, RunningTotals
+from .run_folder import RunFolder
+from .schedule import apply_learning_rate, learning_rate, make_optimizer, tune_alpha
+from .signals import StopRequests
+
+__all__ = ["STALL_STEPS", "StopReason", "Trainer"]
+
+#: Training steps in a row with a solve at its iteration cap after which a run is called stalled
+#: (said once on stderr; an error with ``strict``). An epoch of fewer steps stalls when all are capped.
+STALL_STEPS = 20
+
+
+class StopReason(enum.Enum):
+    """Why :meth:`Trainer.fit`'s pass over an epoch ended before its last batch."""
+
+    BATCHES = "the batches asked for ran"  # ``stop_after_batches``
+    TIME = "the time budget is spent"
+
+
+class Trainer:
+    """Runs ``config`` to completion, writing checkpoints, ``metrics.csv`` and TensorBoard logs to ``config.out``.
+
+    Nothing is lost to an interruption: SIGINT and SIGTERM stop the loop between two batches
+    (or during the epoch's evaluation) and save a checkpoint of that exact position, then
+    :meth:`fit` raises :class:`~mondeq.errors.TrainingInterrupted`; a checkpoint is also written
+    every ``config.checkpoint_every`` minutes, so even ``kill -9`` loses at most that much work.
+    Resuming reproduces an uninterrupted run bit for bit.
+
+    With ``config.time_budget`` the run ends when the budget is spent: training stops between
+    two batches early enough for a last evaluation (its expected time is held back), which is
+    recorded as a fractional epoch and saved; one-cycle then spans the budget. A budgeted run's
+    learning rate follows the clock, so it is not bit-reproducible; resuming it with a larger
+    ``time_budget`` continues from the exact position, with the schedule stretched over the new
+    budget (one-cycle's learning rate rises again).
+
+    A run folder has one writer (``run_folder.RunFolder``): the trainer holds
+    its lock from construction to the end of :meth:`fit`, and a folder that holds a run is refused
+    unless ``on_existing`` is ``"overwrite"`` or the run is resumed (:meth:`resume_run`). A run
+    that diverges (a non-finite loss or parameter) stops with
+    :class:`~mondeq.errors.DivergenceError` without saving, so its last checkpoint is the last
+    good state; steps whose solve stopped at the iteration cap are counted per epoch
+    (``capped_steps``), and with ``config.strict`` a solver at its cap for :data:`STALL_STEPS`
+    steps in a row stops the run the same way.
+    """
+
+    #: The clock of the time budget and of periodic checkpoints (seconds; replaceable in tests).
+    clock: Callable[[], float] = staticmethod(time.monotonic)
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        train_set: ImageDataset | None = None,
+        test_set: ImageDataset | None = None,
+        progress: bool = True,
+        on_existing: str = "refuse",
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.out = Path(config.out)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed)
+        self.train_set = (train_set or load_dataset(config.dataset, "train", config.data_dir)).subset(config.train_limit)
+        self.test_set = (test_set or load_dataset(config.dataset, "test", config.data_dir)).subset(config.test_limit)
+        try:
+            self.model = build_model(config.model_config()).to(self.device)
+            self.model.layer.linear.check_step_size(self.model.layer.alpha)  # before an epoch, not after
+            self.model.layer.linear.check_margin()
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"model {config.model!r} cannot be built as asked: {first_line(error)}") from error
+        self.optimizer = make_optimizer(self.model, config)
+        self.fixed_points: FixedPointStore | None = None
+        if config.reuse == "both" and not isinstance(self.model.layer.gradient, Implicit):
+            raise ConfigError(
+                f"reuse 'both' keeps the backward solve's fixed points, but the gradient {self.model.layer.gradient.name!r} "
+                "solves no backward problem: use --reuse forward"
+            )
+        if config.reuse != "off":
+            self.fixed_points = FixedPointStore(
+                len(self.train_set),
+                self.model.layer.linear.features,
+                backward=config.reuse == "both",
+                max_bytes=int(config.reuse_memory * 1e9),
+                device=self.device,
+            )
+            self.model.layer.fixed_points = self.fixed_points
+        self.epoch, self.batch = 0, 0
+        self.running = RunningTotals()
+        self.history: list[dict[str, Any]] = []
+        self.wrapped = distributed.wrap(self.model)
+        self.budget = TimeBudget(config.time_budget, lambda: self.clock())
+        self.log = MetricsLog(self.out, progress)
+        self.folder = RunFolder(self.out)
+        self._last_save = self.clock()
+        self._capped_streak = 0  # training steps in a row with a solve at its iteration cap
+        self._batches_left = math.inf
+        self.folder.claim(on_existing)
+
+    @classmethod
+    def resume_run(cls, run: str | Path, options: dict[str, Any] | None = None, progress: bool = True, **datasets) -> Trainer:
+        """A trainer that continues the run in folder ``run`` with its stored configuration.
+
+        ``options`` may change only :data:`~mondeq.train.RESUMABLE_OPTIONS`; any other option whose
+        value differs from the stored one is refused with a ``ValueError`` naming it.
+        """
+        run = Path(run)
+        config, checkpoint = run_state.config_to_resume(run, options)
+        trainer = cls(config, progress=progress, on_existing="resume", **datasets)
+        trainer.resume(run, checkpoint)
+        return trainer
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def save(self, stopping: bool = False) -> Path | None:
+        """Commit a checkpoint of the present position (rank 0 writes it).
+
+        The fixed-point store (gigabytes for a large training set) goes with the checkpoints of
+        an interruption (``stopping``: a signal, ``stop_after_batches``), from which a resumed run
+        continues bit for bit; not with the periodic and epoch-end ones, where writing it would
+        cost more than reuse saves: a run resumed from those starts each example cold once and
+        agrees with an uninterrupted one to the solver's tolerance. A distributed run's stores
+        (one per process) are never saved.
+        """
+        self._last_save = self.clock()
+        keep = stopping and self.fixed_points is not None and distributed.world_size() == 1
+        attachments = {run_state.FIXED_POINTS: self.fixed_points.state_dict()} if keep else None
+        entries = run_state.checkpoint_entries(self)
+        return self.folder.save((self.epoch, self.batch), self.model, self.optimizer, entries, attachments)
+
+    def resume(self, path: str | Path | None = None, checkpoint: tuple | None = None) -> None:
+        """Continue from a checkpoint (default: the one in ``config.out``); ``checkpoint`` is what
+        :func:`~mondeq.checkpoint.load_checkpoint` already read from ``path``, when it was."""
+        from ..checkpoint import load_checkpoint
+
+        path = path or self.out
+        run_state.restore(self, path, checkpoint or load_checkpoint(path))
+        self._last_save = self.clock()
+
+    def batches(self, epoch: int | None = None) -> Batches:
+        """The batches of ``epoch`` (default: the current one) for this process."""
+        cfg = self.config
+        return Batches(
+            self.train_set,
+            cfg.batch_size,
+            shuffle=True,
+            augment=self.train_set.info.augment if cfg.augment is None else cfg.augment,
+            seed=cfg.seed,
+            epoch=self.epoch if epoch is None else epoch,
+            rank=distributed.rank(),
+            world_size=distributed.world_size(),
+            device=self.device,
+        )
+
+    # -- the loop -------------------------------------------------------------------------
+    def fit(self, stop_after_batches: int | None = None) -> list[dict[str, Any]]:
+        """Train until ``config.epochs`` or until the time budget is spent.
+
+        Raises :class:`~mondeq.errors.TrainingInterrupted` after saving when SIGINT or SIGTERM
+        arrives. ``stop_after_batches`` stops (after saving, without raising) once that many batches
+        ran in this call, to simulate an interruption.
+        """
+        self._batches_left = math.inf if stop_after_batches is None else stop_after_batches
+        self.folder.acquire()
+        if self.fixed_points is not None and distributed.is_main():
+            print(f"mondeq train: {self.fixed_points.describe()}", file=sys.stderr, flush=True)
+        self.budget.start()
+        self.log.open()
+        failed = True
+        try:
+            # Solves stopped at their cap are counted per epoch (capped_steps) instead of warned about per step.
+            with StopRequests(announce=distributed.is_main()) as stops, ignore_convergence_warnings():
+                self._epochs(stops)
+            failed = False
+        except TrainingInterrupted:
+            failed = False  # saved
+            raise
+        except DivergenceError as error:
+            raise DivergenceError(f"{error}; {self.folder.last_checkpoint()}") from error
+        finally:
+            self.budget.stop()
+            self.log.close()
+            self.folder.release(failed)
+        return self.history
+
+    def _epochs(self, stops: StopRequests) -> None:
+        while self.epoch < self.config.epochs:
+            if self._out_of_time():  # at an epoch's end: nothing left to train
+                self._refuse_untrained_budget()
+                self._spend_budget(stops)
+                return
+            start = time.perf_counter()
+            stopped, num_batches = self._train_epoch(stops)
+            if stopped is StopReason.BATCHES:
+                self.save(stopping=True)
+                return
+            if stopped is StopReason.TIME and self.batch == 0:  # out of time before this epoch's first batch
+                self._spend_budget(stops)
+                return
+            if stopped is StopReason.TIME:
+                self.budget.spend()  # saved with the row below
+            row = self._end_epoch(num_batches, time.perf_counter() - start, stops, complete=stopped is None)
+            self.log.record(row)
+
+    def _train_epoch(self, stops: StopRequests) -> tuple[StopReason | None, int]:
+        """Train the rest of the current epoch: why it stopped early (``None``: it is complete) and
+        the epoch's batch count."""
+        batches = self.batches()
+        bar = None
+        try:
+            for index, (x, y) in enumerate(batches):
+                if index < self.batch:
+                    continue  # done before a resume (the batches are drawn all the same: augmentation's random state)
+                if bar is None:  # from here: the skipped batches' time is no part of the rate, nor of the first ETA
+                    bar = self.log.bar(len(batches), self.batch, f"epoch {self.epoch + 1}/{self.config.epochs}")
+                if self._batches_left <= 0:
+                    return StopReason.BATCHES, len(batches)
+                self._between_batches(stops)
+                if self._out_of_time():
+                    self._refuse_untrained_budget()
+                    return StopReason.TIME, len(batches)
+                self._train_step(x, y, index, len(batches), batches.indices(index))
+                self.batch = index + 1
+                self._batches_left -= 1
+                self.log.show(bar, self.running, self.batch, self.model.layer.alpha)
+        finally:
+            if bar is not None:
+                bar.close()
+        self._between_batches(stops)
+        return None, len(batches)
+
+    def _between_batches(self, stops: StopRequests) -> None:
+        """Honour a stop request, or write the periodic checkpoint when it is due."""
+        if stops.requested():
+            self.save(stopping=True)
+            raise TrainingInterrupted(stops.signum or signal.SIGTERM)
+        every = self.config.checkpoint_every
+        if every and self.clock() - self._last_save >= 60 * every:
+            self.save()
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, index: int, num_batches: int, examples: torch.Tensor) -> None:
+        cfg, model = self.config, self.model
+        if cfg.tune_alpha and index in (30, num_batches // 2):
+            model.layer.alpha = distributed.broadcast_float(tune_alpha(model, x, cfg.max_alpha))
+        model.train()
+        apply_learning_rate(
+            self.optimizer, *learning_rate(cfg, self.epoch + index / num_batches, self._progress(index, num_batches))
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        reuse = self.fixed_points.select(examples) if self.fixed_points is not None else contextlib.nullcontext()
+        with reuse:  # this forward and its backward start from the examples' last fixed points
+            logits = self.wrapped(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            loss_value = loss.item()
+            where = f"epoch {self.epoch + 1}, batch {index + 1}"
+            distributed.check_finite(loss_value, f"the training loss of {where}")
+            loss.backward()
+        self.optimizer.step()
+        distributed.check_finite(self._parameters_finite(), f"a parameter after the update of {where}")
+        stats = model.layer.stats
+        capped = not stats.forward.converged or (stats.backward is not None and not stats.backward.converged)
+        self.running.add(
+            loss=loss_value * len(y),
+            correct=(logits.argmax(1) == y).sum().item(),
+            examples=len(y),
+            forward_iterations=stats.forward.iterations,
+            backward_iterations=stats.backward.iterations if stats.backward else 0,
+            forward_seconds=stats.forward.seconds,
+            backward_seconds=stats.backward.seconds if stats.backward else 0.0,
+            capped_steps=float(capped),
+        )
+        self._watch_stall(capped, num_batches)
+
+    def _parameters_finite(self) -> float:
+        """0 when every parameter is finite, NaN otherwise (one host synchronisation)."""
+        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        return 0.0 if bool(finite) else math.nan
+
+    def _watch_stall(self, capped: bool, num_batches: int) -> None:
+        """Count steps in a row at the iteration cap; at :data:`STALL_STEPS` (or a whole epoch of
+        fewer steps) say once that the run is stalling, or stop it with ``strict``."""
+        self._capped_streak = self._capped_streak + 1 if capped else 0
+        if self._capped_streak != min(STALL_STEPS, num_batches):
+            return
+        layer = self.model.layer
+        message = (
+            f"the solver has stopped at its iteration cap ({layer.forward_options.max_iter}) in {self._capped_streak} "
+            f"training steps in a row (epoch {self.epoch + 1}): the run is diverging or the tolerance "
+            f"({layer.forward_options.tol:g}) is out of reach; a smaller --lr or a larger --max-iter helps"
+        )
+        if self.config.strict:
+            raise DivergenceError(f"training stopped (--strict): {message}")
+        if distributed.is_main():
+            print(f"\nmondeq train: warning: {message} (--strict stops such a run)", file=sys.stderr, flush=True)
+
+    # -- time -----------------------------------------------------------------------------
+    def elapsed_seconds(self) -> float:
+        """Wall time this run has spent so far, across resumptions."""
+        return self.budget.seconds()
+
+    def _out_of_time(self) -> bool:
+        r = self.running  # before the first evaluation: its time from the forward solves' time per image
+        estimate = 1.5 * r.forward_seconds / r.examples * len(self.test_set) if r.examples else 0.0
+        return self.budget.exhausted(estimate)
+
+    def _progress(self, index: int, num_batches: int) -> float:
+        """The fraction of the run done: of the time budget, or of the epochs."""
+        if self.config.time_budget is None:
+            return (self.epoch + index / num_batches) / self.config.epochs
+        return self.budget.fraction()
+
+    def _refuse_untrained_budget(self) -> None:
+        """A :class:`~mondeq.errors.ConfigError` when the time budget ran out before the run's first batch."""
+        if self.history or self.epoch or self.batch:
+            return
+        raise ConfigError(
+            f"the time budget ({60 * self.config.time_budget:.3g} s) ran out before the first training batch; "
+            "nothing was trained: give a longer --time-budget"
+        )
+
+    def _spend_budget(self, stops: StopRequests) -> None:
+        """Record (and save, once) that the run is out of its time budget between epochs, unless
+        already recorded; the last epoch is evaluated first if it was not (``eval_every`` skipped
+        it), so that a run always ends with its test accuracy."""
+        evaluated = self._evaluate_last_row(stops)
+        if evaluated or self.budget.spent != self.config.time_budget:
+            self.budget.spend()
+            self.save()
+        if evaluated and distributed.is_main():
+            self.log.write(self.history)
+            last = self.history[-1]
+            print(f"epoch {last['epoch']}: test loss {last['test_loss']:.4f} acc {last['test_accuracy']:.4f}", flush=True)
+
+    # -- the end of an epoch --------------------------------------------------------------
+    def _end_epoch(self, num_batches: int, seconds: float, stops: StopRequests, complete: bool = True) -> dict[str, Any]:
+        """Evaluate, then advance epoch, position, totals and history together and save.
+
+        An incomplete epoch (the time budget ran out) is recorded as a fractional epoch and
+        leaves the position inside it, so that a resumed run with more time continues there.
+        """
+        cfg = self.config
+        totals = self.running.summed_over_ranks()
+        evaluation = self._evaluate(stops) if self._evaluation_due(complete) else None
+        batches = max(num_batches if complete else self.batch, 1) * distributed.world_size()
+        row = {
+            "epoch": self.epoch + 1 if complete else round(self.epoch + self.batch / num_batches, 3),
+            "train_loss": totals.loss / totals.examples,
+            "train_accuracy": totals.correct / totals.examples,
+            "test_loss": None if evaluation is None else evaluation.loss,
+            "test_accuracy": None if evaluation is None else evaluation.accuracy,
+            "forward_iterations": totals.forward_iterations / batches,
+            "backward_iterations": totals.backward_iterations / batches,
+            "forward_seconds": totals.forward_seconds / batches,
+            "backward_seconds": totals.backward_seconds / batches,
+            "epoch_seconds": seconds,
+            "alpha": self.model.layer.alpha,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "elapsed_seconds": self.elapsed_seconds(),
+            "capped_steps": int(totals.capped_steps),
+        }
+        if complete:
+            self.history, self.epoch, self.batch = [*self.history, row], self.epoch + 1, 0
+            self.running = RunningTotals()
+        else:
+            self.history = [*self.history, row]
+        self.save()
+        self.log.write(self.history)
+        of = f"/{cfg.epochs}" if cfg.time_budget is None else f" (time budget {cfg.time_budget:.4g} min)"
+        self.log.epoch_line(row, of, seconds, batches)
+        return row
+
+    def _evaluation_due(self, complete: bool) -> bool:
+        """Whether the epoch ending now is evaluated: every ``eval_every`` epochs, and always the
+        last one (the epoch count reached, or the time budget spent)."""
+        every, ended = self.config.eval_every, self.epoch + 1
+        return not complete or ended >= self.config.epochs or self._out_of_time() or (every > 0 and ended % every == 0)
+
+    def _evaluate(self, stops: StopRequests) -> EvalResult:
+        """The test set's loss and accuracy; a stop request during it saves and raises (the
+        position stays "all batches of the epoch done")."""
+        evaluation = evaluate(self.model, self.test_set, self.config.test_batch_size, self.device, stop=stops.requested)
+        if evaluation is None:
+            self.save(stopping=True)
+            raise TrainingInterrupted(stops.signum or signal.SIGTERM)
+        self.budget.evaluation_seconds = evaluation.seconds
+        distributed.check_finite(evaluation.loss, f"the test loss after epoch {self.epoch + 1}")
+        return evaluation
+
+    def _evaluate_last_row(self, stops: StopRequests) -> bool:
+        """Fill in the test loss and accuracy of the last recorded epoch if it was not evaluated;
+        whether it did."""
+        if not self.history or self.history[-1]["test_accuracy"] is not None:
+            return False
+        evaluation = self._evaluate(stops)
+        last = {**self.history[-1], "test_loss": evaluation.loss, "test_accuracy": evaluation.accuracy}
+        self.history = [*self.history[:-1], last]
+        return True

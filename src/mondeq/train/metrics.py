@@ -1,0 +1,148 @@
+"""What a run reports: per-epoch totals, ``metrics.csv``, TensorBoard, the epoch line and the progress bar."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import distributed
+from ..files import output_dir, write_atomic
+
+__all__ = ["METRIC_FIELDS", "MetricsLog", "RunningTotals"]
+
+#: The columns of ``metrics.csv``, one row per epoch (a fractional epoch when a time budget ended it).
+METRIC_FIELDS = [
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "forward_iterations",
+    "backward_iterations",
+    "forward_seconds",
+    "backward_seconds",
+    "epoch_seconds",
+    "alpha",
+    "lr",
+    "elapsed_seconds",
+    "capped_steps",
+]
+
+
+@dataclass
+class RunningTotals:
+    """Sums over the batches of the current epoch (this process's share), stored in checkpoints by name."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    examples: float = 0.0
+    forward_iterations: float = 0.0
+    backward_iterations: float = 0.0
+    forward_seconds: float = 0.0
+    backward_seconds: float = 0.0
+    capped_steps: float = 0.0  # steps with a solve stopped at its iteration cap
+
+    def add(self, **values: float) -> None:
+        for key, value in values.items():
+            setattr(self, key, getattr(self, key) + value)
+
+    def summed_over_ranks(self) -> RunningTotals:
+        totals = torch.tensor(list(asdict(self).values()), dtype=torch.float64)
+        return RunningTotals(*distributed.all_reduce_sum(totals).tolist())
+
+    @classmethod
+    def from_checkpoint(cls, stored: dict | list) -> RunningTotals:
+        """From a checkpoint's ``running`` entry: named fields (those added later default to 0), or
+        the 7-element list of older checkpoints."""
+        if isinstance(stored, list):
+            if len(stored) != 7:
+                raise ValueError(f"running totals have {len(stored)} entries, expected 7")
+            return cls(*map(float, stored))
+        unknown = set(stored) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown running totals {sorted(unknown)}")
+        return cls(**{k: float(v) for k, v in stored.items()})
+
+
+class MetricsLog:
+    """The reports of a run, written by rank 0 only: ``metrics.csv``, TensorBoard scalars (when
+    TensorBoard is installed), the epoch line on stdout and the progress bar on stderr."""
+
+    def __init__(self, out: Path, progress: bool) -> None:
+        self.out = out
+        self.main = distributed.is_main()
+        self.progress = progress and self.main
+        self._writer: Any = None
+
+    def open(self) -> None:
+        if not self.main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        self._writer = SummaryWriter(str(output_dir(self.out / "tensorboard")))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def write(self, history: list[dict[str, Any]]) -> None:
+        """Rewrite ``metrics.csv`` from the run's history (atomically)."""
+        if not self.main:
+            return
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(history)
+        write_atomic(self.out / "metrics.csv", text.getvalue())
+
+    def record(self, row: dict[str, Any]) -> None:
+        """An epoch's row as TensorBoard scalars."""
+        for key, value in row.items() if self._writer is not None else ():
+            if value is not None:
+                self._writer.add_scalar(key, value, row["epoch"])
+
+    def epoch_line(self, row: dict[str, Any], of: str, seconds: float, steps: int) -> None:
+        if not self.main:
+            return
+        test = (
+            "not evaluated"
+            if row["test_accuracy"] is None
+            else f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}"
+        )
+        capped = row["capped_steps"]
+        at_cap = f" ({capped} of {steps} steps stopped at the iteration cap)" if capped else ""
+        print(
+            f"epoch {row['epoch']}{of}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
+            f"{test} | fwd {row['forward_iterations']:.1f} bwd {row['backward_iterations']:.1f} iters{at_cap} | "
+            f"{seconds:.1f}s, {row['elapsed_seconds'] / 60:.1f} min in all",
+            flush=True,
+        )
+
+    def bar(self, total: int, initial: int, description: str) -> Any:
+        """A progress bar over an epoch's batches, starting at ``initial`` (``None`` without progress)."""
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc=description, unit="batch", file=sys.stderr)
+
+    def show(self, bar: Any, running: RunningTotals, steps: int, alpha: float) -> None:
+        if bar is None:
+            return
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{running.loss / running.examples:.3f}",
+            acc=f"{running.correct / running.examples:.3f}",
+            fwd=f"{running.forward_iterations / max(steps, 1):.1f}",
+            bwd=f"{running.backward_iterations / max(steps, 1):.1f}",
+            alpha=f"{alpha:g}",
+        )
