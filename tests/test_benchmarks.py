@@ -10,7 +10,7 @@ from mondeq.benchmarks.report import run_all
 # Two halves of about equal time, so that the two xdist workers share them.
 GROUPS = {
     "processes": ["memory", "data_parallel", "threads"],
-    "in-process": ["solvers", "resolvent", "training_step", "peers", "scaling", "robustness", "time_to_accuracy", "evaluation"],
+    "in-process": ["solvers", "resolvent", "training_step", "peers", "scaling", "certified", "time_to_accuracy", "evaluation"],
     "training": ["reuse"],
 }
 
@@ -49,8 +49,9 @@ def test_every_benchmark_runs_tiny(tmp_path, group):
     for title in ("Solver comparison", "Resolvent cost", "Training step", "Peers", "Scaling", "Time to accuracy"):
         assert title in text
     robustness = (tmp_path / "robustness-tiny.md").read_text()  # a section with a page of its own
-    assert "certified / PGD at eps=0.5" in robustness and "Robustness" not in text
-    rows = results["robustness"]["rows"]
+    assert "certified / PGD at 0.5" in robustness and "certified / PGD at 0.05" in robustness and "Certified" not in text
+    rows = results["certified"]["rows"]
+    assert {r["norm"] for r in rows.values()} == {"l2", "linf"} and all(r["parameters"] <= 100_000 for r in rows.values())
     assert all(c <= p for r in rows.values() for c, p in zip(r["certified_accuracy"], r["pgd_accuracy"]))
     # the numbers are real measurements, not placeholders
     assert all(r["solve_ms"] > 0 and r["floor_ms"] > 0 for r in results["resolvent"]["rows"])

@@ -145,5 +145,19 @@ def test_certify_and_its_plot(run, tmp_path):
     report = json.loads((copy / "certify.json").read_text())
     assert report["examples"] == 16 and report["lipschitz_logits"] > 0
     assert all(c <= p for c, p in zip(report["certified_accuracy"], report["pgd_accuracy"]))
-    written = mondeq("plot", copy, "--data-dir", data, "--batch-size", 8, "--max-iter", 10).stdout.split()
-    assert "certified_accuracy.png" in {Path(p).name for p in written}
+    written = mondeq("plot", copy, "--data-dir", data, "--batch-size", 8, "--max-iter", 10, "--compare", out).stdout.split()
+    assert {"certified_accuracy.png", "accuracy_vs_time.png"} <= {Path(p).name for p in written}
+    refused = mondeq("plot", copy, "--data-dir", data, "--compare", tmp_path, check=False)
+    assert refused.returncode == 2 and "--compare: no metrics.csv in" in refused.stderr
+
+
+def test_train_and_certify_for_linf(tmp_path):
+    data = write_mnist_like(tmp_path / "data", train=64, test=16)
+    out = tmp_path / "run"
+    options = ["--model", "fc", "--interval", "--m", "0.5", "--width", 8, "--certified", "linf:0.1", "--epochs", 2]
+    mondeq("train", "--data-dir", data, *options, "--certified-warmup", 0, "--certified-ramp", 1, "--out", out, "--no-progress")
+    text = mondeq("certify", out, "--norm", "linf", "--data-dir", data, "--limit", 16, "--pgd-steps", 2).stdout
+    assert "interval bounds through the equilibrium" in text and "linf eps 0.1: certified accuracy" in text
+    report = json.loads((out / "certify.json").read_text())
+    assert report["norm"] == "linf" and report["eps"] == [0.05, 0.1]
+    assert all(c <= p for c, p in zip(report["certified_accuracy"], report["pgd_accuracy"]))

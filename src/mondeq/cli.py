@@ -279,6 +279,7 @@ def predict_command(args: argparse.Namespace) -> int:
 def plot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="run folder")
     p.add_argument("--out", help="folder for the PNGs (default RUN_DIR/plots)")
+    p.add_argument("--compare", nargs="+", default=[], metavar="RUN", help="other runs: test accuracy of all against wall time")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=128)
     p.add_argument("--tol", type=NUMBER_TYPES["tolerance"], default=1e-6)
     p.add_argument("--max-iter", type=POSITIVE_INT, default=300)
@@ -289,7 +290,9 @@ def plot_command(args: argparse.Namespace) -> int:
     from .plot import plot_run
 
     device = _set_up(args)
-    written, notes = plot_run(args.run_dir, args.out, args.batch_size, args.tol, args.max_iter, args.data_dir, device)
+    written, notes = plot_run(
+        args.run_dir, args.out, args.batch_size, args.tol, args.max_iter, args.data_dir, device, compare=args.compare
+    )
     for note in notes:
         print(f"mondeq plot: note: {note}", file=sys.stderr)
     for path in written:
@@ -300,13 +303,22 @@ def plot_command(args: argparse.Namespace) -> int:
 # -- certify ---------------------------------------------------------------------------------
 def certify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="run folder or checkpoint file")
-    p.add_argument("--eps", type=POSITIVE, nargs="+", default=[0.1, 0.25, 0.5, 1.0], help="l2 radii (default 0.1 0.25 0.5 1)")
+    p.add_argument(
+        "--norm", choices=("l2", "linf"), default="l2", help="l2 (a Lipschitz bound) or linf (interval bounds; default l2)"
+    )
+    p.add_argument(
+        "--eps", type=POSITIVE, nargs="+", help="radii, pixels in [0, 1] (default: 0.1 0.3 0.5 for l2, 0.05 0.1 for linf)"
+    )
     p.add_argument("--limit", type=POSITIVE_INT, default=1000, help="test images to certify (default 1000)")
     p.add_argument("--pgd-steps", type=COUNT, default=20, help="steps of the PGD attack (0: no attack)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=250)
     p.add_argument("--tol", type=NUMBER_TYPES["tolerance"], default=1e-4, help="solver tolerance while certifying (default 1e-4)")
     p.add_argument("--out", help="JSON report (default: certify.json beside the checkpoint)")
     _device_options(p)
+
+
+#: The radii ``mondeq certify`` reports by default, per norm (pixels in [0, 1]).
+DEFAULT_EPS = {"l2": [0.1, 0.3, 0.5], "linf": [0.05, 0.1]}
 
 
 def certify_command(args: argparse.Namespace) -> int:
@@ -316,16 +328,21 @@ def certify_command(args: argparse.Namespace) -> int:
 
     device = _set_up(args)
     out = check_output_file(args.out if args.out else checkpoint_paths(args.checkpoint)[1].with_name("certify.json"))
+    eps = args.eps or DEFAULT_EPS[args.norm]
     report = certify_checkpoint(
-        args.checkpoint, args.eps, args.limit, args.pgd_steps, args.batch_size, args.tol, args.data_dir, device
+        args.checkpoint, eps, args.norm, args.limit, args.pgd_steps, args.batch_size, args.tol, args.data_dir, device
     )
-    print(
-        f"Lipschitz bound (l2): equilibrium {report['lipschitz_equilibrium']:.4g}, logits {report['lipschitz_logits']:.4g} "
-        f"(||U|| = {report['input_norm']:.4g}, ||R|| = {report['readout_norm']:.4g}, m = {report['m']:g})"
-    )
+    if args.norm == "l2":
+        bound, source = report["lipschitz_logits"], report["lipschitz_source"]
+        line = f"Lipschitz bound (l2) of the logits, model input units: {bound:.4g}, {source}"
+        if "input_norm" in report:
+            line += f" (||U|| = {report['input_norm']:.4g}, ||R|| = {report['readout_norm']:.4g}, m = {report['m']:g})"
+        print(line)
+    else:
+        print("interval bounds through the equilibrium (l-infinity ball clipped to the image range)")
     print(f"clean accuracy {report['clean_accuracy']:.4f} on {report['examples']} test images")
     for k, e in enumerate(report["eps"]):
-        line = f"eps {e:g}: certified accuracy {report['certified_accuracy'][k]:.4f}"
+        line = f"{args.norm} eps {e:g}: certified accuracy {report['certified_accuracy'][k]:.4f}"
         if args.pgd_steps:
             line += f", PGD ({args.pgd_steps} steps) accuracy {report['pgd_accuracy'][k]:.4f}"
         print(line)

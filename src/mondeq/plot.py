@@ -78,6 +78,31 @@ def plot_training_curves(metrics_csv: Path, out: Path) -> Path:
     return out
 
 
+def plot_accuracy_vs_time(runs: dict[str, Path], out: Path) -> Path:
+    """Test accuracy against elapsed wall time (minutes, evaluations included) of several runs,
+    ``{label: metrics.csv}``: the evaluated epochs of each."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, metrics_csv in runs.items():
+        with open(metrics_csv) as handle:
+            rows = [r for r in csv.DictReader(handle) if r["test_accuracy"]]
+        if not rows:
+            raise ConfigError(f"{metrics_csv} has no evaluated epoch yet")
+        minutes = [float(r["elapsed_seconds"]) / 60 for r in rows]
+        ax.plot(
+            minutes,
+            [100 * float(r["test_accuracy"]) for r in rows],
+            "o-",
+            label=f"{label} ({100 * float(rows[-1]['test_accuracy']):.2f}%)",
+        )
+    ax.set(xlabel="wall time (minutes, evaluations included)", ylabel="test accuracy (%)", title="test accuracy against time")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, out)
+    return out
+
+
 @torch.no_grad()
 def convergence_traces(layer, x: torch.Tensor, solvers=("fb", "pr", "dr"), tol: float = 1e-6, max_iter: int = 300):
     """``{solver: (residuals, times, alpha)}`` of the forward solve on ``x`` for each method.
@@ -121,10 +146,12 @@ def plot_run(
     max_iter: int = 300,
     data_dir: str | None = None,
     device: str | torch.device = "cpu",
+    compare: list[str | Path] = (),
 ) -> tuple[list[Path], list[str]]:
     """The plots of a run folder, written to ``out`` (default ``RUN/plots``): training curves (from
-    ``metrics.csv``), certified accuracy (from ``certify.json``) and the FB / PR / DR convergence of
-    the forward solve on a test batch. Returns the files written and notes on what is missing (a
+    ``metrics.csv``), certified accuracy (from ``certify.json``), the FB / PR / DR convergence of
+    the forward solve on a test batch, and with ``compare`` (other run folders) the test accuracy
+    of every run against wall time. Returns the files written and notes on what is missing (a
     run stopped before its first epoch ended has no curves yet)."""
     from .data import Batches
     from .files import output_dir
@@ -132,6 +159,10 @@ def plot_run(
 
     run = Path(run)
     model, meta = load_model(run, device)  # before anything is written: a missing run leaves nothing behind
+    others = {Path(other).name: Path(other) / "metrics.csv" for other in compare}
+    missing = [str(path.parent) for path in others.values() if not path.is_file()]
+    if missing:
+        raise ConfigError(f"--compare: no metrics.csv in {', '.join(missing)} (not a run folder, or no epoch ended yet)")
     folder = output_dir(Path(out) if out else run / "plots")
     written, notes = [], []
     position = run_position(meta)
@@ -141,6 +172,9 @@ def plot_run(
         written.append(plot_training_curves(run / "metrics.csv", folder / "training_curves.png"))
     else:
         notes.append("no training curves: metrics.csv is written when the first epoch ends")
+    if others and (run / "metrics.csv").is_file():
+        runs = {run.name: run / "metrics.csv", **others}
+        written.append(plot_accuracy_vs_time(runs, folder / "accuracy_vs_time.png"))
     if (run / "certify.json").is_file():
         written.append(plot_certified(run / "certify.json", folder / "certified_accuracy.png"))
     test = test_set_of(meta, data_dir)

@@ -14,7 +14,7 @@ experiments) per data set; every size is overridable. One job a module:
 - ``config``: :class:`ModelConfig` (each option a field), the presets, which options a kind takes;
 - ``kinds``: the registry :data:`KINDS` (operator, readout pooling, paper sizes);
 - ``classifier``: :class:`MonDEQClassifier`;
-- ``spectral``: :class:`SpectralBound`, a parametrisation bounding ``||U||``;
+- ``spectral``: norm bounds of weights: :class:`SpectralBound` (estimated), :class:`NormBound` (exact);
 - ``entry_point``: the user's own model by ``package.module:function``;
 - ``loading``: :func:`build_model`, :func:`load_model` from a checkpoint.
 """
@@ -24,9 +24,13 @@ from .config import READOUTS, ModelConfig, model_config_from_dict, model_options
 from .entry_point import EntryPointConfig, EntryPointModel, is_entry_point, load_entry_point
 from .kinds import KINDS, MODEL_KINDS, ClassifierKind, pool_tiers
 from .loading import build_model, equilibrium_input, load_model, model_label, run_position, test_set_of
-from .spectral import SpectralBound
+from .spectral import ConvNormBound, NormBound, SpectralBound, linear_norm, strided_conv_norm
 
 __all__ = [
+    "ConvNormBound",
+    "NormBound",
+    "linear_norm",
+    "strided_conv_norm",
     "KINDS",
     "MODEL_KINDS",
     "READOUTS",

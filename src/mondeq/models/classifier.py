@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ..errors import ConfigError
 from ..layer import MonDEQ
 from .config import ModelConfig
 from .kinds import KINDS
-from .spectral import SpectralBound
+from .spectral import NormBound, SpectralBound
 
 __all__ = ["MonDEQClassifier"]
 
 
 class MonDEQClassifier(nn.Module):
-    """A monDEQ layer and a readout to class logits.
+    r"""A monDEQ layer and a readout to class logits.
+
+    With ``config.lipschitz`` :math:`= \gamma` the logits are :math:`\gamma`-Lipschitz in
+    :math:`\ell_2` for every parameter value (Revay, Wang & Manchester 2020; Pabbaraju et al. 2021):
+    :math:`I - W \succeq mI` and a 1-Lipschitz proximal activation make the equilibrium
+    :math:`\|U\|/m`-Lipschitz, so the logits :math:`R P z^\star` are
+    :math:`\|R\| \|P\| \|U\| / m`-Lipschitz (:math:`P` the pooling). Exact norm bounds
+    (:class:`~mondeq.models.NormBound`) keep :math:`\|U\|, \|R\| \le \sqrt{\gamma m / \|P\|}`.
+    The bound holds for the exact equilibrium; a solve to tolerance ``tol`` is that close to it.
 
     Shape:
         - Input: :math:`(N, C, s, s)` images.
@@ -42,6 +53,13 @@ class MonDEQClassifier(nn.Module):
         self.readout = nn.Linear(features, c.num_classes)
         if c.input_norm is not None:
             parametrize.register_parametrization(operator.U, "weight", SpectralBound(c.input_norm, operator.U.weight))
+        if c.lipschitz is not None:
+            kind = KINDS[c.kind]
+            if kind.injection_bound is None or kind.pool_norm is None:
+                raise ConfigError(f"lipschitz: no exact norm bound for the {c.kind} model's injection (fc, single-conv)")
+            bound = math.sqrt(c.lipschitz * c.m / kind.pool_norm(c))
+            parametrize.register_parametrization(operator.U, "weight", kind.injection_bound(c, bound))
+            parametrize.register_parametrization(self.readout, "weight", NormBound(bound))
 
     def features(self, x: Tensor) -> Tensor:
         """The pooled equilibrium fed to the readout, ``(N, features)``."""

@@ -77,6 +77,25 @@ class ModelConfig:
             metavar="C",
         ),
     )
+    #: The logits are this-Lipschitz in l2 of the model's input by construction (None: unbounded); see
+    #: :class:`~mondeq.models.MonDEQClassifier`.
+    lipschitz: float | None = field(
+        default=None,
+        metadata=option(
+            "make the map from (normalised) input to logits GAMMA-Lipschitz in l2 for every weight: exact "
+            "norm bounds on U and the readout (fc, single-conv)",
+            "positive",
+            metavar="GAMMA",
+        ),
+    )
+    interval: bool = field(
+        default=False,
+        metadata=option(
+            "the interval operator W = D^-1/2 M D^-1/2 (fc, m < 1), whose interval bounds converge: "
+            "l-infinity certificates and --certified linf:EPS",
+            "flag",
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -85,6 +104,12 @@ class ModelConfig:
         defaults = {f.name: f.default for f in fields(self)}
         if self.gradient != "phantom" and any(getattr(self, k) != defaults[k] for k in ("phantom_steps", "phantom_damping")):
             raise ConfigError(f"phantom_steps and phantom_damping set --gradient phantom; the gradient is {self.gradient!r}")
+        if self.lipschitz is not None and self.input_norm is not None:
+            raise ConfigError("lipschitz bounds ||U|| itself; input_norm would bound it twice: give one of them")
+        if self.interval and self.lipschitz is not None:
+            raise ConfigError("interval (l-infinity bounds) and lipschitz (l2) are two certified models: choose one")
+        if self.interval and not self.m < 1:
+            raise ConfigError(f"the interval operator needs a margin m < 1 (|W| <= 1 - m), got m = {self.m:g}")
 
     def adjoint(self) -> Adjoint:
         """The :class:`~mondeq.gradients.Adjoint` that :attr:`gradient` (and the phantom settings) name."""
@@ -117,6 +142,8 @@ _KIND_SPECIFIC_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "kernel_size": (("single-conv", "multi-conv"), "the convolutional models"),
     "pool": (("single-conv",), "single-conv"),
     "readout": (("multi-conv",), "multi-conv"),
+    "lipschitz": (("fc", "single-conv"), "fc and single-conv"),
+    "interval": (("fc",), "fc"),
 }
 
 

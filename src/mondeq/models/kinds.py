@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..operators import FullyConnected, MonotoneOperator, MultiConv, SingleConv
+from ..operators import FullyConnected, IntervalFullyConnected, MonotoneOperator, MultiConv, SingleConv
+from .spectral import ConvNormBound, NormBound
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -22,18 +23,28 @@ __all__ = ["KINDS", "MODEL_KINDS", "ClassifierKind", "pool_tiers"]
 @dataclass(frozen=True)
 class ClassifierKind:
     """A model kind: its monotone operator, how the equilibrium is pooled for the readout, and the
-    paper's hidden size per data set (``width`` for fc, ``channels`` otherwise)."""
+    paper's hidden size per data set (``width`` for fc, ``channels`` otherwise).
+
+    For Lipschitz-bounded classifiers (``lipschitz``), a kind also names ``injection_bound``: the
+    parametrisation that keeps the exact norm of its input injection ``U`` below a bound, and
+    ``pool_norm``: the operator norm of its pooling (``None``: not supported)."""
 
     operator: Callable[[ModelConfig], MonotoneOperator]
     pool: Callable[[ModelConfig, Tensor | tuple[Tensor, ...]], Tensor]
     sizes: dict[str, int | tuple[int, ...]]
+    injection_bound: Callable[[ModelConfig, float], NormBound] | None = None
+    pool_norm: Callable[[ModelConfig], float] | None = None
 
 
 KINDS: dict[str, ClassifierKind] = {
     "fc": ClassifierKind(
-        operator=lambda c: FullyConnected(c.in_channels * c.image_size**2, c.width, m=c.m),
+        operator=lambda c: (IntervalFullyConnected if c.interval else FullyConnected)(
+            c.in_channels * c.image_size**2, c.width, m=c.m
+        ),
         pool=lambda c, z: z,
         sizes={"mnist": 87, "fashion-mnist": 87, "cifar10": 200, "svhn": 200},
+        injection_bound=lambda c, bound: NormBound(bound),
+        pool_norm=lambda c: 1.0,
     ),
     "single-conv": ClassifierKind(
         operator=lambda c: SingleConv(
@@ -41,6 +52,9 @@ KINDS: dict[str, ClassifierKind] = {
         ),
         pool=lambda c, z: F.avg_pool2d(z, c.pool),
         sizes={"mnist": 54, "fashion-mnist": 54, "cifar10": 81, "svhn": 81},
+        # U is a circular convolution subsampled by the stride: its norm is exact per frequency
+        injection_bound=lambda c, bound: ConvNormBound(bound, (c.image_size, c.image_size), c.stride),
+        pool_norm=lambda c: 1.0 / c.pool,  # a k x k average has norm 1/k (disjoint windows)
     ),
     "multi-conv": ClassifierKind(
         operator=lambda c: MultiConv(

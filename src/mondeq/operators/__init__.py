@@ -1,8 +1,8 @@
-"""Monotone linear operators: dense, single convolution, multi-tier convolution, and one from the user's own maps."""
+"""Monotone linear operators: dense (and its interval variant), single and multi-tier convolutions, the user's own maps."""
 
 from .base import FrozenOperator, MonotoneOperator, Resolvent
 from .convolutional import MultiConv, SingleConv
-from .fully_connected import FullyConnected
+from .fully_connected import FullyConnected, IntervalFullyConnected
 from .generic import KrylovStats, Monotone, gmres
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "Resolvent",
     "FrozenOperator",
     "FullyConnected",
+    "IntervalFullyConnected",
     "SingleConv",
     "MultiConv",
     "Monotone",

@@ -100,7 +100,7 @@ class IntervalFullyConnected(DenseOperator):
     :math:`1 - m < 1` (its Perron vector :math:`v` has :math:`\rho \|v\|^2 = v^\top |W| v`): the interval
     fixed point :math:`[\underline z, \overline z] = \sigma(W \mu \pm |W| r + [\underline b, \overline b])`
     (:math:`\mu, r` the interval's centre and radius) exists, is unique, and the interval iteration
-    converges to it (:func:`mondeq.robust.interval_bounds`). Requires :math:`0 < m < 1`.
+    converges to it (:func:`mondeq.robust.equilibrium_box`). Requires :math:`0 < m < 1`.
 
     Args:
         in_features: size of each input sample (flattened after the batch dim).

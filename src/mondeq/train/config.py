@@ -13,6 +13,7 @@ from typing import Any
 from ..data import DATASET_NAMES, dataset_info
 from ..errors import ConfigError
 from ..models import MODEL_KINDS, EntryPointConfig, ModelConfig, is_entry_point, model_options, option_applies, preset_config
+from ..robust.training import CertifiedObjective, parse_certified
 from ..validation import check_options, option
 
 __all__ = ["BUDGET_EPOCHS", "LR_SCHEDULES", "RECIPES", "RESUMABLE_OPTIONS", "REUSE_MODES", "Recipe", "TrainConfig"]
@@ -156,6 +157,23 @@ class TrainConfig:
     reuse_memory: float = field(
         default=4.0, metadata=option("memory cap of the fixed-point store, in GB", "positive", metavar="GB")
     )
+    certified: str | None = field(
+        default=None,
+        metadata=option(
+            "train for certificates at radius EPS (pixels in [0, 1]): l2:EPS (a --lipschitz model: margin loss) "
+            "or linf:EPS (an --interval model: interval bound propagation)",
+            "text",
+            metavar="NORM:EPS",
+        ),
+    )
+    certified_warmup: float = field(
+        default=1.0,
+        metadata=option("epochs of plain training before the certified radius ramps up from 0", "non_negative", metavar="EPOCHS"),
+    )
+    certified_ramp: float = field(
+        default=5.0,
+        metadata=option("epochs over which the certified radius rises linearly to EPS", "non_negative", metavar="EPOCHS"),
+    )
     augment: bool | None = field(default=None, metadata=option("random crop + flip (default: on for cifar10)", "flag"))
     seed: int = field(default=0, metadata=option("random seed", "seed"))
     out: str = field(default="runs/default", metadata=option("run folder (default runs/DATASET-MODEL)", "text"))
@@ -205,7 +223,23 @@ class TrainConfig:
         if self.lr_schedule != "step" and self.lr_step != defaults["lr_step"]:
             raise ConfigError(f"lr_step sets the step schedule's decay; it does nothing with lr_schedule {self.lr_schedule!r}")
         self.model_options = {k: v for k, v in self.model_options.items() if v is not None}
-        self.model_config()  # validates the model options
+        model = self.model_config()  # validates the model options
+        if self.certified is not None:
+            self.certified_objective(model)
+        elif any(getattr(self, k) != defaults[k] for k in ("certified_warmup", "certified_ramp")):
+            raise ConfigError("certified_warmup and certified_ramp schedule --certified, which is not set")
+
+    def certified_objective(self, model: ModelConfig | EntryPointConfig | None = None) -> CertifiedObjective | None:
+        """The certified-training schedule of ``certified`` (``None`` when unset), checked against the
+        model it trains: ``l2`` needs a ``lipschitz`` model, ``linf`` an ``interval`` one."""
+        if self.certified is None:
+            return None
+        norm, eps = parse_certified(self.certified)
+        model = self.model_config() if model is None else model
+        needs = {"l2": ("lipschitz", "--lipschitz GAMMA"), "linf": ("interval", "--model fc --interval --m 0.5")}[norm]
+        if not isinstance(model, ModelConfig) or not getattr(model, needs[0]):
+            raise ConfigError(f"certified {self.certified}: {norm} certified training needs a model built for it ({needs[1]})")
+        return CertifiedObjective(norm, eps, self.certified_warmup, self.certified_ramp)
 
     def model_config(self) -> ModelConfig | EntryPointConfig:
         info = dataset_info(self.dataset, self.data_dir)

@@ -103,6 +103,7 @@ class Trainer:
         except (ValueError, TypeError) as error:
             raise ConfigError(f"model {config.model!r} cannot be built as asked: {first_line(error)}") from error
         self.optimizer = make_optimizer(self.model, config)
+        self.certified = config.certified_objective()
         self.fixed_points: FixedPointStore | None = None
         if config.reuse == "both" and not isinstance(self.model.layer.gradient, Implicit):
             raise ConfigError(
@@ -282,7 +283,12 @@ class Trainer:
         reuse = self.fixed_points.select(examples) if self.fixed_points is not None else contextlib.nullcontext()
         with reuse:  # this forward and its backward start from the examples' last fixed points
             logits = self.wrapped(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            if self.certified is None:
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            else:
+                epoch = self.epoch + index / num_batches
+                bound = model.config.lipschitz
+                loss = self.certified.loss(model, x, logits, y, epoch, self.train_set.info, bound, cfg.label_smoothing)
             loss_value = loss.item()
             where = f"epoch {self.epoch + 1}, batch {index + 1}"
             distributed.check_finite(loss_value, f"the training loss of {where}")
