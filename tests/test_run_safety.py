@@ -262,7 +262,7 @@ def test_the_largest_seed_trains(tmp_path, data):
 def test_a_recipe_keeps_only_the_model_options_of_the_model_asked_for():
     recipe = RECIPES["fmnist-hour"]
     multi = recipe.options({"model": "multi-conv"})["model_options"]
-    assert "pool" not in multi and multi["channels"] == [28] and multi["m"] == 0.5
+    assert "pool" not in multi and multi["channels"] == [60] and multi["m"] == 0.5
     fc = recipe.options({"model": "fc", "model_options": {"width": 50}})["model_options"]
     assert fc == {"width": 50, "m": 0.5, "tol": 3e-2}
     assert recipe.options({})["model_options"]["pool"] == 2

@@ -319,13 +319,13 @@ def test_recipe_expands_with_explicit_options_winning():
     from mondeq.models import build_model
     from mondeq.train import RECIPES
 
-    recipe = RECIPES["fmnist-hour"]
-    options = recipe.options({"lr": 1e-3, "model_options": {"tol": 0.05}})
-    assert options["lr"] == 1e-3 and options["time_budget"] == recipe.settings["time_budget"]
-    assert options["model_options"] == {**recipe.settings["model_options"], "tol": 0.05}
-    config = TrainConfig(**{**recipe.options({}), "out": "unused"})
-    assert sum(p.numel() for p in build_model(config.model_config()).parameters()) <= 100_000  # the bar
-    assert recipe.options({"model": "mymodels:build"})["model_options"] == {}  # an entry point sizes itself
+    for recipe in RECIPES.values():
+        options = recipe.options({"lr": 1e-3, "model_options": {"tol": 0.05}})
+        assert options["lr"] == 1e-3 and options["time_budget"] == recipe.settings["time_budget"]
+        assert options["model_options"] == {**recipe.settings["model_options"], "tol": 0.05}
+        config = TrainConfig(**{**recipe.options({}), "out": "unused"})
+        assert sum(p.numel() for p in build_model(config.model_config()).parameters()) <= 100_000  # the bar
+        assert recipe.options({"model": "mymodels:build"})["model_options"] == {}  # an entry point sizes itself
 
 
 def test_kernel_size_option_sizes_every_convolution():

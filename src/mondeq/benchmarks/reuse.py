@@ -1,6 +1,6 @@
 """Fixed-point reuse and the gradients: solver iterations and time per training step.
 
-The model of the ``fmnist-hour`` recipe is trained through :class:`~mondeq.train.Trainer` for
+The model of the ``fmnist-fast`` recipe is trained through :class:`~mondeq.train.Trainer` for
 ``EPOCHS`` epochs on the first ``IMAGES`` training images (the recipe's optimiser, one-cycle over
 the epochs), once per (reuse, gradient) pair, from the same seed. Reported for the last epoch,
 where every example's solves can start from its previous visit: mean forward and backward
@@ -46,8 +46,8 @@ def data(tiny: bool) -> tuple[ImageDataset, ImageDataset]:
 
 def run(tiny: bool = False) -> dict:
     train, test = data(tiny)
-    settings = {k: v for k, v in RECIPES["fmnist-hour"].settings.items() if k not in ("out", "time_budget", "model_options")}
-    sizes = dict(RECIPES["fmnist-hour"].settings["model_options"], **({"channels": [4]} if tiny else {}))
+    settings = {k: v for k, v in RECIPES["fmnist-fast"].settings.items() if k not in ("out", "time_budget", "model_options")}
+    sizes = dict(RECIPES["fmnist-fast"].settings["model_options"], **({"channels": [4]} if tiny else {}))
     rows = []
     for reuse, gradient in CONFIGS:
         with tempfile.TemporaryDirectory() as folder:
@@ -78,7 +78,7 @@ def run(tiny: bool = False) -> dict:
 def markdown(result: dict) -> str:
     base = result["rows"][0]
     lines = [
-        f"The `fmnist-hour` model trained {result['epochs']} epochs on {result['images']:,} images, per reuse and gradient; "
+        f"The `fmnist-fast` model trained {result['epochs']} epochs on {result['images']:,} images, per reuse and gradient; "
         f"iterations and time per step in the last epoch (every example seen before), accuracy on 2,000 test images.",
         "",
         "| reuse | gradient | forward iterations, epoch 1 → last | backward iterations | s / step | vs. row 1 | test accuracy |",

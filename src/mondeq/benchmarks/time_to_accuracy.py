@@ -1,6 +1,6 @@
 """Time to accuracy: test accuracy against wall-clock training time on Fashion-MNIST.
 
-The monDEQ of the ``fmnist-hour`` recipe and explicit baselines of comparable size (a CNN, an
+The monDEQ of the ``fmnist-fast`` recipe and explicit baselines of comparable size (a CNN, an
 MLP, a Neural ODE when torchdiffeq is installed) are each trained with the recipe's settings
 (its optimiser, weight decay and label smoothing, one-cycle over the budget, no augmentation,
 batch 128; the monDEQ also with its fixed-point reuse and gradient) for the same wall-clock
@@ -10,7 +10,7 @@ full test set (the Neural ODE's adaptive solver makes full evaluations at every 
 than its budget).
 The budget per model is ``MONDEQ_RACE_MINUTES`` (default 60; the tiny smoke run: 1 s on
 synthetic images). With ``MONDEQ_RECIPE_RUN`` naming the run folder of a full
-``mondeq train --recipe fmnist-hour`` run, its per-epoch test accuracies against elapsed time
+``mondeq train --recipe fmnist-fast`` run, its per-epoch test accuracies against elapsed time
 (evaluations counted there) are drawn on the same axes.
 """
 
@@ -35,7 +35,7 @@ from . import Section
 from .common import pyplot, save_figure, synthetic_images
 from .peers import NeuralODE, accuracy, explicit_cnn
 
-RECIPE = "fmnist-hour"
+RECIPE = "fmnist-fast"
 #: Test images of the intermediate evaluations (the last one uses the whole test set).
 PROBE_IMAGES = 2000
 
