@@ -357,3 +357,13 @@ def test_multi_conv_reads_out_every_tier_pooled_to_the_coarsest():
     assert torch.equal(last.pool(tiers), tiers[1].flatten(1))  # the preset reads out the coarsest tier
     with pytest.raises(ConfigError, match="applies to multi-conv"):
         preset_config("single-conv", "fashion-mnist", 1, 28, 10, readout="all")
+
+
+def test_run_position_says_where_a_run_stopped():
+    from mondeq.models import run_position
+
+    assert run_position({"epoch": 3, "batch": 0, "history": [{"epoch": 3}]}) is None
+    interrupted = run_position({"epoch": 3, "batch": 40, "history": [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}]})
+    assert "inside epoch 4, after batch 40" in interrupted and "holds the 3 finished epoch(s)" in interrupted
+    budgeted = run_position({"epoch": 16, "batch": 120, "history": [{"epoch": 16}, {"epoch": 16.256}]})
+    assert "when its time budget was spent" in budgeted and "partial epoch (16.256)" in budgeted

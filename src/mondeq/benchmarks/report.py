@@ -12,7 +12,7 @@ from ..devices import tune_allocator
 from ..errors import ConfigError
 from ..files import output_dir, write_atomic
 from . import Section, sections
-from .common import machine_info
+from .common import machine_info, source_commit
 
 NOTES = "benchmark-notes.md"
 
@@ -55,6 +55,7 @@ def run_all(names: list[str] | None = None, tiny: bool = False, out: Path = Path
         result = section.run(tiny=tiny)
         result["_seconds"] = time.perf_counter() - start
         result["_machine"] = machine_info()
+        result["_commit"] = source_commit()
         stored[name] = json.loads(json.dumps(result, default=str))
         if section.plot is not None:
             section.plot(stored[name], figures)
@@ -82,7 +83,8 @@ def _section_text(name: str, section: Section, result: dict, figures: Path, note
     if details.strip():
         lines += ["", f"Targets, analysis and the search: [benchmark notes]({NOTES}#{name})."]
     if "_seconds" in result:
-        lines += ["", f"_Section ran in {result['_seconds']:.0f} s._"]
+        commit = f" at commit `{result['_commit']}`" if result.get("_commit") else ""
+        lines += ["", f"_Section ran in {result['_seconds']:.0f} s{commit}._"]
     return [*lines, ""]
 
 

@@ -109,4 +109,4 @@ def plot(result: dict, folder: Path) -> list:
     return [save_figure(fig, folder / "reuse_iterations.png")]
 
 
-SECTION = Section(title="11. Fixed-point reuse and gradients", order=11, run=run, markdown=markdown, plot=plot)
+SECTION = Section(title="11. Fixed-point reuse and gradients", order=12, run=run, markdown=markdown, plot=plot)

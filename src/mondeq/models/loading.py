@@ -86,12 +86,20 @@ def test_set_of(meta: dict[str, Any], data_dir: str | None = None, limit: int | 
 
 
 def run_position(meta: dict[str, Any]) -> str | None:
-    """A note when a checkpoint was saved inside an epoch (its weights are mid-epoch and ``metrics.csv``
-    ends at the last finished epoch); ``None`` at an epoch's end."""
+    """A note when a checkpoint was saved inside an epoch (its weights are mid-epoch); ``None`` at an
+    epoch's end. A run stopped by its time budget recorded that partial epoch in ``metrics.csv``;
+    one stopped otherwise (a signal, ``kill``) has ``metrics.csv`` end at the last finished epoch."""
     epoch, batch = meta.get("epoch", 0), meta.get("batch", 0)
     if not batch:
         return None
-    finished = len([row for row in meta.get("history", []) if float(row["epoch"]).is_integer()])
+    history = meta.get("history", [])
+    if history and not float(history[-1]["epoch"]).is_integer():
+        return (
+            f"the run ended inside epoch {epoch + 1}, after batch {batch}, when its time budget was spent; metrics.csv "
+            f"ends with that partial epoch ({float(history[-1]['epoch']):g}); `mondeq train --resume` with a larger "
+            "--time-budget continues it"
+        )
+    finished = len([row for row in history if float(row["epoch"]).is_integer()])
     return (
         f"the run stopped inside epoch {epoch + 1}, after batch {batch}: its weights are mid-epoch, "
         f"and metrics.csv holds the {finished} finished epoch(s); `mondeq train --resume` continues it"
