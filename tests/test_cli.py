@@ -161,3 +161,5 @@ def test_train_and_certify_for_linf(tmp_path):
     report = json.loads((out / "certify.json").read_text())
     assert report["norm"] == "linf" and report["eps"] == [0.05, 0.1]
     assert all(c <= p for c, p in zip(report["certified_accuracy"], report["pgd_accuracy"]))
+    written = mondeq("plot", out, "--data-dir", data, "--batch-size", 8, "--max-iter", 10).stdout.split()
+    assert "certified_accuracy.png" in {Path(p).name for p in written}

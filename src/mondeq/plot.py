@@ -15,7 +15,8 @@ __all__ = ["convergence_traces", "plot_certified", "plot_convergence", "plot_tra
 
 
 def plot_certified(report_json: Path, out: Path) -> Path:
-    """Certified (and PGD) accuracy against the l2 radius, from ``mondeq certify``'s report."""
+    """Certified (and PGD) accuracy against the radius (pixels in [0, 1]), from ``mondeq certify``'s
+    report in either norm."""
     import json
 
     report = json.loads(Path(report_json).read_text())
@@ -25,7 +26,10 @@ def plot_certified(report_json: Path, out: Path) -> Path:
     ax.plot(eps, [100 * report["clean_accuracy"], *[100 * a for a in report["certified_accuracy"]]], "o-", label="certified")
     if report.get("pgd_accuracy"):
         ax.plot(eps, [100 * report["clean_accuracy"], *[100 * a for a in report["pgd_accuracy"]]], "s--", label="under PGD")
-    ax.set(xlabel="l2 radius eps", ylabel="accuracy (%)", title=f"Lipschitz bound {report['lipschitz_logits']:.3g}")
+    norm = report.get("norm", "l2")
+    bound = report.get("lipschitz_logits")
+    title = f"Lipschitz bound {bound:.3g}" if bound is not None else "interval bounds through the equilibrium"
+    ax.set(xlabel=f"{norm} radius eps (pixels in [0, 1])", ylabel="accuracy (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
