@@ -23,6 +23,7 @@ __all__ = [
     "certified_radius",
     "certify_checkpoint",
     "image_range",
+    "input_box",
     "certify",
     "evaluate_robustness",
     "input_radius",
@@ -66,6 +67,15 @@ def image_range(info: DatasetInfo, like: Tensor) -> tuple[Tensor, Tensor]:
     return (0 - mean) / std, (1 - mean) / std
 
 
+def input_box(info: DatasetInfo, x: Tensor, eps: float) -> Box:
+    """The l-infinity ball of radius ``eps`` (pixels in [0, 1]) around the model inputs ``x``,
+    intersected with the image range, as a :class:`Box` in the model's input units: what the
+    certificates cover and what certified training bounds."""
+    radius = input_radius(info, eps, "linf", x)
+    low, high = image_range(info, x)
+    return Box(torch.maximum(x - radius, low), torch.minimum(x + radius, high))
+
+
 def _certify_and_attack(
     model: nn.Module,
     x: Tensor,
@@ -83,11 +93,10 @@ def _certify_and_attack(
     if norm == "l2":
         safe = certified_radius(logits, y, lipschitz) >= radius
         return safe, pgd_attack(model, x, y, radius, steps=pgd_steps) if pgd_steps else None
-    low, high = image_range(info, x)
-    box = Box(torch.maximum(x - radius, low), torch.minimum(x + radius, high))
     with torch.no_grad():
-        worst = interval_logits(model, box, y)
+        worst = interval_logits(model, input_box(info, x, eps), y)
     safe = (worst.scatter(1, y[:, None], float("-inf")) < 0).all(dim=1)
+    low, high = image_range(info, x)
     attack = pgd_linf_attack(model, x, y, radius, steps=pgd_steps, lower=low, upper=high) if pgd_steps else None
     return safe, attack
 

@@ -14,16 +14,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import DatasetInfo
 from ..errors import ConfigError
-from .certificates import image_range, input_radius
-from .interval import Box, interval_logits
+from .certificates import input_box, input_radius
+from .interval import interval_logits
 
-__all__ = ["CertifiedObjective", "input_box", "interval_loss", "lipschitz_margin_loss", "parse_certified"]
+__all__ = ["CertifiedObjective", "interval_loss", "lipschitz_margin_loss", "parse_certified"]
 
 NORMS = ("l2", "linf")
 
@@ -91,11 +90,3 @@ class CertifiedObjective:
             return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
         worst = interval_logits(model, input_box(info, x, eps), labels)
         return interval_loss(logits, worst, labels, kappa, label_smoothing)
-
-
-def input_box(info: DatasetInfo, x: Tensor, eps: float) -> Box:
-    """The l-infinity ball of radius ``eps`` (pixels in [0, 1]) around the model inputs ``x``,
-    intersected with the image range, as a :class:`Box` in the model's input units."""
-    radius = input_radius(info, eps, "linf", x)
-    low, high = image_range(info, x)
-    return Box(torch.maximum(x - radius, low), torch.minimum(x + radius, high))
