@@ -64,3 +64,32 @@ def test_every_benchmark_runs_tiny(tmp_path, group):
     assert {r["model"] for r in throughput} == {"single-conv", "multi-conv"} and all(
         r["images_per_second"] > 0 for r in throughput
     )
+
+
+def test_train_for_counts_training_time_only_and_probes_at_each_mark():
+    import time
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from mondeq.benchmarks.common import synthetic_images, train_for
+    from mondeq.train import TrainConfig
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    config = TrainConfig(model="fc", lr=1e-2, lr_schedule="one-cycle", time_budget=0.2 / 60, batch_size=8)
+    probes = []
+
+    def probe(model):
+        time.sleep(0.2)  # an evaluation: not training time
+        probes.append(model)
+        return 0.5
+
+    start = time.perf_counter()
+    done = train_for(model, config, synthetic_images(8), lambda m, x, y, t: F.cross_entropy(m(x), y), marks=3, probe=probe)
+    wall = time.perf_counter() - start
+    assert len(done.points) == len(probes) == 3 and done.epochs >= 1
+    seconds = [s for s, _ in done.points]
+    assert seconds == sorted(seconds) and seconds[-1] == done.seconds >= 0.2
+    assert wall >= done.seconds + 0.6  # the three probes' 0.6 s were not counted

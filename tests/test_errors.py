@@ -40,6 +40,17 @@ def test_nan_or_inf_input(conv_layer, bad):
         conv_layer(x)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nan_or_inf_input_among_huge_values(bad):
+    # float32 values near the maximum sum to inf: the quick finite-sum test must fall back to the full one
+    layer = MonDEQ(make_operator("fc").float())
+    x = torch.full((2, 6), 3e38)
+    layer.check_input(x)  # finite: accepted although its sum overflows
+    x[1, 2] = bad
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        layer.check_input(x)
+
+
 def test_dtype_mismatch(conv_layer):
     with pytest.raises(TypeError, match=r"dtype torch.float32 does not match .*torch.float64"):
         conv_layer(make_input(conv_layer.linear).float())

@@ -12,9 +12,10 @@ same size, under the same wall-time budget, in l2 and in l-infinity.
 Every model trains for ``MONDEQ_CERTIFIED_MINUTES`` (default 4; the tiny smoke run: 1 s on
 synthetic images) with AdamW, one-cycle over the budget, batch 128; monDEQs through
 :class:`~mondeq.train.Trainer` (what ``mondeq train`` runs), the explicit ones through the same
-schedule and loss here. Each is then evaluated on the first ``LIMIT`` test images: clean accuracy,
-certified accuracy and accuracy under a ``PGD_STEPS``-step PGD attack at every radius (pixels in
-[0, 1]). Its results go to a page of their own, ``docs/robustness.md``.
+schedule and loss by :func:`~mondeq.benchmarks.common.train_for`. Each is then evaluated on the
+first ``LIMIT`` test images: clean accuracy, certified accuracy and accuracy under a
+``PGD_STEPS``-step PGD attack at every radius (pixels in [0, 1]). Its results go to a page of their
+own, ``docs/robustness.md``.
 """
 
 from __future__ import annotations
@@ -22,21 +23,19 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..data import Batches, ImageDataset, load_dataset
+from ..data import ImageDataset, load_dataset
 from ..errors import DataError, ignore_convergence_warnings
 from ..models import NormBound
 from ..robust import CertifiedObjective, evaluate_robustness, lipschitz_bound, parse_certified
-from ..train import TrainConfig, Trainer, learning_rate, make_optimizer
-from ..train.schedule import apply_learning_rate
+from ..train import TrainConfig, Trainer
 from . import Section
-from .common import pyplot, save_figure, synthetic_images
+from .common import pyplot, save_figure, synthetic_images, train_for
 
 #: Radii reported per norm (pixels in [0, 1]).
 EPS = {"l2": [0.1, 0.3, 0.5], "linf": [0.05, 0.1]}
@@ -108,29 +107,6 @@ def train_mondeq(options: dict, minutes: float, train: ImageDataset, test: Image
     return trainer.model, {"epochs": len(history), "seconds": history[-1]["elapsed_seconds"]}
 
 
-def train_explicit(model: nn.Module, objective: CertifiedObjective, minutes: float, train: ImageDataset) -> dict:
-    """``model`` trained for ``minutes`` of wall time on ``objective``'s loss, with the monDEQs'
-    optimiser and one-cycle schedule over the budget."""
-    config = TrainConfig(**{**SETTINGS, "model": "fc", "time_budget": minutes})
-    optimizer = make_optimizer(model, config)
-    budget, start, epoch = 60 * minutes, time.perf_counter(), 0
-    lipschitz = GAMMA if objective.norm == "l2" else None
-    while time.perf_counter() - start < budget:
-        batches = Batches(train, config.batch_size, shuffle=True, epoch=epoch)
-        for index, (x, y) in enumerate(batches):
-            elapsed = time.perf_counter() - start
-            if elapsed >= budget:
-                break
-            apply_learning_rate(optimizer, *learning_rate(config, epoch + index / len(batches), elapsed / budget))
-            model.train()
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
-            objective.loss(model, x, logits, y, epoch + index / len(batches), train.info, lipschitz).backward()
-            optimizer.step()
-        epoch += 1
-    return {"epochs": epoch, "seconds": time.perf_counter() - start}
-
-
 def run(tiny: bool = False) -> dict:
     minutes = 1 / 60 if tiny else float(os.environ.get("MONDEQ_CERTIFIED_MINUTES", 4))
     pgd_steps = 2 if tiny else PGD_STEPS
@@ -154,7 +130,14 @@ def run(tiny: bool = False) -> dict:
             model = lipschitz_mlp(GAMMA) if norm == "l2" else ibp_cnn()
             training = L2_TRAINING if norm == "l2" else LINF_TRAINING
             objective = CertifiedObjective(*parse_certified(training), SCHEDULE["certified_warmup"], SCHEDULE["certified_ramp"])
-            note = train_explicit(model, objective, minutes, train)
+            config = TrainConfig(**{**SETTINGS, "model": "fc", "time_budget": minutes})
+            lipschitz = GAMMA if norm == "l2" else None
+
+            def loss(model, x, y, t, objective=objective, lipschitz=lipschitz):
+                return objective.loss(model, x, model(x), y, t, train.info, lipschitz)
+
+            timed = train_for(model, config, train, loss)
+            note = {"epochs": timed.epochs, "seconds": timed.seconds}
             bound, source = (GAMMA, "by construction") if norm == "l2" else (None, "interval bounds")
             command = f"explicit, trained here for {training}"
         with ignore_convergence_warnings():

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor, nn
 
 from .. import plot
-from ..data import DATASETS, ImageDataset, load_dataset
-from ..errors import DataError
+from ..data import DATASETS, Batches, ImageDataset, load_dataset
+from ..errors import DataError, ignore_convergence_warnings
 from ..models import ModelConfig, MonDEQClassifier, load_model, preset_config
+from ..reuse import FixedPointStore
+from ..train import TrainConfig, learning_rate, make_optimizer, tune_alpha
+from ..train.schedule import apply_learning_rate
 
 KINDS = ("fc", "single-conv", "multi-conv")
 pyplot = plot.pyplot
@@ -68,6 +73,32 @@ def measure(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float
         fn()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+def measure_pair(
+    first: Callable[[], object], second: Callable[[], object], repeat: int = 5, min_seconds: float = 2.0, warmup: int = 1
+) -> tuple[float, float, float]:
+    """``(median time of first, median time of second, median of the pairwise ratios second / first)``,
+    timed alternately, so that a drift of the machine's speed reaches both sides alike: at least
+    ``repeat`` pairs, more until both sides have run ``min_seconds`` (at most 1,000 pairs)."""
+    for _ in range(warmup):
+        first()
+        second()
+    times: list[tuple[float, float]] = []
+    spent = 0.0
+    while len(times) < repeat or (spent < min_seconds and len(times) < 1000):
+        pair = []
+        for fn in (first, second):
+            start = time.perf_counter()
+            fn()
+            pair.append(time.perf_counter() - start)
+        times.append((pair[0], pair[1]))
+        spent += pair[0] + pair[1]
+    return (
+        statistics.median(a for a, _ in times),
+        statistics.median(b for _, b in times),
+        statistics.median(b / a for a, b in times),
+    )
 
 
 @dataclass
@@ -129,3 +160,65 @@ def synthetic_images(size: int = 28, count: int = 64) -> ImageDataset:
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 255, (count, 1, size, size), generator=generator, dtype=torch.uint8)
     return ImageDataset(images, torch.randint(0, 10, (count,), generator=generator), DATASETS["fashion-mnist"])
+
+
+#: ``loss(model, x, y, t)``: the loss of batch ``(x, y)`` at fractional epoch ``t``, ready for ``backward``.
+Loss = Callable[[nn.Module, Tensor, Tensor, float], Tensor]
+
+
+@dataclass
+class TimedTraining:
+    """What :func:`train_for` did: ``(seconds, probe value)`` at each mark, the epochs begun and the
+    training seconds spent."""
+
+    points: list[tuple[float, float]] = field(default_factory=list)
+    epochs: int = 0
+    seconds: float = 0.0
+
+
+def train_for(
+    model: nn.Module,
+    config: TrainConfig,
+    train: ImageDataset,
+    loss: Loss,
+    marks: int = 1,
+    probe: Callable[[nn.Module], float] | None = None,
+) -> TimedTraining:
+    """Train ``model`` on ``loss`` for ``config.time_budget`` minutes of training time, as ``mondeq train``
+    schedules it: its optimiser, the learning rate against the fraction of the budget spent and, for a
+    monDEQ, its step-size tuning and fixed-point reuse (``config.reuse``).
+
+    Training time counts the steps only: ``probe(model)``, called at ``marks`` evenly spaced times
+    (the last at the end of the budget), and the batching are not counted.
+    """
+    budget = 60 * config.time_budget
+    optimizer = make_optimizer(model, config)
+    is_mondeq = isinstance(model, MonDEQClassifier)
+    store = None
+    if is_mondeq and config.reuse != "off":
+        store = FixedPointStore(len(train), model.layer.linear.features, backward=config.reuse == "both")
+        model.layer.fixed_points = store
+    done = TimedTraining()
+    due = [budget * (k + 1) / marks for k in range(marks)]
+    while due:
+        batches = Batches(train, config.batch_size, shuffle=True, augment=config.augment, seed=config.seed, epoch=done.epochs)
+        done.epochs += 1
+        for index, (x, y) in enumerate(batches):
+            start = time.perf_counter()
+            if is_mondeq and index in (30, len(batches) // 2):
+                tune_alpha(model, x, config.max_alpha)  # as the trainer does
+            t = done.epochs - 1 + index / len(batches)
+            apply_learning_rate(optimizer, *learning_rate(config, t, progress=min(1.0, done.seconds / budget)))
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            with ignore_convergence_warnings(), store.select(batches.indices(index)) if store else contextlib.nullcontext():
+                loss(model, x, y, t).backward()
+            optimizer.step()
+            done.seconds += time.perf_counter() - start
+            if done.seconds >= due[0]:
+                due.pop(0)
+                if probe is not None:
+                    done.points.append((done.seconds, probe(model)))
+                if not due:
+                    break
+    return done

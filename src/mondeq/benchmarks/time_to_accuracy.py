@@ -16,23 +16,20 @@ synthetic images). With ``MONDEQ_RECIPE_RUN`` naming the run folder of a full
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Batches, ImageDataset, load_dataset
-from ..errors import DataError, ignore_convergence_warnings
+from ..data import ImageDataset, load_dataset
+from ..errors import DataError
 from ..models import MonDEQClassifier, preset_config
-from ..reuse import FixedPointStore
-from ..train import RECIPES, TrainConfig, learning_rate, make_optimizer, tune_alpha
+from ..train import RECIPES, TrainConfig
 from . import Section
-from .common import pyplot, save_figure, synthetic_images
+from .common import pyplot, save_figure, synthetic_images, train_for
 from .peers import NeuralODE, accuracy, explicit_cnn
 
 RECIPE = "fmnist-fast"
@@ -72,42 +69,6 @@ def data(tiny: bool) -> tuple[ImageDataset, ImageDataset]:
     return synthetic, synthetic
 
 
-def train_for(model: nn.Module, config: TrainConfig, train: ImageDataset, test: ImageDataset, marks: int) -> tuple[list, float]:
-    """Train ``model`` for ``config.time_budget`` minutes of training time: ``(seconds, test accuracy on
-    PROBE_IMAGES images)`` at ``marks`` evenly spaced times, and the accuracy on the whole test set at the end."""
-    budget = 60 * config.time_budget
-    optimizer = make_optimizer(model, config)
-    store = None
-    if isinstance(model, MonDEQClassifier) and config.reuse != "off":
-        store = FixedPointStore(len(train), model.layer.linear.features, backward=config.reuse == "both")
-        model.layer.fixed_points = store
-    probe = test.subset(PROBE_IMAGES)
-    points, trained_for, epoch = [], 0.0, 0
-    due = [budget * (k + 1) / marks for k in range(marks)]
-    while due:
-        batches = Batches(train, config.batch_size, shuffle=True, augment=config.augment, seed=config.seed, epoch=epoch)
-        for index, (x, y) in enumerate(batches):
-            start = time.perf_counter()
-            if isinstance(model, MonDEQClassifier) and index in (30, len(batches) // 2):
-                tune_alpha(model, x, config.max_alpha)  # as the trainer does
-            lr, beta1 = learning_rate(config, epoch, progress=min(1.0, trained_for / budget))
-            for group in optimizer.param_groups:
-                group["lr"], group["betas"] = lr, (beta1, group["betas"][1])
-            model.train()
-            optimizer.zero_grad(set_to_none=True)
-            with ignore_convergence_warnings(), store.select(batches.indices(index)) if store else contextlib.nullcontext():
-                F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing).backward()
-            optimizer.step()
-            trained_for += time.perf_counter() - start
-            if trained_for >= due[0]:
-                due.pop(0)
-                points.append((trained_for, accuracy(model, probe)))
-                if not due:
-                    break
-        epoch += 1
-    return points, accuracy(model, test)
-
-
 def recipe_run_curve(folder: str | None) -> list | None:
     """``(elapsed seconds, test accuracy)`` per evaluated row of a run's metrics.csv, if ``folder`` is given."""
     if not folder:
@@ -121,11 +82,23 @@ def run(tiny: bool = False) -> dict:
     settings = {k: v for k, v in RECIPES[RECIPE].settings.items() if k not in ("out", "model_options")}
     config = TrainConfig(**{**settings, "time_budget": minutes})
     train, test = data(tiny)
+    probe_images = test.subset(PROBE_IMAGES)
     curves = {}
     for name, model in contenders(tiny).items():
         torch.manual_seed(0)
-        points, final = train_for(model, config, train, test, marks=2 if tiny else 6)
-        curves[name] = {"points": points, "final": final, "parameters": sum(p.numel() for p in model.parameters())}
+        timed = train_for(
+            model,
+            config,
+            train,
+            lambda model, x, y, t: F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing),
+            marks=2 if tiny else 6,
+            probe=lambda model: accuracy(model, probe_images),
+        )
+        curves[name] = {
+            "points": timed.points,
+            "final": accuracy(model, test),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
     return {
         "minutes": minutes,
         "curves": curves,

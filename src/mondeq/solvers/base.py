@@ -115,7 +115,8 @@ class SplittingMethod:
 def relative_residual(z: Tensor, fz: Tensor) -> float:
     """``||fz - z|| / ||fz||`` (0 when both vanish), divided on the host: two tensor operations, so
     that small problems, where each operation's dispatch costs more than its arithmetic, stay cheap."""
-    distance, norm = float(torch.dist(fz, z)), float(fz.norm())
+    # torch.linalg.vector_norm, not Tensor.norm: the latter's Python wrapper costs more than the norm here
+    distance, norm = float(torch.dist(fz, z)), float(torch.linalg.vector_norm(fz))
     return distance / (norm + torch.finfo(z.dtype).tiny) if distance else 0.0
 
 
