@@ -20,7 +20,7 @@ from ..data import DATASETS, Batches, ImageDataset, load_dataset
 from ..errors import DataError, ignore_convergence_warnings
 from ..models import ModelConfig, MonDEQClassifier, load_model, preset_config
 from ..reuse import FixedPointStore
-from ..train import TrainConfig, learning_rate, make_optimizer, tune_alpha
+from ..train import TrainConfig, learning_rate, make_optimizer, tune_alpha, tunes_alpha
 from ..train.schedule import apply_learning_rate
 
 KINDS = ("fc", "single-conv", "multi-conv")
@@ -205,8 +205,8 @@ def train_for(
         done.epochs += 1
         for index, (x, y) in enumerate(batches):
             start = time.perf_counter()
-            if is_mondeq and index in (30, len(batches) // 2):
-                tune_alpha(model, x, config.max_alpha)  # as the trainer does
+            if is_mondeq and tunes_alpha(config, index, len(batches)):
+                tune_alpha(model, x, config.max_alpha)
             t = done.epochs - 1 + index / len(batches)
             apply_learning_rate(optimizer, *learning_rate(config, t, progress=min(1.0, done.seconds / budget)))
             model.train()

@@ -19,7 +19,7 @@ from .evaluation import EvalResult, evaluate
 from .loop import STALL_STEPS, StopReason, Trainer
 from .metrics import METRIC_FIELDS, RunningTotals
 from .run_folder import RUN_OUTPUTS
-from .schedule import learning_rate, make_optimizer, tune_alpha
+from .schedule import learning_rate, make_optimizer, tune_alpha, tunes_alpha
 
 __all__ = [
     "BUDGET_EPOCHS",
@@ -41,4 +41,5 @@ __all__ = [
     "learning_rate",
     "make_optimizer",
     "tune_alpha",
+    "tunes_alpha",
 ]

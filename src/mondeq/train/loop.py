@@ -34,7 +34,7 @@ from .config import TrainConfig
 from .evaluation import EvalResult, evaluate
 from .metrics import MetricsLog, RunningTotals
 from .run_folder import RunFolder
-from .schedule import apply_learning_rate, learning_rate, make_optimizer, tune_alpha
+from .schedule import apply_learning_rate, learning_rate, make_optimizer, tune_alpha, tunes_alpha
 from .signals import StopRequests
 
 __all__ = ["STALL_STEPS", "StopReason", "Trainer"]
@@ -273,7 +273,7 @@ class Trainer:
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, index: int, num_batches: int, examples: torch.Tensor) -> None:
         cfg, model = self.config, self.model
-        if cfg.tune_alpha and index in (30, num_batches // 2):
+        if tunes_alpha(cfg, index, num_batches):
             model.layer.alpha = distributed.broadcast_float(tune_alpha(model, x, cfg.max_alpha))
         model.train()
         apply_learning_rate(

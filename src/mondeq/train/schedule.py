@@ -59,6 +59,12 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam([g for g in groups if g["params"]], lr=config.lr, decoupled_weight_decay=True)
 
 
+def tunes_alpha(config: TrainConfig, index: int, num_batches: int) -> bool:
+    """Whether the step size is tuned before batch ``index`` of an epoch of ``num_batches``: at batch 30
+    and half-way through every epoch (the paper's schedule), unless ``config.tune_alpha`` is off."""
+    return config.tune_alpha and index in (30, num_batches // 2)
+
+
 @torch.no_grad()
 def tune_alpha(model: nn.Module, x: torch.Tensor, max_alpha: float) -> float:
     """Pick the step size with the fewest forward iterations on batch ``x`` (the paper's search).
