@@ -20,6 +20,7 @@ own, ``docs/robustness.md``.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -31,7 +32,7 @@ from torch.nn.utils import parametrize
 
 from ..data import ImageDataset, load_dataset
 from ..errors import DataError, ignore_convergence_warnings
-from ..models import NormBound
+from ..models import ConvNormBound, NormBound
 from ..robust import CertifiedObjective, evaluate_robustness, lipschitz_bound, parse_certified
 from ..train import TrainConfig, Trainer
 from . import Section
@@ -43,24 +44,48 @@ EPS = {"l2": [0.1, 0.3, 0.5], "linf": [0.05, 0.1]}
 GAMMA, L2_TRAINING, LINF_TRAINING = 1.0, "l2:0.3", "linf:0.1"
 LIMIT, PGD_STEPS = 1000, 20
 #: Shared by every model: the optimiser and its schedule; and of certified training, the radius's
-#: warm-up and ramp (epochs).
+#: warm-up and ramp (epochs, at 4 minutes: scaled with the budget, as the number of epochs is).
 SETTINGS = {"lr": 1e-3, "lr_schedule": "one-cycle", "eval_every": 0}
 SCHEDULE = {"certified_warmup": 1.0, "certified_ramp": 3.0}
+#: The convolutional interval monDEQ runs about a quarter of the CNN's epochs: its ramp in proportion.
+CONV_INTERVAL_SCHEDULE = {"certified_warmup": 0.25, "certified_ramp": 1.5}
 
-#: name: (norm, ``mondeq train`` options of a monDEQ, or ``None`` for an explicit network).
+INTERVAL_CONV = "monDEQ single-conv, interval operator (IBP)"
+IBP_CNN = "CNN 16-32-56 (IBP)"
+#: name: (norm, ``mondeq train`` options of a monDEQ, or ``None`` for an explicit network of :data:`EXPLICIT`).
 MODELS: dict[str, tuple[str, dict | None]] = {
-    "monDEQ fc, plain training, bound estimated": ("l2", {"model": "fc"}),
     f"monDEQ fc, {GAMMA:g}-Lipschitz by construction": (
         "l2",
         {"model": "fc", "certified": L2_TRAINING, "model_options": {"lipschitz": GAMMA}},
     ),
     f"MLP 784-120-10, {GAMMA:g}-Lipschitz by construction": ("l2", None),
+    f"monDEQ single-conv, {GAMMA:g}-Lipschitz by construction": (
+        "l2",
+        {
+            "model": "single-conv",
+            "certified": L2_TRAINING,
+            "model_options": {"lipschitz": GAMMA, "channels": [54], "stride": 2, "pool": 2},
+        },
+    ),
+    f"CNN 16-32-56, {GAMMA:g}-Lipschitz by construction": ("l2", None),
     "monDEQ fc, interval operator (IBP)": (
         "linf",
         {"model": "fc", "certified": LINF_TRAINING, "model_options": {"interval": True, "m": 0.5, "width": 100}},
     ),
-    "CNN 16-32-56 (IBP)": ("linf", None),
+    INTERVAL_CONV: (
+        "linf",
+        {
+            "model": "single-conv",
+            "certified": LINF_TRAINING,
+            **CONV_INTERVAL_SCHEDULE,
+            "model_options": {"interval": True, "m": 0.5, "channels": [16], "stride": 2, "pool": 2},
+        },
+    ),
+    IBP_CNN: ("linf", None),
 }
+#: The l-infinity pair trained once more, for :data:`LONG_MINUTES` each.
+LONG_PAIR = (INTERVAL_CONV, IBP_CNN)
+LONG_MINUTES = 20.0
 
 
 def lipschitz_mlp(gamma: float, hidden: int = 120) -> nn.Module:
@@ -69,6 +94,30 @@ def lipschitz_mlp(gamma: float, hidden: int = 120) -> nn.Module:
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, hidden), nn.ReLU(), nn.Linear(hidden, 10))
     for layer in (model[1], model[3]):
         parametrize.register_parametrization(layer, "weight", NormBound(math.sqrt(gamma)))
+    return model
+
+
+def lipschitz_cnn(gamma: float, image_size: int = 28) -> nn.Module:
+    """The IBP CNN's shape with every layer's exact norm ``<= gamma ** (1/4)``: two circular strided
+    convolutions (16 channels 5x5 / 2, 32 channels 3x3 / 2; their norm is exact per frequency,
+    :class:`~mondeq.models.ConvNormBound`), a 56-unit and a 10-unit linear layer (93,490 parameters);
+    ``gamma``-Lipschitz in l2 for every weight."""
+    bound = gamma**0.25
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 5, stride=2, padding=2, padding_mode="circular"),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1, padding_mode="circular"),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * (image_size // 4) ** 2, 56),
+        nn.ReLU(),
+        nn.Linear(56, 10),
+    )
+    sides = (image_size, image_size // 2)
+    for conv, side in zip((model[0], model[2]), sides):
+        parametrize.register_parametrization(conv, "weight", ConvNormBound(bound, (side, side), conv.stride[0]))
+    for layer in (model[5], model[7]):
+        parametrize.register_parametrization(layer, "weight", NormBound(bound))
     return model
 
 
@@ -86,6 +135,14 @@ def ibp_cnn() -> nn.Module:
     )
 
 
+#: The explicit networks of :data:`MODELS` and how each is built.
+EXPLICIT = {
+    f"MLP 784-120-10, {GAMMA:g}-Lipschitz by construction": lambda: lipschitz_mlp(GAMMA),
+    f"CNN 16-32-56, {GAMMA:g}-Lipschitz by construction": lambda: lipschitz_cnn(GAMMA),
+    IBP_CNN: ibp_cnn,
+}
+
+
 def data(tiny: bool) -> tuple[ImageDataset, ImageDataset]:
     if not tiny:
         try:
@@ -97,60 +154,87 @@ def data(tiny: bool) -> tuple[ImageDataset, ImageDataset]:
 
 
 def train_mondeq(options: dict, minutes: float, train: ImageDataset, test: ImageDataset) -> tuple[nn.Module, dict]:
-    """A monDEQ trained by :class:`~mondeq.train.Trainer` for ``minutes``: the model and a note."""
+    """A monDEQ trained by :class:`~mondeq.train.Trainer` for ``minutes``: the model and a note. A
+    certified schedule (the options' own, else :data:`SCHEDULE`) is in epochs at 4 minutes, scaled
+    with the budget."""
     with tempfile.TemporaryDirectory() as folder:
-        schedule = SCHEDULE if "certified" in options else {}
-        config = TrainConfig(**{**SETTINGS, **schedule, **options, "time_budget": minutes, "out": f"{folder}/run"})
+        schedule = {}
+        if "certified" in options:
+            schedule = {k: options.get(k, v) * minutes / 4 for k, v in SCHEDULE.items()}
+        config = TrainConfig(**{**SETTINGS, **options, **schedule, "time_budget": minutes, "out": f"{folder}/run"})
         trainer = Trainer(config, train, test, progress=False)
         with ignore_convergence_warnings():
             history = trainer.fit()
     return trainer.model, {"epochs": len(history), "seconds": history[-1]["elapsed_seconds"]}
 
 
+def train_and_evaluate(name: str, minutes: float, train: ImageDataset, test: ImageDataset, tiny: bool, pgd_steps: int) -> dict:
+    """One row of the table: model ``name`` of :data:`MODELS` trained for ``minutes`` and evaluated."""
+    norm, options = MODELS[name]
+    torch.manual_seed(0)
+    if options is not None:
+        sized = {**options, "model_options": {**options.get("model_options", {}), **({"width": 8} if tiny else {})}}
+        if tiny and sized["model"] != "fc":
+            sized["model_options"].pop("width")
+            sized["model_options"]["channels"] = [4]
+        model, note = train_mondeq(sized, minutes, train, test)
+        config = model.config
+        if config.lipschitz is not None:
+            bound, source = config.lipschitz, "by construction"
+        elif norm == "l2":
+            bound, source = lipschitz_bound(model).logits, "estimated"
+        else:
+            bound, source = None, "interval bounds"
+        model.layer.configure(tol=1e-4)  # certify the true equilibrium's margins
+        command = " ".join(_flags(sized))
+    else:
+        model = EXPLICIT[name]()
+        training = L2_TRAINING if norm == "l2" else LINF_TRAINING
+        scale = minutes / 4
+        objective = CertifiedObjective(
+            *parse_certified(training), SCHEDULE["certified_warmup"] * scale, SCHEDULE["certified_ramp"] * scale
+        )
+        config = TrainConfig(**{**SETTINGS, "model": "fc", "time_budget": minutes})
+        lipschitz = GAMMA if norm == "l2" else None
+
+        def loss(model, x, y, t, objective=objective, lipschitz=lipschitz):
+            return objective.loss(model, x, model(x), y, t, train.info, lipschitz)
+
+        timed = train_for(model, config, train, loss)
+        note = {"epochs": timed.epochs, "seconds": timed.seconds}
+        bound, source = (GAMMA, "by construction") if norm == "l2" else (None, "interval bounds")
+        command = f"explicit, trained here for {training}"
+    with ignore_convergence_warnings():
+        report = evaluate_robustness(model, test, EPS[norm], bound, pgd_steps, norm=norm)
+    return {
+        **report,
+        **note,
+        "lipschitz_logits": bound,
+        "bound_source": source,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "command": command,
+    }
+
+
 def run(tiny: bool = False) -> dict:
+    """Every model of :data:`MODELS` for ``MONDEQ_CERTIFIED_MINUTES`` (default 4; 0: none), then the pair of
+    :data:`LONG_PAIR` for ``MONDEQ_CERTIFIED_LONG_MINUTES`` (default :data:`LONG_MINUTES`; 0: skipped).
+    With ``MONDEQ_CERTIFIED_PARTIAL`` set, each finished row is also written to that JSON file."""
     minutes = 1 / 60 if tiny else float(os.environ.get("MONDEQ_CERTIFIED_MINUTES", 4))
+    long_minutes = 0.0 if tiny else float(os.environ.get("MONDEQ_CERTIFIED_LONG_MINUTES", LONG_MINUTES))
     pgd_steps = 2 if tiny else PGD_STEPS
     train, test = data(tiny)
-    rows = {}
-    for name, (norm, options) in MODELS.items():
-        torch.manual_seed(0)
-        if options is not None:
-            sized = {**options, "model_options": {**options.get("model_options", {}), **({"width": 8} if tiny else {})}}
-            model, note = train_mondeq(sized, minutes, train, test)
-            config = model.config
-            if config.lipschitz is not None:
-                bound, source = config.lipschitz, "by construction"
-            elif norm == "l2":
-                bound, source = lipschitz_bound(model).logits, "estimated"
-            else:
-                bound, source = None, "interval bounds"
-            model.layer.configure(tol=1e-4)  # certify the true equilibrium's margins
-            command = " ".join(_flags(sized))
-        else:
-            model = lipschitz_mlp(GAMMA) if norm == "l2" else ibp_cnn()
-            training = L2_TRAINING if norm == "l2" else LINF_TRAINING
-            objective = CertifiedObjective(*parse_certified(training), SCHEDULE["certified_warmup"], SCHEDULE["certified_ramp"])
-            config = TrainConfig(**{**SETTINGS, "model": "fc", "time_budget": minutes})
-            lipschitz = GAMMA if norm == "l2" else None
-
-            def loss(model, x, y, t, objective=objective, lipschitz=lipschitz):
-                return objective.loss(model, x, model(x), y, t, train.info, lipschitz)
-
-            timed = train_for(model, config, train, loss)
-            note = {"epochs": timed.epochs, "seconds": timed.seconds}
-            bound, source = (GAMMA, "by construction") if norm == "l2" else (None, "interval bounds")
-            command = f"explicit, trained here for {training}"
-        with ignore_convergence_warnings():
-            report = evaluate_robustness(model, test, EPS[norm], bound, pgd_steps, norm=norm)
-        rows[name] = {
-            **report,
-            **note,
-            "lipschitz_logits": bound,
-            "bound_source": source,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "command": command,
-        }
-    return {"rows": rows, "eps": EPS, "minutes": minutes, "limit": len(test), "pgd_steps": pgd_steps}
+    result: dict = {"rows": {}, "eps": EPS, "minutes": minutes, "limit": len(test), "pgd_steps": pgd_steps}
+    plan = [(name, minutes, result["rows"]) for name in MODELS if minutes]
+    if long_minutes:
+        result["long"] = {"minutes": long_minutes, "rows": {}}
+        plan += [(name, long_minutes, result["long"]["rows"]) for name in LONG_PAIR]
+    for name, budget, rows in plan:
+        rows[name] = train_and_evaluate(name, budget, train, test, tiny, pgd_steps)
+        partial = os.environ.get("MONDEQ_CERTIFIED_PARTIAL")
+        if partial:
+            Path(partial).write_text(json.dumps(result, indent=1, default=str))
+    return result
 
 
 def _flags(options: dict) -> list[str]:
@@ -158,23 +242,26 @@ def _flags(options: dict) -> list[str]:
     flags = []
     for key, value in {**{k: v for k, v in options.items() if k != "model_options"}, **options.get("model_options", {})}.items():
         flag = "--" + key.replace("_", "-")
-        flags += [flag] if value is True else [flag, str(value)]
+        flags += [flag] if value is True else [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
     return flags
 
 
 def markdown(result: dict) -> str:
     lines = []
-    for norm, title in (("l2", "l2 (Lipschitz bounds)"), ("linf", "l-infinity (interval bounds)")):
-        eps = result["eps"][norm]
+    tables = [("l2", "l2 (Lipschitz bounds)", result), ("linf", "l-infinity (interval bounds)", result)]
+    if "long" in result:
+        tables.append(("linf", "l-infinity, trained longer", {**result, **result["long"]}))
+    for norm, title, part in tables:
+        eps = part["eps"][norm]
         lines += [
-            f"**{title}**, {result['minutes']:g} minutes of training per model, first {result['limit']:,} test images:",
+            f"**{title}**, {part['minutes']:g} minutes of training per model, first {part['limit']:,} test images:",
             "",
             "| model | parameters | epochs | clean | "
             + " | ".join(f"certified / PGD at {e:g}" for e in eps)
             + " | bound (logits) | how trained |",
             "|---|---|---|---|" + "---|" * len(eps) + "---|---|",
         ]
-        for name, r in result["rows"].items():
+        for name, r in part["rows"].items():
             if r["norm"] != norm:
                 continue
             cells = [f"{100 * c:.1f}% / {100 * p:.1f}%" for c, p in zip(r["certified_accuracy"], r["pgd_accuracy"])]

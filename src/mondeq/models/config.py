@@ -91,8 +91,8 @@ class ModelConfig:
     interval: bool = field(
         default=False,
         metadata=option(
-            "the interval operator W = D^-1/2 M D^-1/2 (fc, m < 1), whose interval bounds converge: "
-            "l-infinity certificates and --certified linf:EPS",
+            "the interval operator W = D^-1/2 M D^-1/2 (fc: M dense; single-conv: M a convolution; m < 1), "
+            "whose interval bounds converge: l-infinity certificates and --certified linf:EPS",
             "flag",
         ),
     )
@@ -143,7 +143,7 @@ _KIND_SPECIFIC_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "pool": (("single-conv",), "single-conv"),
     "readout": (("multi-conv",), "multi-conv"),
     "lipschitz": (("fc", "single-conv"), "fc and single-conv"),
-    "interval": (("fc",), "fc"),
+    "interval": (("fc", "single-conv"), "fc and single-conv"),
 }
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..operators import FullyConnected, IntervalFullyConnected, MonotoneOperator, MultiConv, SingleConv
+from ..operators import FullyConnected, IntervalFullyConnected, IntervalSingleConv, MonotoneOperator, MultiConv, SingleConv
 from .spectral import ConvNormBound, NormBound
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ KINDS: dict[str, ClassifierKind] = {
         pool_norm=lambda c: 1.0,
     ),
     "single-conv": ClassifierKind(
-        operator=lambda c: SingleConv(
+        operator=lambda c: (IntervalSingleConv if c.interval else SingleConv)(
             c.in_channels, c.channels[0], c.image_size, kernel_size=c.kernel_size, m=c.m, stride=c.stride
         ),
         pool=lambda c, z: F.avg_pool2d(z, c.pool),

@@ -1,16 +1,20 @@
-"""Monotone linear operators: dense (and its interval variant), single and multi-tier convolutions, the user's own maps."""
+"""Monotone linear operators: dense, interval (dense and convolutional), single and multi-tier convolutions,
+the user's own maps."""
 
 from .base import FrozenOperator, MonotoneOperator, Resolvent
 from .convolutional import MultiConv, SingleConv
-from .fully_connected import FullyConnected, IntervalFullyConnected
+from .fully_connected import FullyConnected
 from .generic import KrylovStats, Monotone, gmres
+from .interval import IntervalFullyConnected, IntervalOperator, IntervalSingleConv
 
 __all__ = [
     "MonotoneOperator",
     "Resolvent",
     "FrozenOperator",
     "FullyConnected",
+    "IntervalOperator",
     "IntervalFullyConnected",
+    "IntervalSingleConv",
     "SingleConv",
     "MultiConv",
     "Monotone",

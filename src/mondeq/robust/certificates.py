@@ -5,10 +5,29 @@ Radii are given on the pixel scale (images in [0, 1]); the models see normalised
 :math:`(x - \mu_c) / \sigma_c`, so an :math:`\ell_2` ball of radius :math:`\epsilon` lies in the ball of
 radius :math:`\epsilon / \min_c \sigma_c` of the model's input, and an :math:`\ell_\infty` ball is the box of
 half-widths :math:`\epsilon / \sigma_c` per channel.
+
+**What a certificate accounts for.** It is a statement about the exact equilibrium network of the
+stored weights, proved from the numbers the program computed:
+
+- *the solve's remaining error* (:math:`\ell_2`): a solver stops at a tolerance, at some :math:`z` near
+  :math:`z^\star`. With :math:`r = z - \sigma(Wz + Ux + b)`, :math:`z' = \sigma(Wz + Ux + b)` is the exact
+  equilibrium of the injection shifted by :math:`Wr` (:math:`z' = \sigma(Wz' + Wr + Ux + b)`), and the
+  equilibrium is :math:`1/m`-Lipschitz in its injection, so
+  :math:`\|z - z^\star\| \le \|r\| + \|Wr\| / m` (:func:`equilibrium_error`). The logits move by at most
+  :math:`\|RP\| \|z - z^\star\|`, each difference of two logits by :math:`\sqrt 2` times that, and the
+  margin is lowered by it before it is compared with :math:`\sqrt 2 L \epsilon`. :math:`\ell_\infty`
+  certificates need no allowance: their interval bounds hold every exact equilibrium of the ball after any
+  number of iterations (:func:`~mondeq.robust.equilibrium_box`).
+- *rounding*: the margins, the equilibrium error and the interval bounds are computed in float64 on a
+  float64 copy of the weights; interval bounds are widened outward by the rounding error of each operation
+  (:func:`~mondeq.robust.interval.rounding_bound`), and the :math:`\ell_2` margin is lowered by
+  :data:`FLOAT64_SLACK` of the quantities it is computed from; a bound that holds "by construction" is
+  raised by :data:`PARAMETRISATION_SLACK`, the float32 rounding of the parametrisation that enforces it.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -20,6 +39,10 @@ from .attacks import pgd_attack, pgd_linf_attack
 from .interval import Box, interval_logits
 
 __all__ = [
+    "FLOAT64_SLACK",
+    "PARAMETRISATION_SLACK",
+    "certified_margins",
+    "equilibrium_error",
     "certified_radius",
     "certify_checkpoint",
     "image_range",
@@ -29,6 +52,16 @@ __all__ = [
     "input_radius",
     "logit_margin",
 ]
+
+
+#: Relative allowance for float64 rounding in the l2 margin and the equilibrium error (their computed
+#: errors are ~1e-15 relative, FFTs included).
+FLOAT64_SLACK = 1e-9
+#: Relative allowance on a Lipschitz bound enforced by a float32 parametrisation (a weight scaled to norm
+#: ``c`` has, as stored, norm ``c`` to within a few float32 roundings).
+PARAMETRISATION_SLACK = 1e-5
+#: Interval iterations and tolerance of l-infinity certificates (extra iterations only tighten the bounds).
+CERTIFY_ITERATIONS, CERTIFY_TOL = 100, 1e-7
 
 
 def logit_margin(logits: Tensor, labels: Tensor) -> Tensor:
@@ -43,6 +76,62 @@ def certified_radius(logits: Tensor, labels: Tensor, lipschitz: float) -> Tensor
     r"""``margin / (sqrt(2) L)`` per example, 0 when misclassified: the difference of two logits of an
     :math:`L`-Lipschitz map is :math:`\sqrt 2 L`-Lipschitz, so no perturbation of a smaller norm flips it."""
     return torch.clamp(logit_margin(logits, labels), min=0) / (math.sqrt(2) * lipschitz)
+
+
+@torch.no_grad()
+def equilibrium_error(layer: nn.Module, x: Tensor, z: Tensor | tuple[Tensor, ...]) -> Tensor:
+    r"""Per-example bound on :math:`\|z - z^\star(x)\|_2` for any hidden state ``z`` of the monDEQ
+    ``layer``: :math:`\|r\| + \|Wr\| / m` with :math:`r = z - \sigma(Wz + Ux + b)` (module docstring),
+    raised by :data:`FLOAT64_SLACK` of the quantities it is computed from. Compute it in float64."""
+    op = layer.linear
+    flat = op.flatten(z).to(x.dtype)
+    pre = op.multiply(flat) + op.inject(x)
+    residual = flat - layer.activation(pre)
+    bound = residual.norm(dim=1) + op.multiply(residual).norm(dim=1) / op.m
+    scale = (flat.norm(dim=1) + pre.norm(dim=1)) / op.m
+    return bound * (1 + FLOAT64_SLACK) + FLOAT64_SLACK * scale
+
+
+def readout_norm(model: nn.Module) -> float:
+    r""":math:`\|RP\|_2` of a monDEQ classifier's readout: the exact norm of the readout weight (float64)
+    times the pooling's norm where the kind states it, else a power-iteration estimate of the whole."""
+    from ..models import KINDS, linear_norm
+    from .lipschitz import lipschitz_bound
+
+    kind = KINDS[model.config.kind]
+    if kind.pool_norm is None:
+        return lipschitz_bound(model).readout_norm
+    return float(linear_norm(model.readout.weight.detach().double())) * kind.pool_norm(model.config)
+
+
+@torch.no_grad()
+def certified_margins(model: nn.Module, x: Tensor, labels: Tensor, norm_of_readout: float | None = None) -> Tensor:
+    r"""Logit margins (:func:`logit_margin`) that hold for the exact model, computed in float64: for a
+    monDEQ classifier (``model.layer``, ``model.pool``, ``model.readout``) the equilibrium is solved by its
+    own solver, and the margin lowered by :math:`\sqrt 2 \|RP\|` times :func:`equilibrium_error`
+    (``norm_of_readout``: :math:`\|RP\|`, default :func:`readout_norm`); for any other model its float64
+    copy's margin. Both lowered by :data:`FLOAT64_SLACK` of the logits' size."""
+    exact = _float64_copy(model)
+    x64 = x.detach().double()
+    layer = getattr(model, "layer", None)
+    if layer is None:
+        logits = exact(x64)
+        allowance = torch.zeros_like(logits[:, 0])
+    else:
+        z = layer(x)
+        z64 = tuple(t.double() for t in z) if isinstance(z, tuple) else z.double()
+        logits = exact.readout(exact.pool(z64))
+        spread = readout_norm(exact) if norm_of_readout is None else norm_of_readout
+        allowance = math.sqrt(2) * spread * equilibrium_error(exact.layer, x64, z64)
+    size = logits.abs().amax(dim=1)
+    return logit_margin(logits, labels) - allowance - FLOAT64_SLACK * (1 + size)
+
+
+def _float64_copy(model: nn.Module) -> nn.Module:
+    """A float64 copy of ``model`` (its solver settings kept; equilibria solved afresh)."""
+    clone = copy.deepcopy(model).double()
+    clone.eval()
+    return clone
 
 
 @torch.no_grad()
@@ -78,9 +167,10 @@ def input_box(info: DatasetInfo, x: Tensor, eps: float) -> Box:
 
 def _certify_and_attack(
     model: nn.Module,
+    exact: nn.Module,
     x: Tensor,
     y: Tensor,
-    logits: Tensor,
+    margins: Tensor | None,
     info: DatasetInfo,
     eps: float,
     norm: str,
@@ -88,13 +178,16 @@ def _certify_and_attack(
     pgd_steps: int,
 ) -> tuple[Tensor, Tensor | None]:
     """Which examples of the batch are certified at radius ``eps`` (pixels), and the PGD adversarial
-    inputs (``None`` without attack)."""
+    inputs (``None`` without attack). ``exact``: the float64 copy of ``model`` for interval bounds;
+    ``margins``: :func:`certified_margins` for l2."""
     radius = input_radius(info, eps, norm, x)
     if norm == "l2":
-        safe = certified_radius(logits, y, lipschitz) >= radius
+        safe = margins > math.sqrt(2) * lipschitz * (1 + PARAMETRISATION_SLACK) * float(radius)
         return safe, pgd_attack(model, x, y, radius, steps=pgd_steps) if pgd_steps else None
     with torch.no_grad():
-        worst = interval_logits(model, input_box(info, x, eps), y)
+        x64 = x.double()
+        box = input_box(info, x64, eps).widened(torch.finfo(torch.float64).eps)
+        worst = interval_logits(exact, box, y, CERTIFY_ITERATIONS, rounding=True)
     safe = (worst.scatter(1, y[:, None], float("-inf")) < 0).all(dim=1)
     low, high = image_range(info, x)
     attack = pgd_linf_attack(model, x, y, radius, steps=pgd_steps, lower=low, upper=high) if pgd_steps else None
@@ -113,9 +206,10 @@ def evaluate_robustness(
 ) -> dict:
     """Clean, certified and PGD accuracy at each radius ``eps`` (pixels in [0, 1]) in ``norm``.
 
-    ``l2`` certifies from the logits' Lipschitz constant ``lipschitz`` (in the model's input units,
-    :func:`certified_radius`); ``linf`` from interval bounds (:func:`~mondeq.robust.interval_logits`;
-    the interval monDEQ or an explicit network). PGD accuracy (``pgd_steps`` steps, none when 0,
+    ``l2`` certifies from the logits' Lipschitz constant ``lipschitz`` (in the model's input units) and
+    :func:`certified_margins` (the solve's error and rounding allowed for); ``linf`` from interval bounds
+    computed in float64 and widened by their rounding error (:func:`~mondeq.robust.interval_logits`;
+    an interval monDEQ or an explicit network). PGD accuracy (``pgd_steps`` steps, none when 0,
     in the image range for ``linf``) bounds robust accuracy from above, so ``certified <= PGD``
     wherever both are sound. Returns ``examples``, ``clean_accuracy``, ``norm``, ``eps``,
     ``certified_accuracy``, ``pgd_accuracy`` (``None`` without attack) and ``pgd_steps``.
@@ -125,13 +219,16 @@ def evaluate_robustness(
     eps = sorted(eps)
     correct, certified, robust = 0, [0] * len(eps), [0] * len(eps)
     model.eval()
+    exact = _float64_copy(model) if norm == "linf" else None
+    spread = readout_norm(model) if norm == "l2" and hasattr(model, "layer") else None
     for x, y in Batches(dataset, batch_size, device=device):
         with torch.no_grad():
             logits = model(x)
         right = logits.argmax(1) == y
         correct += right.sum().item()
+        margins = certified_margins(model, x, y, spread) if norm == "l2" else None
         for k, e in enumerate(eps):
-            safe, adversarial = _certify_and_attack(model, x, y, logits, dataset.info, e, norm, lipschitz, pgd_steps)
+            safe, adversarial = _certify_and_attack(model, exact, x, y, margins, dataset.info, e, norm, lipschitz, pgd_steps)
             certified[k] += (right & safe).sum().item()
             if adversarial is not None:
                 with torch.no_grad():
@@ -191,7 +288,7 @@ def certify_checkpoint(
     elif not model.config.interval:
         raise ConfigError(
             f"{path}: l-infinity certificates need the interval operator, and this model was trained without it "
-            "(train one with --model fc --certified linf:EPS)"
+            "(train one with --interval --certified linf:EPS, --model fc or single-conv)"
         )
     test = test_set_of(meta, data_dir, limit)
     lipschitz = report.get("lipschitz_logits")

@@ -52,16 +52,25 @@ def interval_loss(logits: Tensor, worst: Tensor, labels: Tensor, kappa: float, l
     return kappa * clean + (1 - kappa) * F.cross_entropy(worst, labels)
 
 
+#: Interval iterations through the equilibrium per training step, and how many of the last are on the
+#: tape (the bounds are sound after any number; from :func:`~mondeq.robust.equilibrium_box`'s start box
+#: they are close to converged by 8; the gradient through the last few is a truncated one).
+TRAINING_ITERATIONS, TAPED_ITERATIONS = 8, 3
+
+
 @dataclass(frozen=True)
 class CertifiedObjective:
     """The certified-training schedule: the radius ``eps`` after ``warmup`` epochs at 0 and a linear
-    ramp over ``ramp`` epochs; the weight of the clean loss falls from 1 to ``kappa`` over the same ramp."""
+    ramp over ``ramp`` epochs; the weight of the clean loss falls from 1 to ``kappa`` over the same ramp.
+    ``iterations``: interval iterations through an equilibrium per step, the last ``taped`` of them on the tape."""
 
     norm: str
     eps: float
     warmup: float = 1.0
     ramp: float = 5.0
     kappa: float = 0.5
+    iterations: int = TRAINING_ITERATIONS
+    taped: int = TAPED_ITERATIONS
 
     def at(self, epoch: float) -> tuple[float, float]:
         """``(eps, kappa)`` at fractional ``epoch``."""
@@ -88,5 +97,5 @@ class CertifiedObjective:
             return lipschitz_margin_loss(logits, labels, lipschitz, radius, label_smoothing)
         if eps == 0:
             return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-        worst = interval_logits(model, input_box(info, x, eps), labels)
+        worst = interval_logits(model, input_box(info, x, eps), labels, self.iterations, taped=self.taped)
         return interval_loss(logits, worst, labels, kappa, label_smoothing)

@@ -245,7 +245,10 @@ class TrainConfig:
             return None
         norm, eps = parse_certified(self.certified)
         model = self.model_config() if model is None else model
-        needs = {"l2": ("lipschitz", "--lipschitz GAMMA"), "linf": ("interval", "--model fc --interval --m 0.5")}[norm]
+        needs = {
+            "l2": ("lipschitz", "--lipschitz GAMMA"),
+            "linf": ("interval", "--interval --m 0.5 (--model fc or single-conv)"),
+        }[norm]
         if not isinstance(model, ModelConfig) or not getattr(model, needs[0]):
             raise ConfigError(f"certified {self.certified}: {norm} certified training needs a model built for it ({needs[1]})")
         return CertifiedObjective(norm, eps, self.certified_warmup, self.certified_ramp)
