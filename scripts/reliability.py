@@ -38,6 +38,7 @@ from pathlib import Path
 #: path that does not exist, and the damaged copies made by :func:`prepare`.
 BAD_INPUTS: list[tuple[str, str, str]] = [
     ("threads 0", "train --data-dir {data} --threads 0", "--threads: 0 must be"),
+    ("device empty", "train --data-dir {data} --device ''", "unknown device ''"),
     ("threads -1", "train --data-dir {data} --threads -1", "--threads: -1 must be"),
     ("time-budget 0", "train --data-dir {data} --time-budget 0m", "--time-budget: 0m must be a finite duration > 0"),
     ("time-budget text", "train --data-dir {data} --time-budget soon", "--time-budget: 'soon' is not a duration"),
@@ -99,8 +100,29 @@ BAD_INPUTS: list[tuple[str, str, str]] = [
         "NORM:EPS with NORM one of l2, linf and EPS > 0",
     ),
     ("certified without its model", "train --data-dir {data} --model fc --certified linf:0.1", "needs a model built for it"),
-    ("interval single-conv", "train --data-dir {data} --interval --m 0.5", "interval True applies to fc, not single-conv"),
+    (
+        "interval multi-conv",
+        "train --data-dir {data} --model multi-conv --interval --m 0.5",
+        "interval True applies to fc and single-conv, not multi-conv",
+    ),
     ("interval m 1", "train --data-dir {data} --model fc --interval", "the interval operator needs a margin m < 1"),
+    ("interval single-conv m 1", "train --data-dir {data} --interval", "the interval operator needs a margin m < 1"),
+    (
+        "interval single-conv with lipschitz",
+        "train --data-dir {data} --interval --m 0.5 --lipschitz 1",
+        "two certified models: choose one",
+    ),
+    (
+        "interval single-conv kernel larger than the hidden image",
+        "train --data-dir {data} --interval --m 0.5 --stride 4 --kernel-size 9 --pool 1",
+        "every hidden side >= kernel_size 9",
+    ),
+    (
+        "certified linf on single-conv without --interval",
+        "train --data-dir {data} --certified linf:0.1",
+        "needs a model built for it",
+    ),
+    ("certified linf:0", "train --data-dir {data} --interval --m 0.5 --certified linf:0", "NORM:EPS with NORM one of"),
     ("plot into a symlinked folder", "plot {run} --out {symlink_dir} --data-dir {data}", "symbolic link"),
     ("demo --batch-size 0", "demo --batch-size 0", "--batch-size: 0 must be"),
     ("SVHN saved as MATLAB v7.3", "train --dataset svhn --data-dir {svhn73}", "v7.3"),

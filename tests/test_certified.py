@@ -191,8 +191,8 @@ def test_explicit_network_bounds_contain_sampled_outputs():
 def test_interval_bounds_refuse_other_operators():
     with pytest.raises(ConfigError, match="interval operator"):
         equilibrium_box(model("fc").layer, Box.around(torch.zeros(1, 1, SIDE, SIDE), torch.full((1, 1, SIDE, SIDE), 0.1)))
-    with pytest.raises(ConfigError, match="interval .* applies to fc, not single-conv"):
-        preset_config("single-conv", "mnist", 1, 28, 10, interval=True, m=0.5)
+    with pytest.raises(ConfigError, match="interval .* applies to fc and single-conv, not multi-conv"):
+        preset_config("multi-conv", "mnist", 1, 28, 10, interval=True, m=0.5)
     with pytest.raises(ConfigError, match="m < 1"):
         preset_config("fc", "mnist", 1, 28, 10, interval=True, m=1.0)
 
@@ -214,20 +214,27 @@ def images():
     [
         ("l2", {"model_options": {"lipschitz": 2.0, "width": 16}}),
         ("linf", {"model_options": {"interval": True, "m": 0.5, "width": 16}}),
+        (
+            "linf",
+            {
+                "model": "single-conv",
+                "epochs": 12,
+                "batch_size": 32,
+                "model_options": {"interval": True, "m": 0.5, "channels": [4], "stride": 2, "pool": 2},
+            },
+        ),
     ],
 )
 def test_certified_training_runs_and_certificates_never_exceed_pgd(tmp_path, images, norm, options):
     eps = {"l2": [0.3, 1.0, 2.0], "linf": [0.02, 0.05, 0.1]}[norm]
     config = TrainConfig(
-        model="fc",
+        **{"model": "fc", "epochs": 4, **options},
         dataset="mnist",
-        epochs=4,
         lr=5e-3,
         certified=f"{norm}:{eps[1]}",
         certified_warmup=1,
         certified_ramp=2,
         out=str(tmp_path / "run"),
-        **options,
     )
     trainer = Trainer(config, images, images, progress=False)
     history = trainer.fit()

@@ -89,6 +89,16 @@ def test_predict_png(run, tmp_path):
     assert all(line.split(": ", 1)[1].rsplit(" (", 1)[0] in classes for line in lines)
 
 
+def test_predict_warns_about_an_image_unlike_the_training_data(run, tmp_path):
+    _, _, out, _ = run
+    inverted = np.full((28, 28), 255, dtype=np.uint8)
+    inverted[8:20, 10:18] = 30  # a dark object on a light background: Fashion-MNIST is the other way round
+    Image.fromarray(inverted).save(tmp_path / "inverted.png")
+    result = mondeq("predict", out, tmp_path / "inverted.png")
+    assert "(p=" in result.stdout
+    assert "warning" in result.stderr and "light object on a dark background" in result.stderr
+
+
 def test_plot(run):
     _, data, out, _ = run
     written = mondeq("plot", out, "--data-dir", data, "--batch-size", 8, "--max-iter", 30).stdout.split()
@@ -103,6 +113,27 @@ def test_errors_are_reported_not_traced(tmp_path):
     assert "train-images-idx3-ubyte.gz" in result.stderr and "Traceback" not in result.stderr
     result = mondeq("eval", tmp_path / "nothing", check=False)
     assert result.returncode == 2 and "not found" in result.stderr
+
+
+def test_ctrl_c_before_a_command_is_running_is_one_line(monkeypatch, capsys):
+    """Ctrl-C while modules still import (before the command's own handler) ends with exit 130 and a
+    line, not a traceback."""
+    from mondeq import cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["train"]) == 130
+    assert capsys.readouterr().err.strip() == "mondeq: interrupted"
+
+
+def test_a_recipe_says_which_of_its_options_another_model_drops(tmp_path):
+    data = write_mnist_like(tmp_path / "data", train=16, test=8)
+    command = ["train", "--recipe", "fmnist-fast", "--model", "fc", "--width", 4, "--data-dir", data]
+    result = mondeq(*command, "--epochs", 1, "--time-budget", "10m", "--out", tmp_path / "run", "--no-progress")
+    dropped = "--recipe fmnist-fast with --model fc: the recipe's --channels, --kernel-size, --stride, --pool dropped"
+    assert dropped in result.stderr
 
 
 def test_help_lists_commands():
@@ -151,10 +182,13 @@ def test_certify_and_its_plot(run, tmp_path):
     assert refused.returncode == 2 and "--compare: no metrics.csv in" in refused.stderr
 
 
-def test_train_and_certify_for_linf(tmp_path):
+@pytest.mark.parametrize(
+    "model", [["--model", "fc", "--width", 8], ["--model", "single-conv", "--channels", 4, "--stride", 2, "--pool", 2]]
+)
+def test_train_and_certify_for_linf(tmp_path, model):
     data = write_mnist_like(tmp_path / "data", train=64, test=16)
     out = tmp_path / "run"
-    options = ["--model", "fc", "--interval", "--m", "0.5", "--width", 8, "--certified", "linf:0.1", "--epochs", 2]
+    options = [*model, "--interval", "--m", "0.5", "--certified", "linf:0.1", "--epochs", 2]
     mondeq("train", "--data-dir", data, *options, "--certified-warmup", 0, "--certified-ramp", 1, "--out", out, "--no-progress")
     text = mondeq("certify", out, "--norm", "linf", "--data-dir", data, "--limit", 16, "--pgd-steps", 2).stdout
     assert "interval bounds through the equilibrium" in text and "linf eps 0.1: certified accuracy" in text
@@ -163,3 +197,26 @@ def test_train_and_certify_for_linf(tmp_path):
     assert all(c <= p for c, p in zip(report["certified_accuracy"], report["pgd_accuracy"]))
     written = mondeq("plot", out, "--data-dir", data, "--batch-size", 8, "--max-iter", 10).stdout.split()
     assert "certified_accuracy.png" in {Path(p).name for p in written}
+
+
+def test_the_main_command_runs_twice_without_touching_the_first_run(tmp_path):
+    data = write_mnist_like(tmp_path / "data", train=32, test=16)
+    command = ["train", "--data-dir", data, "--model", "fc", "--width", 8, "--no-progress"]
+    work = tmp_path / "work"
+    work.mkdir()
+    env_cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        mondeq(*command)
+        first = (work / "runs" / "fashion-mnist-fc" / "checkpoint.json").read_bytes()
+        second = mondeq(*command)
+        assert "runs/fashion-mnist-fc holds a run; this run goes to runs/fashion-mnist-fc-2" in second.stderr
+        assert (work / "runs" / "fashion-mnist-fc" / "checkpoint.json").read_bytes() == first
+        assert (work / "runs" / "fashion-mnist-fc-2" / "checkpoint.json").is_file()
+        # --resume without a folder continues the last run; a finished one says so and how to go on
+        finished = mondeq("train", "--resume", "--data-dir", data, "--model", "fc", "--no-progress")
+        assert "runs/fashion-mnist-fc-2 is finished" in finished.stdout and "--epochs N" in finished.stdout
+        refused = mondeq(*command, "--out", "runs/fashion-mnist-fc", check=False)  # explicit: refused as before
+        assert refused.returncode == 2 and "already holds a run" in refused.stderr
+    finally:
+        os.chdir(env_cwd)

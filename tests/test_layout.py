@@ -4,6 +4,7 @@ file, rooms of bounded complexity, and a command line that answers ``--help`` wi
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -110,3 +111,17 @@ def test_the_command_line_answers_help_without_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
     result = subprocess.run([sys.executable, "-m", "mondeq", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("mondeq ")
+
+
+def test_the_cli_reference_lists_every_option_of_every_command():
+    """docs/cli.md is generated from the parser (scripts/cli_reference.py): it lists exactly the
+    options each command has, so a new flag without a regenerated page fails here."""
+    from mondeq.cli import COMMANDS
+
+    page = (ROOT / "docs" / "cli.md").read_text()
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name in COMMANDS:
+        section = page.split(f"## mondeq {name}\n", 1)[1].split("\n## ", 1)[0]
+        documented = {flag for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", section) if not flag.endswith("-")}
+        actual = {flag for action in sub.choices[name]._actions for flag in action.option_strings if flag.startswith("--")}
+        assert documented == actual, f"mondeq {name}: regenerate docs/cli.md (python3 scripts/cli_reference.py)"

@@ -203,6 +203,10 @@ def test_settings_change_only_through_configure_or_options():
     assert layer.backward_options == SolverOptions("pr", tol=1e-5, max_iter=60)
     with pytest.raises(ValueError, match="max_iter must be a positive integer"):
         layer.configure(max_iter=0)
+    for name in ("tol", "max_iter", "method", "solver", "anderson", "backward_tol", "backward_max_iter"):
+        with pytest.raises(AttributeError, match=rf"layer.{name} = \.\.\. would change nothing: use layer.configure"):
+            setattr(layer, name, 1)  # users of other DEQ libraries write this: it must not pass silently
+    assert layer.forward_options == SolverOptions("pr", tol=1e-4, max_iter=50)
 
 
 def test_forward_backward_step_above_bound_is_clamped_with_a_message():

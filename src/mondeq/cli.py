@@ -149,7 +149,7 @@ def train_command(args: argparse.Namespace) -> int:
     from .devices import resolve_device
     from .errors import TrainingInterrupted
 
-    device = distributed.init_from_environment(str(resolve_device(args.device or "cpu")))
+    device = distributed.init_from_environment(str(resolve_device("cpu" if args.device is None else args.device)))
     try:
         code = _train(args, device)
     except TrainingInterrupted as stop:
@@ -176,7 +176,7 @@ def _resume_command(args: argparse.Namespace) -> str:
 
 
 def _train(args: argparse.Namespace, device: str) -> int:
-    from .distributed import is_main
+    from .distributed import is_main, world_size
     from .errors import ConfigError
     from .models import model_options
     from .train import RECIPES, TrainConfig, Trainer
@@ -185,24 +185,66 @@ def _train(args: argparse.Namespace, device: str) -> int:
     options = {k: v for k, v in vars(args).items() if k in fields and v is not None and k != "device"}
     options["model_options"] = {o.name: getattr(args, o.name) for o in model_options() if getattr(args, o.name) is not None}
     if args.recipe:
-        options = RECIPES[args.recipe].options(options)
+        recipe = RECIPES[args.recipe]
+        dropped = recipe.dropped(options)
+        if dropped and is_main():
+            print(
+                f"mondeq train: --recipe {args.recipe} with --model {options['model']}: the recipe's "
+                f"{', '.join('--' + name.replace('_', '-') for name in dropped)} dropped (they do not apply to it)",
+                file=sys.stderr,
+            )
+        options = recipe.options(options)
     model = options.get("model", fields["model"].default).replace(":", "-")  # an entry point: module-function
-    default_out = f"runs/{options.get('dataset', fields['dataset'].default)}-{model}"
+    base = Path(options.get("out", f"runs/{options.get('dataset', fields['dataset'].default)}-{model}"))
+    numbered = args.out is None and world_size() == 1  # a default folder: numbered, never refused
     if args.resume:
         if args.overwrite:
             raise ConfigError("--resume continues a run and --overwrite replaces it: give one of them")
-        args.run_folder = Path(args.resume) if isinstance(args.resume, str) else Path(options.get("out", default_out))
+        args.run_folder = Path(args.resume) if isinstance(args.resume, str) else (latest_run(base) if numbered else base)
         trainer = Trainer.resume_run(args.run_folder, {**options, "device": device}, progress=not args.no_progress)
     else:
-        options.setdefault("out", default_out)
-        args.run_folder = Path(options["out"])
+        args.run_folder = fresh_run_folder(base) if numbered and not args.overwrite else base
+        if args.out is None:  # an explicit --out is the user's, checked as given
+            options["out"] = str(args.run_folder)
         on_existing = "overwrite" if args.overwrite else "refuse"
         trainer = Trainer(TrainConfig(**options, device=device), progress=not args.no_progress, on_existing=on_existing)
+        if args.run_folder != base and is_main():
+            print(f"mondeq train: {base} holds a run; this run goes to {args.run_folder}", file=sys.stderr)
+    trained_before = len(trainer.history)
     history = trainer.fit()
     if is_main() and history:
         last = history[-1]
+        if args.resume and len(history) == trained_before:
+            print(
+                f"mondeq train: {args.run_folder} is finished ({last['epoch']} epoch(s), test accuracy "
+                f"{last['test_accuracy']:.4f}); to train it on, give it more: "
+                f"`mondeq train --resume {shlex.quote(str(args.run_folder))} --epochs N` (or --time-budget)"
+            )
+            return 0
         print(f"test accuracy {last['test_accuracy']:.4f} after {last['epoch']} epoch(s); run saved in {trainer.config.out}")
     return 0
+
+
+def _numbered(base: Path, number: int) -> Path:
+    return base if number == 1 else base.with_name(f"{base.name}-{number}")
+
+
+def fresh_run_folder(base: Path) -> Path:
+    """``base`` if it holds no run, else the first of ``base-2``, ``base-3``, ... that holds none (the
+    convention of Lightning's ``version_N``): the default folder of ``mondeq train`` is never refused."""
+    number = 1
+    while (_numbered(base, number) / "checkpoint.json").exists():
+        number += 1
+    return _numbered(base, number)
+
+
+def latest_run(base: Path) -> Path:
+    """The last of ``base``, ``base-2``, ... that holds a run (``base`` when none does): what
+    ``--resume`` without a folder continues."""
+    number = 1
+    while (_numbered(base, number + 1) / "checkpoint.json").exists():
+        number += 1
+    return _numbered(base, number)
 
 
 # -- eval ------------------------------------------------------------------------------------
@@ -251,7 +293,12 @@ def eval_command(args: argparse.Namespace) -> int:
 # -- predict ---------------------------------------------------------------------------------
 def predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="run folder or checkpoint file")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument(
+        "images",
+        nargs="+",
+        help="image files (PNG, JPEG, ...), resized to the model's input; they should look like its data "
+        "set's images: for Fashion-MNIST and MNIST a light object on a dark background",
+    )
     _device_options(p, data=False)
 
 
@@ -266,6 +313,10 @@ def predict_command(args: argparse.Namespace) -> int:
     model, meta = load_model(args.checkpoint, device)
     info = DatasetInfo.from_dict(meta["data"]) if "data" in meta else dataset_info(meta["train"]["dataset"])
     images = torch.from_numpy(np.stack([read_image(path, info.channels, info.image_size) for path in args.images]))
+    for path, image in zip(args.images, images):
+        unlike = _unlike_training_images(image.float() / 255, info)
+        if unlike:
+            print(f"mondeq predict: warning: {path}: {unlike}; the prediction may mean little", file=sys.stderr)
     model.eval()
     with torch.no_grad():
         probs = torch.softmax(model(info.normalize(images).to(device)), dim=1).cpu()
@@ -273,6 +324,22 @@ def predict_command(args: argparse.Namespace) -> int:
         k = int(p.argmax())
         print(f"{path}: {info.classes[k]} (p={p[k]:.3f})")
     return 0
+
+
+def _unlike_training_images(image, info) -> str | None:
+    """Why an image (values in [0, 1], ``(C, H, W)``) is far from the training images' statistics (its
+    mean further from theirs than one pixel standard deviation, per channel), or ``None``."""
+    for channel, (mean, std) in enumerate(zip(info.mean, info.std)):
+        seen = float(image[channel].mean())
+        if abs(seen - mean) > std:
+            shade = "lighter" if seen > mean else "darker"
+            return (
+                f"its mean brightness {seen:.2f} is far {shade} than the training images' {mean:.2f} "
+                f"(an inverted image? {info.name} images are a light object on a dark background)"
+                if info.channels == 1
+                else f"channel {channel} averages {seen:.2f}, the training images {mean:.2f} (std {std:.2f})"
+            )
+    return None
 
 
 # -- plot ------------------------------------------------------------------------------------
@@ -301,6 +368,11 @@ def plot_command(args: argparse.Namespace) -> int:
 
 
 # -- certify ---------------------------------------------------------------------------------
+#: What ``mondeq certify`` evaluates by default (about a minute on 2 cores), and with ``--full``.
+QUICK_CERTIFY = {"limit": 200, "pgd_steps": 10}
+FULL_CERTIFY = {"limit": None, "pgd_steps": 20}
+
+
 def certify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="run folder or checkpoint file")
     p.add_argument(
@@ -309,11 +381,21 @@ def certify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--eps", type=POSITIVE, nargs="+", help="radii, pixels in [0, 1] (default: 0.1 0.3 0.5 for l2, 0.05 0.1 for linf)"
     )
-    p.add_argument("--limit", type=POSITIVE_INT, default=1000, help="test images to certify (default 1000)")
-    p.add_argument("--pgd-steps", type=COUNT, default=20, help="steps of the PGD attack (0: no attack)")
+    p.add_argument(
+        "--limit", type=POSITIVE_INT, help=f"test images to certify (default {QUICK_CERTIFY['limit']}: about a minute on 2 cores)"
+    )
+    p.add_argument(
+        "--pgd-steps", type=COUNT, help=f"steps of the PGD attack (0: no attack; default {QUICK_CERTIFY['pgd_steps']})"
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help=f"the full evaluation: the whole test set, {FULL_CERTIFY['pgd_steps']} PGD steps (--limit, --pgd-steps still apply)",
+    )
     p.add_argument("--batch-size", type=POSITIVE_INT, default=250)
     p.add_argument("--tol", type=NUMBER_TYPES["tolerance"], default=1e-4, help="solver tolerance while certifying (default 1e-4)")
     p.add_argument("--out", help="JSON report (default: certify.json beside the checkpoint)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _device_options(p)
 
 
@@ -329,8 +411,18 @@ def certify_command(args: argparse.Namespace) -> int:
     device = _set_up(args)
     out = check_output_file(args.out if args.out else checkpoint_paths(args.checkpoint)[1].with_name("certify.json"))
     eps = args.eps or DEFAULT_EPS[args.norm]
+    defaults = FULL_CERTIFY if args.full else QUICK_CERTIFY
     report = certify_checkpoint(
-        args.checkpoint, eps, args.norm, args.limit, args.pgd_steps, args.batch_size, args.tol, args.data_dir, device
+        args.checkpoint,
+        eps,
+        args.norm,
+        args.limit if args.limit is not None else defaults["limit"],
+        args.pgd_steps if args.pgd_steps is not None else defaults["pgd_steps"],
+        args.batch_size,
+        args.tol,
+        args.data_dir,
+        device,
+        progress=not args.no_progress,
     )
     if args.norm == "l2":
         bound, source = report["lipschitz_logits"], report["lipschitz_source"]
@@ -455,12 +547,19 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import MondeqError, first_line
 
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
-    from .devices import tune_allocator
+    try:
+        args = build_parser(argv).parse_args(argv)
+        from .devices import tune_allocator
 
-    tune_allocator()
+        tune_allocator()
+    except KeyboardInterrupt:  # before the command's own handler is in place (e.g. while torch imports)
+        print("\nmondeq: interrupted", file=sys.stderr)
+        return 130
     try:
         return args.run(args)
+    except KeyboardInterrupt:  # a command without a handler of its own, or one still importing
+        print(f"\nmondeq {args.command}: interrupted", file=sys.stderr)
+        return 130
     except MondeqError as error:
         if args.debug:
             raise

@@ -24,42 +24,70 @@ time per step, so compare them on accuracy at equal wall time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from .errors import DoubleBackwardError
 from .validation import DAMPING, POSITIVE_INT
 
 if TYPE_CHECKING:
-    from .layer import MonDEQ
-    from .operators.base import FrozenOperator
+    from .activations import ProximalActivation
+    from .operators.base import FrozenOperator, MonotoneOperator
     from .reuse import _Selection
-    from .stats import SolverStats
+    from .solvers import WarmStart
+    from .stats import SolveRecord, SolverStats
 
-__all__ = ["GRADIENTS", "Adjoint", "Implicit", "JacobianFree", "Phantom", "get_gradient"]
+__all__ = ["GRADIENTS", "Adjoint", "Equilibrium", "Implicit", "JacobianFree", "Phantom", "get_gradient"]
+
+#: ``solve(frozen, activation, prox, injection, warm) -> (z, record)``: the equilibrium
+#: :math:`z = \sigma(Wz + b)` of ``frozen``'s :math:`W` with the layer's backward settings, checked
+#: as the layer checks its solves.
+BackwardSolve = Callable[
+    ["FrozenOperator", Callable[[Tensor], Tensor], Callable[[Tensor], Tensor], Tensor, "WarmStart | None"],
+    "tuple[Tensor, SolveRecord]",
+]
+
+
+@dataclass(frozen=True)
+class Equilibrium:
+    r"""What a layer hands its adjoint after a forward solve.
+
+    Attributes:
+        z: the detached equilibrium ``(batch, n)``.
+        injection: the differentiable :math:`Ux + b` ``(batch, n)``.
+        operator: the monotone operator (differentiable :math:`W`).
+        activation: :math:`\sigma`.
+        frozen: the detached maps of :math:`W` the forward solve used (:math:`\alpha`, resolvent).
+        stats: the solve statistics, whose ``backward`` record an adjoint fills in.
+        solve: the layer's :data:`BackwardSolve`.
+        selection: the fixed-point store's rows of this batch (``None``: no reuse).
+    """
+
+    z: Tensor
+    injection: Tensor
+    operator: MonotoneOperator
+    activation: ProximalActivation
+    frozen: FrozenOperator
+    stats: SolverStats
+    solve: BackwardSolve
+    selection: _Selection | None = None
 
 
 class Adjoint:
     """How gradients flow from the equilibrium to the parameters and the input.
 
-    :meth:`attach` receives the detached equilibrium ``z`` ``(batch, n)`` and the differentiable
-    injection :math:`Ux + b` and returns ``(z_out, pre)``: the layer's differentiable output
-    (equal to ``z`` within the solver's tolerance) and the pre-activation :math:`Wz + Ux + b` at
-    ``z`` (kept for fixed-point reuse).
+    :meth:`attach` receives the :class:`Equilibrium` of a forward solve and returns ``(z_out, pre)``:
+    the layer's differentiable output (equal to ``z`` within the solver's tolerance) and the
+    pre-activation :math:`Wz + Ux + b` at ``z`` (kept for fixed-point reuse).
     """
 
     name: str = ""
 
-    def attach(
-        self,
-        layer: MonDEQ,
-        z: Tensor,
-        injection: Tensor,
-        frozen: FrozenOperator,
-        stats: SolverStats,
-        selection: _Selection | None = None,
-    ) -> tuple[Tensor, Tensor]:
+    def attach(self, equilibrium: Equilibrium) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
     def options(self) -> dict[str, Any]:
@@ -75,17 +103,45 @@ class Adjoint:
 
 
 class Implicit(Adjoint):
-    r"""The exact gradient by the implicit function theorem, solved by the layer's splitting method
-    (:meth:`MonDEQ._implicit_backward <mondeq.MonDEQ>`); memory does not grow with the iterations."""
+    r"""The exact gradient by the implicit function theorem, solved by the layer's splitting method;
+    memory does not grow with the iterations.
+
+    The incoming :math:`g = \partial L / \partial z` becomes :math:`W^\top w + g` with
+    :math:`w = D(W^\top w + g)`: the forward solve on :math:`W^\top` with the linear activation
+    :math:`y \mapsto D y` (:math:`D = \operatorname{diag}\sigma'(p^\star)`), whose
+    :math:`\operatorname{prox}_{\alpha f}` is :math:`y \mapsto D y / (D + \alpha (1 - D))`."""
 
     name = "implicit"
 
-    def attach(self, layer, z, injection, frozen, stats, selection=None):
-        pre = layer.linear.multiply(z) + injection
-        out = layer.activation(pre)
-        derivative = layer.activation.derivative(pre.detach())
-        out.register_hook(lambda grad: layer._implicit_backward(grad, derivative, frozen, stats, selection))
+    def attach(self, equilibrium: Equilibrium) -> tuple[Tensor, Tensor]:
+        e = equilibrium
+        pre = e.operator.multiply(e.z) + e.injection
+        out = e.activation(pre)
+        derivative = e.activation.derivative(pre.detach())
+        out.register_hook(lambda grad: self.backward(grad, derivative, e))
         return out, pre
+
+    @staticmethod
+    def backward(grad: Tensor | None, derivative: Tensor, equilibrium: Equilibrium) -> Tensor | None:
+        """The gradient of the pre-activation, :math:`W^\top w + g`, for the incoming ``grad`` :math:`g`."""
+        if grad is None:  # an undefined gradient stays undefined
+            return grad
+        if torch.is_grad_enabled():  # inside backward, grad mode is on exactly when create_graph=True
+            raise DoubleBackwardError(
+                "second-order gradients of the implicit monDEQ layer are not supported: its backward "
+                "pass is an equilibrium solve without an autograd tape, so create_graph=True would "
+                "give silently wrong higher derivatives; differentiate once (create_graph=False)"
+            )
+        e, d = equilibrium, derivative
+        transposed = e.frozen.T
+        with torch.no_grad():
+            shrink = d / (d + e.frozen.alpha * (1 - d))
+            warm = None if e.selection is None else e.selection.start("backward", grad)
+            w, e.stats.backward = e.solve(transposed, lambda y: d * y, lambda y: shrink * y, grad, warm)
+            pre = transposed.multiply(w) + grad
+            if e.selection is not None:
+                e.selection.keep("backward", pre)
+            return pre
 
 
 class Phantom(Adjoint):
@@ -105,13 +161,14 @@ class Phantom(Adjoint):
     def options(self) -> dict[str, Any]:
         return {"steps": self.steps, "damping": self.damping}
 
-    def attach(self, layer, z, injection, frozen, stats, selection=None):
-        weights = layer.linear.weights()  # built once for all steps
-        out, first = z, None
+    def attach(self, equilibrium: Equilibrium) -> tuple[Tensor, Tensor]:
+        e = equilibrium
+        weights = e.operator.weights()  # built once for all steps
+        out, first = e.z, None
         for _ in range(self.steps):
-            pre = layer.linear.apply_weights(out, weights) + injection
+            pre = e.operator.apply_weights(out, weights) + e.injection
             first = pre if first is None else first
-            step = layer.activation(pre)
+            step = e.activation(pre)
             out = step if self.damping == 1 else torch.lerp(out, step, self.damping)
         return out, first
 

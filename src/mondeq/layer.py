@@ -12,11 +12,11 @@ import torch
 from torch import Tensor, nn
 
 from .activations import ProximalActivation, get_activation
-from .errors import ConvergenceError, ConvergenceWarning, DoubleBackwardError
-from .gradients import Adjoint, get_gradient
+from .errors import ConvergenceError, ConvergenceWarning
+from .gradients import Adjoint, Equilibrium, get_gradient
 from .operators.base import FrozenOperator, MonotoneOperator
-from .reuse import FixedPointStore, _Selection
-from .solvers import Anderson, SolverOptions, SplittingMethod, SplittingProblem, solve
+from .reuse import FixedPointStore
+from .solvers import Anderson, SolverOptions, SplittingMethod, SplittingProblem, WarmStart, solve
 from .stats import SolveRecord, SolverStats
 from .validation import POSITIVE
 
@@ -132,6 +132,18 @@ class MonDEQ(nn.Module):
         self.stats: SolverStats | None = None
 
     # -- settings -------------------------------------------------------------------------
+    #: Solver settings, held in :attr:`forward_options` / :attr:`backward_options`: assigning one as an
+    #: attribute (``layer.tol = 1e-6``) would change nothing, so it is refused.
+    SOLVER_SETTINGS = frozenset({"solver", "method", "tol", "max_iter", "anderson", "backward_tol", "backward_max_iter"})
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in MonDEQ.SOLVER_SETTINGS:
+            raise AttributeError(
+                f"layer.{name} = ... would change nothing: use layer.configure({name}=...) for good, "
+                f"or `with layer.options({name}=...):` for a block"
+            )
+        super().__setattr__(name, value)
+
     @property
     def alpha(self) -> float:
         r"""The step size :math:`\alpha`, a finite number > 0."""
@@ -237,9 +249,8 @@ class MonDEQ(nn.Module):
                 start = self.linear.flatten(z0).detach().to(injection)
                 if start.shape != injection.shape:
                     raise ValueError(f"z0 has {tuple(start.shape)} elements, expected {tuple(injection.shape)}")
-                warm = (
-                    frozen.multiply(start) + injection.detach(),
-                    torch.ones(len(start), dtype=torch.bool, device=start.device),
+                warm = WarmStart(
+                    frozen.multiply(start) + injection.detach(), torch.ones(len(start), dtype=torch.bool, device=start.device)
                 )
             # activation.forward, not the module's __call__: its hook dispatch on every iteration costs small models
             prox = lambda y: activation.prox(y, alpha)  # noqa: E731
@@ -248,41 +259,26 @@ class MonDEQ(nn.Module):
         self.stats = stats
         self._check(record, "forward", options)
         if differentiable:
-            z, pre = self.gradient.attach(self, z, injection, frozen, stats, selection)
+            equilibrium = Equilibrium(z, injection, self.linear, activation, frozen, stats, self._backward_solve, selection)
+            z, pre = self.gradient.attach(equilibrium)
             if selection is not None:
                 selection.keep("forward", pre)
         return self.linear.unflatten(z)
 
-    def _implicit_backward(
+    def _backward_solve(
         self,
-        grad: Tensor | None,
-        derivative: Tensor,
         frozen: FrozenOperator,
-        stats: SolverStats,
-        selection: _Selection | None = None,
-    ) -> Tensor | None:
-        r"""Turn :math:`g = \partial L / \partial z` into :math:`(I - W^\top D)^{-1} g`: the forward solve on
-        :math:`W^\top` with the linear activation :math:`y \mapsto D y`."""
-        if grad is None:  # an undefined gradient stays undefined
-            return grad
-        if torch.is_grad_enabled():  # inside backward, grad mode is on exactly when create_graph=True
-            raise DoubleBackwardError(
-                "second-order gradients of the implicit monDEQ layer are not supported: its backward "
-                "pass is an equilibrium solve without an autograd tape, so create_graph=True would "
-                "give silently wrong higher derivatives; differentiate once (create_graph=False)"
-            )
-        d, transposed = derivative, frozen.T
-        with torch.no_grad():
-            # prox of alpha * f for the linear "activation" y -> d * y: y -> d y / (d + alpha (1 - d))
-            shrink = d / (d + frozen.alpha * (1 - d))
-            options = self.backward_options
-            warm = None if selection is None else selection.start("backward", grad)
-            w, stats.backward = self._solve(transposed, lambda y: d * y, lambda y: shrink * y, grad, options, warm)
-            self._check(stats.backward, "backward", options)
-            pre = transposed.multiply(w) + grad
-            if selection is not None:
-                selection.keep("backward", pre)
-            return pre
+        activation: Callable[[Tensor], Tensor],
+        prox: Callable[[Tensor], Tensor],
+        injection: Tensor,
+        warm: WarmStart | None,
+    ) -> tuple[Tensor, SolveRecord]:
+        """The backward solve of an adjoint (:class:`~mondeq.gradients.Implicit`): :meth:`_solve` with the
+        backward settings as they are when it runs, checked like the forward solve."""
+        options = self.backward_options
+        w, record = self._solve(frozen, activation, prox, injection, options, warm)
+        self._check(record, "backward", options)
+        return w, record
 
     def _solve(
         self,
@@ -291,13 +287,13 @@ class MonDEQ(nn.Module):
         prox: Callable[[Tensor], Tensor],
         injection: Tensor,
         options: SolverOptions,
-        warm: tuple[Tensor, Tensor] | None = None,
+        warm: WarmStart | None = None,
     ) -> tuple[Tensor, SolveRecord]:
         r"""The equilibrium :math:`z = \sigma(Wz + b)` with ``frozen``'s :math:`W`, :math:`\alpha` and
         resolvent, :math:`\sigma` = ``activation`` (``prox``: :math:`\operatorname{prox}_{\alpha f}`),
         :math:`b` = ``injection``, solved as ``options`` say; and the record of the solve. It starts at
-        zero, or, for the rows where ``warm = (pre, rows)`` says so, from the method's
-        :meth:`~mondeq.solvers.SplittingMethod.warm_state` of the pre-activation estimate ``pre``."""
+        zero, or, for the rows that ``warm`` names, from the method's
+        :meth:`~mondeq.solvers.SplittingMethod.warm_state` of its pre-activation estimate."""
         problem = SplittingProblem(
             multiply=frozen.multiply,
             injection=injection,
@@ -313,8 +309,7 @@ class MonDEQ(nn.Module):
         accelerator = Anderson(options.anderson) if options.anderson else None
         state = None
         if warm is not None:
-            pre, rows = warm
-            state = torch.where(rows[:, None], method.warm_state(problem, pre), method.init(problem, zero))
+            state = torch.where(warm.rows[:, None], method.warm_state(problem, warm.pre), method.init(problem, zero))
         result = solve(method, problem, zero, options.tol, options.max_iter, accelerator, state=state)
         return result.z, SolveRecord.of(result, None if resolvent is None else resolvent.inner)
 

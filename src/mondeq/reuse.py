@@ -28,6 +28,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from .solvers.base import WarmStart
 from .validation import POSITIVE_INT
 
 __all__ = ["DIRECTIONS", "FixedPointStore"]
@@ -132,9 +133,9 @@ class _Selection:
         self.stored = indices < store.capacity  # (batch,) which examples have rows
         self.index = indices[self.stored]
 
-    def start(self, direction: str, like: Tensor) -> tuple[Tensor, Tensor] | None:
-        """``(pre, warm)``: the stored pre-activations ``(batch, n)`` as ``like``'s dtype and device
-        (zeros where ``warm``, ``(batch,)``, is false), or ``None`` when no example is warm."""
+    def start(self, direction: str, like: Tensor) -> WarmStart | None:
+        """The stored pre-activations ``(batch, n)`` as ``like``'s dtype and device (zeros in the rows
+        that have none) and the rows that have one, or ``None`` when no example is warm."""
         if direction not in self.store.rows or like.shape[0] != self.stored.shape[0]:
             return None
         warm = torch.zeros_like(self.stored)
@@ -143,7 +144,7 @@ class _Selection:
             return None
         pre = torch.zeros(like.shape, dtype=like.dtype, device=like.device)
         pre[self.stored.to(like.device)] = self.store.rows[direction][self.index].to(like)
-        return pre, warm.to(like.device)
+        return WarmStart(pre, warm.to(like.device))
 
     def keep(self, direction: str, pre: Tensor) -> None:
         """Store the pre-activations ``(batch, n)`` that the solve reached."""

@@ -70,11 +70,11 @@ def run_all(names: list[str] | None = None, tiny: bool = False, out: Path = Path
     return write_page(out / f"benchmarks{suffix}.md", shared, stored, figures, tiny, notes)
 
 
-def _section_text(name: str, section: Section, result: dict, figures: Path, notes: dict) -> list[str]:
+def _section_text(name: str, section: Section, result: dict, figures: Path, notes: dict, heading: bool = True) -> list[str]:
     """A section on its page: the takeaway (the notes' first paragraph), the table, the plots, and a
-    link to the rest of the analysis on the notes page."""
+    link to the rest of the analysis on the notes page; its title as a heading unless the page has it."""
     takeaway, _, details = notes.get(name, "").partition("\n\n")
-    lines = [f"## {section.title}", ""]
+    lines = [f"## {section.title}", ""] if heading else []
     if takeaway:
         lines += [f"**{takeaway.strip()}**", ""]
     lines += [section.markdown(result), ""]
@@ -108,6 +108,6 @@ def write_page(path: Path, chosen: dict[str, Section], stored: dict, figures: Pa
     for name, section in chosen.items():
         if section.introduction:
             lines += [section.introduction, ""]
-        lines += _section_text(name, section, stored[name], figures, notes)
+        lines += _section_text(name, section, stored[name], figures, notes, heading=not own_page or len(chosen) > 1)
     write_atomic(path, "\n".join(lines))
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +14,21 @@ from torch import Tensor
 from ..operators import FullyConnected, IntervalFullyConnected, IntervalSingleConv, MonotoneOperator, MultiConv, SingleConv
 from .spectral import ConvNormBound, NormBound
 
-if TYPE_CHECKING:
-    from .config import ModelConfig
+
+class KindOptions(Protocol):
+    """What a kind reads of a model's configuration (:class:`~mondeq.models.ModelConfig` has it all)."""
+
+    in_channels: int
+    image_size: int
+    width: int
+    channels: list[int]
+    kernel_size: int
+    pool: int
+    stride: int
+    readout: str
+    m: float
+    interval: bool
+
 
 __all__ = ["KINDS", "MODEL_KINDS", "ClassifierKind", "pool_tiers"]
 
@@ -29,11 +42,11 @@ class ClassifierKind:
     parametrisation that keeps the exact norm of its input injection ``U`` below a bound, and
     ``pool_norm``: the operator norm of its pooling (``None``: not supported)."""
 
-    operator: Callable[[ModelConfig], MonotoneOperator]
-    pool: Callable[[ModelConfig, Tensor | tuple[Tensor, ...]], Tensor]
+    operator: Callable[[KindOptions], MonotoneOperator]
+    pool: Callable[[KindOptions, Tensor | tuple[Tensor, ...]], Tensor]
     sizes: dict[str, int | tuple[int, ...]]
-    injection_bound: Callable[[ModelConfig, float], NormBound] | None = None
-    pool_norm: Callable[[ModelConfig], float] | None = None
+    injection_bound: Callable[[KindOptions, float], NormBound] | None = None
+    pool_norm: Callable[[KindOptions], float] | None = None
 
 
 KINDS: dict[str, ClassifierKind] = {

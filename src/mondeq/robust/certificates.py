@@ -20,7 +20,7 @@ stored weights, proved from the numbers the program computed:
   number of iterations (:func:`~mondeq.robust.equilibrium_box`).
 - *rounding*: the margins, the equilibrium error and the interval bounds are computed in float64 on a
   float64 copy of the weights; interval bounds are widened outward by the rounding error of each operation
-  (:func:`~mondeq.robust.interval.rounding_bound`), and the :math:`\ell_2` margin is lowered by
+  (:func:`~mondeq.robust.rounding_bound`), and the :math:`\ell_2` margin is lowered by
   :data:`FLOAT64_SLACK` of the quantities it is computed from; a bound that holds "by construction" is
   raised by :data:`PARAMETRISATION_SLACK`, the float32 rounding of the parametrisation that enforces it.
 """
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -44,6 +45,7 @@ __all__ = [
     "certified_margins",
     "equilibrium_error",
     "certified_radius",
+    "radius_of_margin",
     "certify_checkpoint",
     "image_range",
     "input_box",
@@ -72,10 +74,15 @@ def logit_margin(logits: Tensor, labels: Tensor) -> Tensor:
     return true - others.max(dim=1).values
 
 
-def certified_radius(logits: Tensor, labels: Tensor, lipschitz: float) -> Tensor:
-    r"""``margin / (sqrt(2) L)`` per example, 0 when misclassified: the difference of two logits of an
+def radius_of_margin(margin: Tensor, lipschitz: float) -> Tensor:
+    r"""``margin / (sqrt(2) L)``, 0 for a negative margin: the difference of two logits of an
     :math:`L`-Lipschitz map is :math:`\sqrt 2 L`-Lipschitz, so no perturbation of a smaller norm flips it."""
-    return torch.clamp(logit_margin(logits, labels), min=0) / (math.sqrt(2) * lipschitz)
+    return torch.clamp(margin, min=0) / (math.sqrt(2) * lipschitz)
+
+
+def certified_radius(logits: Tensor, labels: Tensor, lipschitz: float) -> Tensor:
+    """:func:`radius_of_margin` of each example's :func:`logit_margin` (0 when misclassified)."""
+    return radius_of_margin(logit_margin(logits, labels), lipschitz)
 
 
 @torch.no_grad()
@@ -182,12 +189,12 @@ def _certify_and_attack(
     ``margins``: :func:`certified_margins` for l2."""
     radius = input_radius(info, eps, norm, x)
     if norm == "l2":
-        safe = margins > math.sqrt(2) * lipschitz * (1 + PARAMETRISATION_SLACK) * float(radius)
+        safe = radius_of_margin(margins, lipschitz * (1 + PARAMETRISATION_SLACK)) > radius
         return safe, pgd_attack(model, x, y, radius, steps=pgd_steps) if pgd_steps else None
     with torch.no_grad():
         x64 = x.double()
         box = input_box(info, x64, eps).widened(torch.finfo(torch.float64).eps)
-        worst = interval_logits(exact, box, y, CERTIFY_ITERATIONS, rounding=True)
+        worst = interval_logits(exact, box, y, CERTIFY_ITERATIONS, rounding=True, tol=CERTIFY_TOL)
     safe = (worst.scatter(1, y[:, None], float("-inf")) < 0).all(dim=1)
     low, high = image_range(info, x)
     attack = pgd_linf_attack(model, x, y, radius, steps=pgd_steps, lower=low, upper=high) if pgd_steps else None
@@ -203,6 +210,7 @@ def evaluate_robustness(
     batch_size: int = 250,
     device: str | torch.device = "cpu",
     norm: str = "l2",
+    progress: bool = False,
 ) -> dict:
     """Clean, certified and PGD accuracy at each radius ``eps`` (pixels in [0, 1]) in ``norm``.
 
@@ -211,7 +219,8 @@ def evaluate_robustness(
     computed in float64 and widened by their rounding error (:func:`~mondeq.robust.interval_logits`;
     an interval monDEQ or an explicit network). PGD accuracy (``pgd_steps`` steps, none when 0,
     in the image range for ``linf``) bounds robust accuracy from above, so ``certified <= PGD``
-    wherever both are sound. Returns ``examples``, ``clean_accuracy``, ``norm``, ``eps``,
+    wherever both are sound. ``progress``: a progress bar with its ETA on standard error. Returns
+    ``examples``, ``clean_accuracy``, ``norm``, ``eps``,
     ``certified_accuracy``, ``pgd_accuracy`` (``None`` without attack) and ``pgd_steps``.
     """
     if norm == "l2" and lipschitz is None:
@@ -221,7 +230,9 @@ def evaluate_robustness(
     model.eval()
     exact = _float64_copy(model) if norm == "linf" else None
     spread = readout_norm(model) if norm == "l2" and hasattr(model, "layer") else None
-    for x, y in Batches(dataset, batch_size, device=device):
+    batches = Batches(dataset, batch_size, device=device)
+    bar = _bar(len(batches), f"certify {norm}") if progress else None
+    for x, y in batches:
         with torch.no_grad():
             logits = model(x)
         right = logits.argmax(1) == y
@@ -233,6 +244,10 @@ def evaluate_robustness(
             if adversarial is not None:
                 with torch.no_grad():
                     robust[k] += (right & (model(adversarial).argmax(1) == y)).sum().item()  # x itself is in the ball
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     n = len(dataset)
     return {
         "examples": n,
@@ -245,6 +260,12 @@ def evaluate_robustness(
     }
 
 
+def _bar(total: int, description: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="batch", file=sys.stderr)
+
+
 def certify_checkpoint(
     path: str | Path,
     eps: list[float],
@@ -255,6 +276,7 @@ def certify_checkpoint(
     tol: float = 1e-4,
     data_dir: str | None = None,
     device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> dict:
     """The robustness report of a preset classifier's checkpoint on its first ``limit`` test images,
     radii ``eps`` on the pixel scale: :func:`evaluate_robustness` in ``norm``, the equilibrium solved to
@@ -292,5 +314,5 @@ def certify_checkpoint(
         )
     test = test_set_of(meta, data_dir, limit)
     lipschitz = report.get("lipschitz_logits")
-    report.update(evaluate_robustness(model, test, eps, lipschitz, pgd_steps, batch_size, device, norm=norm))
+    report.update(evaluate_robustness(model, test, eps, lipschitz, pgd_steps, batch_size, device, norm, progress))
     return report

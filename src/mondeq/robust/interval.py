@@ -267,15 +267,21 @@ def worst_case_logits(features: Box, readout: nn.Linear, labels: Tensor, roundin
 
 
 def interval_logits(
-    model: nn.Module, x: Box, labels: Tensor, iterations: int = 60, rounding: bool = False, taped: int | None = None
+    model: nn.Module,
+    x: Box,
+    labels: Tensor,
+    iterations: int = 60,
+    rounding: bool = False,
+    taped: int | None = None,
+    tol: float = 1e-6,
 ) -> Tensor:
     """:func:`worst_case_logits` of ``model`` over the input box ``x``: a monDEQ classifier (its layer on
     an interval operator, its readout a pooling of the equilibrium and one linear map) or an explicit
     ``nn.Sequential`` whose last module is the linear readout. ``rounding``: every bound widened by its
-    rounding error (module docstring), as certificates use it; ``taped``: as :func:`equilibrium_box`."""
+    rounding error (module docstring), as certificates use it; ``taped`` and ``tol``: as :func:`equilibrium_box`."""
     layer = getattr(model, "layer", None)
     if layer is not None:
-        z, _ = equilibrium_box(layer, x, iterations, rounding=rounding, taped=taped)
+        z, _ = equilibrium_box(layer, x, iterations, tol, rounding, taped)
         features = _average(model.pool, z, rounding)  # average pooling: non-negative weights
         return worst_case_logits(features, model.readout, labels, rounding)
     if isinstance(model, nn.Sequential) and isinstance(model[-1], nn.Linear):

@@ -1,7 +1,7 @@
 """Operator-splitting solvers for monotone equilibrium problems, their registry and settings."""
 
 from .anderson import Anderson
-from .base import SolverResult, SplittingMethod, SplittingProblem, Status, solve
+from .base import SolverResult, SplittingMethod, SplittingProblem, Status, WarmStart, solve
 from .douglas_rachford import DouglasRachford
 from .forward_backward import ForwardBackward
 from .options import SolverOptions
@@ -21,5 +21,6 @@ __all__ = [
     "SplittingProblem",
     "Status",
     "get_solver",
+    "WarmStart",
     "solve",
 ]

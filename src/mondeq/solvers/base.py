@@ -20,12 +20,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["SplittingProblem", "SplittingMethod", "SolverResult", "Status", "solve"]
+__all__ = ["SplittingProblem", "SplittingMethod", "SolverResult", "Status", "WarmStart", "solve"]
+
+
+class WarmStart(NamedTuple):
+    r"""Where a solve starts for some rows of a batch: a pre-activation estimate :math:`p \approx Wz^\star + b`
+    ``(batch, n)`` and the rows ``(batch,)`` (bool) that start from it (the others start at zero); see
+    :meth:`SplittingMethod.warm_state`."""
+
+    pre: Tensor
+    rows: Tensor
 
 
 @dataclass

@@ -45,15 +45,16 @@ class Recipe:
     def options(self, explicit: dict[str, Any]) -> dict[str, Any]:
         """The recipe's options updated by ``explicit`` ones (model options merged key by key). When
         ``explicit`` names another model, the recipe's model options that mean nothing for it are
-        dropped (all of them for a model entry point)."""
-        kind = explicit.get("model", self.settings.get("model"))
-        recipe_sizes = {
-            name: value
-            for name, value in self.settings.get("model_options", {}).items()
-            if not is_entry_point(kind) and option_applies(name, kind)
-        }
+        dropped (all of them for a model entry point): :meth:`dropped` names them."""
+        dropped = self.dropped(explicit)
+        recipe_sizes = {k: v for k, v in self.settings.get("model_options", {}).items() if k not in dropped}
         model = {**recipe_sizes, **explicit.get("model_options", {})}
         return {**self.settings, **explicit, "model_options": model}
+
+    def dropped(self, explicit: dict[str, Any]) -> list[str]:
+        """The recipe's model options that the model ``explicit`` names does not take."""
+        kind = explicit.get("model", self.settings.get("model"))
+        return [name for name in self.settings.get("model_options", {}) if is_entry_point(kind) or not option_applies(name, kind)]
 
 
 #: The settings the Fashion-MNIST recipes share (docs/results.md; the searches: docs/notes.md).
