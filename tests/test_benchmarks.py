@@ -87,7 +87,7 @@ def test_train_for_counts_training_time_only_and_probes_at_each_mark():
         return 0.5
 
     start = time.perf_counter()
-    done = train_for(model, config, synthetic_images(8), lambda m, x, y, t: F.cross_entropy(m(x), y), marks=3, probe=probe)
+    done = train_for(model, config, synthetic_images(8), lambda logits, x, y, t: F.cross_entropy(logits, y), marks=3, probe=probe)
     wall = time.perf_counter() - start
     assert len(done.points) == len(probes) == 3 and done.epochs >= 1
     seconds = [s for s, _ in done.points]

@@ -4,6 +4,7 @@ file, rooms of bounded complexity, and a command line that answers ``--help`` wi
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import shutil
 import subprocess
@@ -125,3 +126,71 @@ def test_the_cli_reference_lists_every_option_of_every_command():
         documented = {flag for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", section) if not flag.endswith("-")}
         actual = {flag for action in sub.choices[name]._actions for flag in action.option_strings if flag.startswith("--")}
         assert documented == actual, f"mondeq {name}: regenerate docs/cli.md (python3 scripts/cli_reference.py)"
+
+
+#: The rooms of ``src/mondeq`` from the bottom up: a module imports only from its own layer or below
+#: (a package counts as one room: its modules may import each other).
+LAYERS = [
+    {"errors", "validation", "files", "devices", "distributed", "linalg", "tolerances"},
+    {"activations", "operators", "solvers"},
+    {"stats", "reuse", "gradients"},
+    {"layer"},
+    {"checkpoint", "data", "models"},
+    {"robust", "train"},
+    {"plot", "benchmarks", "cli", "__main__", "mondeq"},
+]
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the mondeq modules it imports, from the source (imports under TYPE_CHECKING included;
+    ``from . import sub`` counts as importing ``sub``, not its package)."""
+    source = ROOT / "src" / "mondeq"
+    found = {}
+    for path in source.rglob("*.py"):
+        parts = path.relative_to(source.parent).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in found.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                submodules = {f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in found}
+                edges |= submodules
+                if target in found and len(submodules) < len(node.names):
+                    edges.add(target)
+            elif isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names if a.name in found}
+        graph[name] = edges - {name}
+    return graph
+
+
+def _layer(module: str) -> int:
+    room = module.split(".")[1] if "." in module else module
+    return next(i for i, rooms in enumerate(LAYERS) if room in rooms)
+
+
+def test_the_import_graph_has_no_cycle_and_no_import_up_the_layers():
+    graph = _import_graph()
+    upward = [
+        (a, b) for a, targets in graph.items() for b in targets if _layer(b) > _layer(a) and a.split(".")[:2] != b.split(".")[:2]
+    ]
+    assert not upward, f"imports up the layers: {upward}"
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            assert state.get(target) != 1, f"import cycle: {' -> '.join([*path, module, target])}"
+            if target not in state:
+                visit(target, [*path, module])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])

@@ -367,3 +367,38 @@ def test_run_position_says_where_a_run_stopped():
     assert "inside epoch 4, after batch 40" in interrupted and "holds the 3 finished epoch(s)" in interrupted
     budgeted = run_position({"epoch": 16, "batch": 120, "history": [{"epoch": 16}, {"epoch": 16.256}]})
     assert "when its time budget was spent" in budgeted and "partial epoch (16.256)" in budgeted
+
+
+def test_the_trainer_takes_the_step_that_the_benchmarks_take(tmp_path, data):
+    """``mondeq train`` and the benchmarks' time-budgeted loop both step through ``train_step``: the
+    trainer's weights after 4 batches are those of 4 ``train_step`` calls on the same batches."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from mondeq.data import Batches
+    from mondeq.train import make_optimizer, tunes_alpha
+    from mondeq.train.step import reuse_store, train_step
+
+    config = make_config(tmp_path / "run", model="fc", lr_schedule="constant", label_smoothing=0.1, reuse="forward")
+    trainer = Trainer(config, *data, progress=False)
+    model = copy.deepcopy(trainer.model)
+    trainer.fit(stop_after_batches=4)
+    optimizer = make_optimizer(model, config)
+    store = reuse_store(config, model, len(data[0]))
+    model.layer.fixed_points = store
+    batches = Batches(data[0], config.batch_size, shuffle=True, augment=config.augment, seed=config.seed, epoch=0)
+
+    def objective(logits, x, y, epoch):
+        return F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+
+    for index, (x, y) in enumerate(batches):
+        if index == 4:
+            break
+        tune = tunes_alpha(config, index, len(batches))  # as the trainer: at batch 30 and half-way
+        progress = index / len(batches)
+        train_step(
+            model, optimizer, config, x, y, objective, progress, 0.0, tune=tune, store=store, examples=batches.indices(index)
+        )
+    for (name, ours), theirs in zip(model.state_dict().items(), trainer.model.state_dict().values()):
+        assert torch.equal(ours, theirs), name

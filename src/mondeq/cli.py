@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import MISSING, Field, dataclass
 from pathlib import Path
 
-from . import validation
+from . import tolerances, validation
 
 
 class _Parser(argparse.ArgumentParser):
@@ -348,7 +348,12 @@ def plot_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="folder for the PNGs (default RUN_DIR/plots)")
     p.add_argument("--compare", nargs="+", default=[], metavar="RUN", help="other runs: test accuracy of all against wall time")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=128)
-    p.add_argument("--tol", type=NUMBER_TYPES["tolerance"], default=1e-6)
+    p.add_argument(
+        "--tol",
+        type=NUMBER_TYPES["tolerance"],
+        default=tolerances.CONVERGENCE_PLOT,
+        help=f"tolerance of the convergence traces (default {tolerances.CONVERGENCE_PLOT:g}: deep enough to show the rates)",
+    )
     p.add_argument("--max-iter", type=POSITIVE_INT, default=300)
     _device_options(p)
 
@@ -393,7 +398,12 @@ def certify_arguments(p: argparse.ArgumentParser) -> None:
         help=f"the full evaluation: the whole test set, {FULL_CERTIFY['pgd_steps']} PGD steps (--limit, --pgd-steps still apply)",
     )
     p.add_argument("--batch-size", type=POSITIVE_INT, default=250)
-    p.add_argument("--tol", type=NUMBER_TYPES["tolerance"], default=1e-4, help="solver tolerance while certifying (default 1e-4)")
+    p.add_argument(
+        "--tol",
+        type=NUMBER_TYPES["tolerance"],
+        default=tolerances.EVALUATION,
+        help=f"solver tolerance while certifying (default {tolerances.EVALUATION:g}; an l2 certificate allows for the rest)",
+    )
     p.add_argument("--out", help="JSON report (default: certify.json beside the checkpoint)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _device_options(p)
@@ -465,7 +475,9 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--solver", default="pr", choices=sorted(SOLVERS))
     p.add_argument("--alpha", type=POSITIVE, default=1.0)
-    p.add_argument("--tol", type=NUMBER_TYPES["tolerance"], default=1e-4)
+    p.add_argument(
+        "--tol", type=NUMBER_TYPES["tolerance"], default=tolerances.LAYER, help=f"solver tolerance (default {tolerances.LAYER:g})"
+    )
     p.add_argument("--batch-size", type=POSITIVE_INT, default=32)
     p.add_argument("--seed", type=NUMBER_TYPES["seed"], default=0)
     _device_options(p, data=False)

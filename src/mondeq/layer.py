@@ -11,6 +11,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
+from . import tolerances
 from .activations import ProximalActivation, get_activation
 from .errors import ConvergenceError, ConvergenceWarning
 from .gradients import Adjoint, Equilibrium, get_gradient
@@ -102,7 +103,7 @@ class MonDEQ(nn.Module):
         activation: str | ProximalActivation = "relu",
         solver: str | SplittingMethod = "pr",
         alpha: float = 1.0,
-        tol: float = 1e-4,
+        tol: float = tolerances.LAYER,
         max_iter: int = 100,
         backward_tol: float | None = None,
         backward_max_iter: int | None = None,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from . import tolerances
 from .errors import ConfigError, StepSizeWarning, ignore_convergence_warnings
 from .files import write_atomic
 
@@ -108,7 +109,9 @@ def plot_accuracy_vs_time(runs: dict[str, Path], out: Path) -> Path:
 
 
 @torch.no_grad()
-def convergence_traces(layer, x: torch.Tensor, solvers=("fb", "pr", "dr"), tol: float = 1e-6, max_iter: int = 300):
+def convergence_traces(
+    layer, x: torch.Tensor, solvers=("fb", "pr", "dr"), tol: float = tolerances.CONVERGENCE_PLOT, max_iter: int = 300
+):
     """``{solver: (residuals, times, alpha)}`` of the forward solve on ``x`` for each method.
 
     PR and DR use the layer's step size; forward-backward uses its safe step ``m / L^2`` (when
@@ -146,7 +149,7 @@ def plot_run(
     run: str | Path,
     out: str | Path | None = None,
     batch_size: int = 128,
-    tol: float = 1e-6,
+    tol: float = tolerances.CONVERGENCE_PLOT,
     max_iter: int = 300,
     data_dir: str | None = None,
     device: str | torch.device = "cpu",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import statistics
@@ -13,15 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .. import plot
 from ..data import DATASETS, Batches, ImageDataset, load_dataset
 from ..errors import DataError, ignore_convergence_warnings
 from ..models import ModelConfig, MonDEQClassifier, load_model, preset_config
-from ..reuse import FixedPointStore
-from ..train import TrainConfig, learning_rate, make_optimizer, tune_alpha, tunes_alpha
-from ..train.schedule import apply_learning_rate
+from ..train import TrainConfig, make_optimizer, tunes_alpha
+from ..train.step import Objective, reuse_store, train_step
 
 KINDS = ("fc", "single-conv", "multi-conv")
 pyplot = plot.pyplot
@@ -162,10 +160,6 @@ def synthetic_images(size: int = 28, count: int = 64) -> ImageDataset:
     return ImageDataset(images, torch.randint(0, 10, (count,), generator=generator), DATASETS["fashion-mnist"])
 
 
-#: ``loss(model, x, y, t)``: the loss of batch ``(x, y)`` at fractional epoch ``t``, ready for ``backward``.
-Loss = Callable[[nn.Module, Tensor, Tensor, float], Tensor]
-
-
 @dataclass
 class TimedTraining:
     """What :func:`train_for` did: ``(seconds, probe value)`` at each mark, the epochs begun and the
@@ -180,13 +174,14 @@ def train_for(
     model: nn.Module,
     config: TrainConfig,
     train: ImageDataset,
-    loss: Loss,
+    loss: Objective,
     marks: int = 1,
     probe: Callable[[nn.Module], float] | None = None,
 ) -> TimedTraining:
-    """Train ``model`` on ``loss`` for ``config.time_budget`` minutes of training time, as ``mondeq train``
-    schedules it: its optimiser, the learning rate against the fraction of the budget spent and, for a
-    monDEQ, its step-size tuning and fixed-point reuse (``config.reuse``).
+    """Train ``model`` on ``loss`` (an :data:`~mondeq.train.step.Objective`) for ``config.time_budget``
+    minutes of training time with the step of ``mondeq train`` (:func:`~mondeq.train.step.train_step`):
+    its optimiser, the learning rate against the fraction of the budget spent and, for a monDEQ, its
+    step-size tuning and fixed-point store (:func:`~mondeq.train.step.reuse_store`).
 
     Training time counts the steps only: ``probe(model)``, called at ``marks`` evenly spaced times
     (the last at the end of the budget), and the batching are not counted.
@@ -194,9 +189,8 @@ def train_for(
     budget = 60 * config.time_budget
     optimizer = make_optimizer(model, config)
     is_mondeq = isinstance(model, MonDEQClassifier)
-    store = None
-    if is_mondeq and config.reuse != "off":
-        store = FixedPointStore(len(train), model.layer.linear.features, backward=config.reuse == "both")
+    store = reuse_store(config, model, len(train)) if is_mondeq else None
+    if store is not None:
         model.layer.fixed_points = store
     done = TimedTraining()
     due = [budget * (k + 1) / marks for k in range(marks)]
@@ -205,15 +199,20 @@ def train_for(
         done.epochs += 1
         for index, (x, y) in enumerate(batches):
             start = time.perf_counter()
-            if is_mondeq and tunes_alpha(config, index, len(batches)):
-                tune_alpha(model, x, config.max_alpha)
-            t = done.epochs - 1 + index / len(batches)
-            apply_learning_rate(optimizer, *learning_rate(config, t, progress=min(1.0, done.seconds / budget)))
-            model.train()
-            optimizer.zero_grad(set_to_none=True)
-            with ignore_convergence_warnings(), store.select(batches.indices(index)) if store else contextlib.nullcontext():
-                loss(model, x, y, t).backward()
-            optimizer.step()
+            with ignore_convergence_warnings():
+                train_step(
+                    model,
+                    optimizer,
+                    config,
+                    x,
+                    y,
+                    loss,
+                    done.epochs - 1 + index / len(batches),
+                    min(1.0, done.seconds / budget),
+                    tune=is_mondeq and tunes_alpha(config, index, len(batches)),
+                    store=store,
+                    examples=batches.indices(index),
+                )
             done.seconds += time.perf_counter() - start
             if done.seconds >= due[0]:
                 due.pop(0)

@@ -15,6 +15,8 @@ from . import Section, sections
 from .common import machine_info, source_commit
 
 NOTES = "benchmark-notes.md"
+#: The heading in :data:`NOTES` whose text opens ``benchmarks.md``: what is faster than what, by how much.
+SUMMARY = "summary"
 
 
 def load_notes(path: Path, names: list[str]) -> dict[str, str]:
@@ -60,7 +62,7 @@ def run_all(names: list[str] | None = None, tiny: bool = False, out: Path = Path
         if section.plot is not None:
             section.plot(stored[name], figures)
         write_atomic(results_path, json.dumps(stored, indent=1))
-    notes = {} if tiny else load_notes(out / NOTES, list(registry))
+    notes = {} if tiny else load_notes(out / NOTES, [*registry, SUMMARY])
     suffix = "-tiny" if tiny else ""
     for page in {s.page for s in registry.values() if s.page}:
         own = {n: s for n, s in registry.items() if s.page == page and n in stored}
@@ -105,6 +107,8 @@ def write_page(path: Path, chosen: dict[str, Section], stored: dict, figures: Pa
         f"shared {machine['cores']}-core machine: compare ratios within a table, not absolute times across tables.",
         "",
     ]
+    if not own_page and notes.get(SUMMARY):
+        lines += ["## In short", "", notes[SUMMARY], ""]
     for name, section in chosen.items():
         if section.introduction:
             lines += [section.introduction, ""]

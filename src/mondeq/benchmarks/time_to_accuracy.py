@@ -90,7 +90,7 @@ def run(tiny: bool = False) -> dict:
             model,
             config,
             train,
-            lambda model, x, y, t: F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing),
+            lambda logits, x, y, t: F.cross_entropy(logits, y, label_smoothing=config.label_smoothing),
             marks=2 if tiny else 6,
             probe=lambda model: accuracy(model, probe_images),
         )

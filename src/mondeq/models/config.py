@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 
+from .. import tolerances
 from ..activations import ACTIVATIONS
 from ..errors import ConfigError
 from ..gradients import GRADIENTS, Adjoint, get_gradient
@@ -52,7 +53,14 @@ class ModelConfig:
     activation: str = field(default="relu", metadata=option("proximal activation (preset relu)", "choice", choices=ACTIVATIONS))
     solver: str = field(default="pr", metadata=option("splitting method (preset pr)", "choice", choices=SOLVERS))
     alpha: float = field(default=1.0, metadata=option("splitting step size (preset 1.0, then tuned)", "positive"))
-    tol: float = field(default=1e-2, metadata=option("relative residual tolerance, in (0, 1) (preset 1e-2)", "tolerance"))
+    tol: float = field(
+        default=tolerances.TRAINING,
+        metadata=option(
+            f"relative residual tolerance, in (0, 1) (preset {tolerances.TRAINING:g}: a training step needs a descent "
+            "direction, not digits)",
+            "tolerance",
+        ),
+    )
     max_iter: int = field(default=300, metadata=option("solver iteration cap (preset 300)", "positive_int"))
     anderson: int = field(default=0, metadata=option("Anderson acceleration memory (0: off)", "count"))
     gradient: str = field(

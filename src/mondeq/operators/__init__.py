@@ -1,10 +1,11 @@
 """Monotone linear operators: dense, interval (dense and convolutional), single and multi-tier convolutions,
 the user's own maps."""
 
+from ..linalg import gmres
 from .base import FrozenOperator, MonotoneOperator, Resolvent
 from .convolutional import MultiConv, SingleConv
 from .fully_connected import FullyConnected
-from .generic import KrylovStats, Monotone, gmres
+from .generic import KrylovStats, Monotone
 from .interval import IntervalFullyConnected, IntervalOperator, IntervalSingleConv
 
 __all__ = [

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .. import tolerances
 from ..data import Batches, DatasetInfo, ImageDataset
 from .attacks import pgd_attack, pgd_linf_attack
 from .interval import Box, interval_logits
@@ -273,7 +274,7 @@ def certify_checkpoint(
     limit: int | None = 1000,
     pgd_steps: int = 20,
     batch_size: int = 250,
-    tol: float = 1e-4,
+    tol: float = tolerances.EVALUATION,
     data_dir: str | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,

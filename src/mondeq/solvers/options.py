@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import tolerances
 from ..validation import COUNT, POSITIVE_INT, TOLERANCE
 from .base import SplittingMethod
 from .registry import SOLVERS, get_solver
@@ -27,7 +28,7 @@ class SolverOptions:
     """
 
     solver: str = "pr"
-    tol: float = 1e-4
+    tol: float = tolerances.LAYER
     max_iter: int = 100
     anderson: int = 0
 

@@ -8,9 +8,10 @@ One job a module:
 - ``budget``: wall time across resumptions and the time budget;
 - ``metrics``: running totals, ``metrics.csv``, TensorBoard, the epoch line;
 - ``run_folder``: one writer per run folder, nothing overwritten, nothing left behind;
-- ``run_state``: what a checkpoint holds and how a run comes back from one;
+- ``run_state``: a run's stored configuration and model, checked before it comes back;
+- ``step``: one training step and the fixed-point store, shared with the benchmarks;
 - ``signals``: SIGINT and SIGTERM as stop requests honoured between batches;
-- ``loop``: :class:`Trainer`, the loop itself.
+- ``loop``: :class:`Trainer`, the loop itself, and what its checkpoints hold.
 """
 
 from ..errors import TrainingInterrupted

@@ -8,13 +8,13 @@ and signals (:mod:`.signals`).
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import math
 import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +22,20 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed
+from ..checkpoint import require
 from ..data import Batches, ImageDataset, load_dataset
 from ..devices import resolve_device
-from ..errors import ConfigError, DivergenceError, TrainingInterrupted, first_line, ignore_convergence_warnings
-from ..gradients import Implicit
+from ..errors import CheckpointError, ConfigError, DivergenceError, TrainingInterrupted, first_line, ignore_convergence_warnings
 from ..models import build_model
-from ..reuse import FixedPointStore
 from . import run_state
 from .budget import TimeBudget
 from .config import TrainConfig
 from .evaluation import EvalResult, evaluate
 from .metrics import MetricsLog, RunningTotals
 from .run_folder import RunFolder
-from .schedule import apply_learning_rate, learning_rate, make_optimizer, tune_alpha, tunes_alpha
+from .schedule import make_optimizer, tunes_alpha
 from .signals import StopRequests
+from .step import reuse_store, train_step
 
 __all__ = ["STALL_STEPS", "StopReason", "Trainer"]
 
@@ -104,20 +104,8 @@ class Trainer:
             raise ConfigError(f"model {config.model!r} cannot be built as asked: {first_line(error)}") from error
         self.optimizer = make_optimizer(self.model, config)
         self.certified = config.certified_objective()
-        self.fixed_points: FixedPointStore | None = None
-        if config.reuse == "both" and not isinstance(self.model.layer.gradient, Implicit):
-            raise ConfigError(
-                f"reuse 'both' keeps the backward solve's fixed points, but the gradient {self.model.layer.gradient.name!r} "
-                "solves no backward problem: use --reuse forward"
-            )
-        if config.reuse != "off":
-            self.fixed_points = FixedPointStore(
-                len(self.train_set),
-                self.model.layer.linear.features,
-                backward=config.reuse == "both",
-                max_bytes=int(config.reuse_memory * 1e9),
-                device=self.device,
-            )
+        self.fixed_points = reuse_store(config, self.model, len(self.train_set), self.device)
+        if self.fixed_points is not None:
             self.model.layer.fixed_points = self.fixed_points
         self.epoch, self.batch = 0, 0
         self.running = RunningTotals()
@@ -158,7 +146,7 @@ class Trainer:
         self._last_save = self.clock()
         keep = stopping and self.fixed_points is not None and distributed.world_size() == 1
         attachments = {run_state.FIXED_POINTS: self.fixed_points.state_dict()} if keep else None
-        entries = run_state.checkpoint_entries(self)
+        entries = self.state_entries()
         return self.folder.save((self.epoch, self.batch), self.model, self.optimizer, entries, attachments)
 
     def resume(self, path: str | Path | None = None, checkpoint: tuple | None = None) -> None:
@@ -167,8 +155,52 @@ class Trainer:
         from ..checkpoint import load_checkpoint
 
         path = path or self.out
-        run_state.restore(self, path, checkpoint or load_checkpoint(path))
+        self.load_state(path, checkpoint or load_checkpoint(path))
         self._last_save = self.clock()
+
+    def state_entries(self) -> dict[str, Any]:
+        """The JSON entries of a checkpoint of this run at its present position."""
+        return {
+            "model": self.model.config.to_dict(),
+            "train": asdict(self.config),
+            "data": self.train_set.info.to_dict(),  # classes and normalisation, for predict
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "world_size": distributed.world_size(),
+            "alpha": self.model.layer.alpha,
+            "running": asdict(self.running),
+            "history": self.history,
+            **self.budget.state(),
+        }
+
+    def load_state(self, path: str | Path, checkpoint: tuple) -> None:
+        """Go to the position of ``checkpoint`` (what :func:`~mondeq.checkpoint.load_checkpoint` read from
+        ``path``): weights, optimiser, position, totals, alpha, history, budget, fixed points."""
+        meta, state, optimizer_state = checkpoint
+        require(meta, "model", "alpha", "epoch", "batch", "running", "history", where=f"checkpoint {path}")
+        run_state.check_model(meta, self.model.config.to_dict(), path)
+        try:
+            self.model.load_state_dict(state)
+            if optimizer_state is not None:
+                self.optimizer.load_state_dict(optimizer_state)
+            running = RunningTotals.from_checkpoint(meta["running"])
+            epoch, batch = int(meta["epoch"]), int(meta["batch"])
+            self.model.layer.alpha = meta["alpha"]
+        except (RuntimeError, ValueError, TypeError, KeyError) as error:
+            raise CheckpointError(f"cannot resume from checkpoint {path}: {first_line(error)}") from error
+        self.epoch, self.batch, self.running = epoch, batch, running
+        self.folder.saved = (epoch, batch)
+        saved_world = meta.get("world_size", 1)
+        if self.batch and saved_world != distributed.world_size():
+            # Mid-epoch with another number of processes: skip as many examples as were seen.
+            self.batch = math.ceil(self.batch * saved_world / distributed.world_size())
+        batches = len(self.batches(epoch))
+        if self.batch > batches:
+            raise CheckpointError(f"checkpoint {path}: batch {batch} is beyond the {batches} batches of an epoch")
+        self.history = meta["history"]
+        if self.fixed_points is not None:
+            run_state.restore_fixed_points(self.fixed_points, path, self.device)
+        self.budget.load(meta)
 
     def batches(self, epoch: int | None = None) -> Batches:
         """The batches of ``epoch`` (default: the current one) for this process."""
@@ -273,27 +305,23 @@ class Trainer:
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor, index: int, num_batches: int, examples: torch.Tensor) -> None:
         cfg, model = self.config, self.model
-        if tunes_alpha(cfg, index, num_batches):
-            model.layer.alpha = distributed.broadcast_float(tune_alpha(model, x, cfg.max_alpha))
-        model.train()
-        apply_learning_rate(
-            self.optimizer, *learning_rate(cfg, self.epoch + index / num_batches, self._progress(index, num_batches))
+        where = f"epoch {self.epoch + 1}, batch {index + 1}"
+        loss_value, logits = train_step(
+            model,
+            self.optimizer,
+            cfg,
+            x,
+            y,
+            self._objective,
+            self.epoch + index / num_batches,
+            self._progress(index, num_batches),
+            tune=tunes_alpha(cfg, index, num_batches),
+            share=distributed.broadcast_float,
+            forward=self.wrapped,
+            store=self.fixed_points,
+            examples=examples,
+            check_loss=lambda value: distributed.check_finite(value, f"the training loss of {where}"),
         )
-        self.optimizer.zero_grad(set_to_none=True)
-        reuse = self.fixed_points.select(examples) if self.fixed_points is not None else contextlib.nullcontext()
-        with reuse:  # this forward and its backward start from the examples' last fixed points
-            logits = self.wrapped(x)
-            if self.certified is None:
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            else:
-                epoch = self.epoch + index / num_batches
-                bound = model.config.lipschitz
-                loss = self.certified.loss(model, x, logits, y, epoch, self.train_set.info, bound, cfg.label_smoothing)
-            loss_value = loss.item()
-            where = f"epoch {self.epoch + 1}, batch {index + 1}"
-            distributed.check_finite(loss_value, f"the training loss of {where}")
-            loss.backward()
-        self.optimizer.step()
         distributed.check_finite(self._parameters_finite(), f"a parameter after the update of {where}")
         stats = model.layer.stats
         capped = not stats.forward.converged or (stats.backward is not None and not stats.backward.converged)
@@ -308,6 +336,13 @@ class Trainer:
             capped_steps=float(capped),
         )
         self._watch_stall(capped, num_batches)
+
+    def _objective(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, epoch: float) -> torch.Tensor:
+        """The training loss: the cross-entropy, or the certified objective of ``--certified``."""
+        if self.certified is None:
+            return F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
+        bound = self.model.config.lipschitz
+        return self.certified.loss(self.model, x, logits, y, epoch, self.train_set.info, bound, self.config.label_smoothing)
 
     def _parameters_finite(self) -> float:
         """0 when every parameter is finite, NaN otherwise (one host synchronisation)."""

@@ -9,11 +9,9 @@ an interruption (the others hold no store: the run then agrees to the solver's t
 
 from __future__ import annotations
 
-import math
 import sys
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -23,12 +21,8 @@ from ..errors import CheckpointError, ConfigError, first_line
 from ..models import model_config_from_dict
 from ..reuse import FixedPointStore
 from .config import RESUMABLE_OPTIONS, TrainConfig
-from .metrics import RunningTotals
 
-if TYPE_CHECKING:
-    from .loop import Trainer
-
-__all__ = ["FIXED_POINTS", "checkpoint_entries", "config_to_resume", "restore"]
+__all__ = ["FIXED_POINTS", "check_model", "config_to_resume", "restore_fixed_points"]
 
 #: The checkpoint attachment that holds the fixed-point store.
 FIXED_POINTS = "fixed-points"
@@ -60,58 +54,18 @@ def config_to_resume(run: Path, options: dict[str, Any] | None) -> tuple[TrainCo
     return config, checkpoint
 
 
-def checkpoint_entries(trainer: Trainer) -> dict[str, Any]:
-    """The JSON entries of a checkpoint of ``trainer``'s run at its present position."""
-    return {
-        "model": trainer.model.config.to_dict(),
-        "train": asdict(trainer.config),
-        "data": trainer.train_set.info.to_dict(),  # classes and normalisation, for predict
-        "epoch": trainer.epoch,
-        "batch": trainer.batch,
-        "world_size": distributed.world_size(),
-        "alpha": trainer.model.layer.alpha,
-        "running": asdict(trainer.running),
-        "history": trainer.history,
-        **trainer.budget.state(),
-    }
-
-
-def restore(trainer: Trainer, path: str | Path, checkpoint: tuple) -> None:
-    """Put ``trainer`` at the position of ``checkpoint`` (what :func:`~mondeq.checkpoint.load_checkpoint`
-    read from ``path``): weights, optimiser, position, totals, alpha, history, budget, fixed points."""
-    meta, state, optimizer_state = checkpoint
-    require(meta, "model", "alpha", "epoch", "batch", "running", "history", where=f"checkpoint {path}")
-    try:  # through the config class: fields added since the checkpoint was written take their defaults
+def check_model(meta: dict[str, Any], config: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint whose model is not ``config`` (a model configuration as a dict); its fields
+    added since the checkpoint was written take their defaults."""
+    try:
         stored = model_config_from_dict(meta["model"]).to_dict()
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"checkpoint {path} describes an invalid model: {first_line(error)}") from error
-    if stored != trainer.model.config.to_dict():
-        raise CheckpointError(f"checkpoint model {stored} differs from the requested model {trainer.model.config.to_dict()}")
-    try:
-        trainer.model.load_state_dict(state)
-        if optimizer_state is not None:
-            trainer.optimizer.load_state_dict(optimizer_state)
-        running = RunningTotals.from_checkpoint(meta["running"])
-        epoch, batch = int(meta["epoch"]), int(meta["batch"])
-        trainer.model.layer.alpha = meta["alpha"]
-    except (RuntimeError, ValueError, TypeError, KeyError) as error:
-        raise CheckpointError(f"cannot resume from checkpoint {path}: {first_line(error)}") from error
-    trainer.epoch, trainer.batch, trainer.running = epoch, batch, running
-    trainer.folder.saved = (epoch, batch)
-    saved_world = meta.get("world_size", 1)
-    if trainer.batch and saved_world != distributed.world_size():
-        # Mid-epoch with another number of processes: skip as many examples as were seen.
-        trainer.batch = math.ceil(trainer.batch * saved_world / distributed.world_size())
-    batches = len(trainer.batches(epoch))
-    if trainer.batch > batches:
-        raise CheckpointError(f"checkpoint {path}: batch {batch} is beyond the {batches} batches of an epoch")
-    trainer.history = meta["history"]
-    if trainer.fixed_points is not None:
-        _restore_fixed_points(trainer.fixed_points, path, trainer.device)
-    trainer.budget.load(meta)
+    if stored != config:
+        raise CheckpointError(f"checkpoint model {stored} differs from the requested model {config}")
 
 
-def _restore_fixed_points(store: FixedPointStore, path: str | Path, device: torch.device) -> None:
+def restore_fixed_points(store: FixedPointStore, path: str | Path, device: torch.device) -> None:
     """Refill the fixed-point store from the checkpoint; it stays cold (every example's next solve
     starts at zero, the run continues to tolerance rather than bit for bit) when the checkpoint
     has none (a periodic or epoch-end checkpoint, a distributed run, or a crash that lost the

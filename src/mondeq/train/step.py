@@ -1,0 +1,86 @@
+"""One training step and the fixed-point store a run keeps: shared by :class:`~mondeq.train.Trainer`
+(``mondeq train``) and the benchmarks' time-budgeted loop, so both train alike."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..gradients import Implicit
+from ..reuse import FixedPointStore
+from .config import TrainConfig
+from .schedule import apply_learning_rate, learning_rate, tune_alpha
+
+__all__ = ["Objective", "reuse_store", "train_step"]
+
+#: ``objective(logits, x, y, epoch)``: the loss of batch ``(x, y)`` whose logits are ``logits``, at
+#: fractional ``epoch``, ready for ``backward``.
+Objective = Callable[[Tensor, Tensor, Tensor, float], Tensor]
+
+
+def reuse_store(
+    config: TrainConfig, model: nn.Module, examples: int, device: torch.device | str = "cpu"
+) -> FixedPointStore | None:
+    """The fixed-point store that ``config.reuse`` asks for, for ``examples`` training examples of
+    ``model`` (a module with a monDEQ ``layer``), within ``config.reuse_memory`` GB; ``None`` without
+    reuse. ``both`` needs a gradient that solves a backward problem (one line otherwise)."""
+    if config.reuse == "off":
+        return None
+    if config.reuse == "both" and not isinstance(model.layer.gradient, Implicit):
+        raise ConfigError(
+            f"reuse 'both' keeps the backward solve's fixed points, but the gradient {model.layer.gradient.name!r} "
+            "solves no backward problem: use --reuse forward"
+        )
+    return FixedPointStore(
+        examples,
+        model.layer.linear.features,
+        backward=config.reuse == "both",
+        max_bytes=int(config.reuse_memory * 1e9),
+        device=device,
+    )
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    x: Tensor,
+    y: Tensor,
+    objective: Objective,
+    epoch: float,
+    progress: float,
+    *,
+    tune: bool = False,
+    share: Callable[[float], float] = float,
+    forward: Callable[[Tensor], Tensor] | None = None,
+    store: FixedPointStore | None = None,
+    examples: Tensor | None = None,
+    check_loss: Callable[[float], None] | None = None,
+) -> tuple[float, Tensor]:
+    """One optimiser step on the batch ``(x, y)`` at fractional ``epoch``, ``progress`` of the way
+    through the run's budget (the one-cycle schedule's clock); returns the loss and the logits.
+
+    ``tune``: search the step size alpha first (``share`` makes every process agree on it);
+    ``forward``: what computes the logits (default ``model``; the trainer's distributed wrapper);
+    ``store`` and ``examples``: the fixed-point store and the batch's example indices, so the solves
+    start where each example's last visit ended; ``check_loss``: called with the loss before
+    ``backward`` (the trainer stops a diverging run there)."""
+    if tune:
+        model.layer.alpha = share(tune_alpha(model, x, config.max_alpha))
+    model.train()
+    apply_learning_rate(optimizer, *learning_rate(config, epoch, progress))
+    optimizer.zero_grad(set_to_none=True)
+    reuse = store.select(examples) if store is not None else contextlib.nullcontext()
+    with reuse:  # this forward and its backward start from the examples' last fixed points
+        logits = (forward or model)(x)
+        loss = objective(logits, x, y, epoch)
+        value = loss.item()
+        if check_loss is not None:
+            check_loss(value)
+        loss.backward()
+    optimizer.step()
+    return value, logits
