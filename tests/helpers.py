@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from mondeq import FullyConnected, Monotone, MultiConv, SingleConv
+from mondeq.models import ModelConfig, MonDEQClassifier
 from mondeq.operators import MonotoneOperator
 
 #: Operators added for shapes and map kinds beyond the paper's; the heaviest parametrised tests
@@ -129,3 +132,31 @@ def dense_equilibrium(op: MonotoneOperator, activation, x: torch.Tensor) -> torc
             J = eye[None] - D[:, :, None] * W[None]
             z = z - torch.linalg.solve(J, F[..., None])[..., 0]
         return z
+
+
+#: Side of the small images of the certificate tests.
+SIDE = 8
+
+
+def small_classifier(kind: str, seed: int = 0, width: int = 12, **options) -> MonDEQClassifier:
+    """A float64 classifier on 1 x SIDE x SIDE images, 4 classes, solved to 1e-12 (eval mode)."""
+    torch.manual_seed(seed)
+    config = ModelConfig(
+        kind=kind,
+        in_channels=1,
+        image_size=SIDE,
+        num_classes=4,
+        width=width,
+        channels=[3],
+        pool=2,
+        tol=1e-12,
+        max_iter=5000,
+        **options,
+    )
+    return MonDEQClassifier(config).double().eval()
+
+
+def dense(linear, shape) -> torch.Tensor:
+    """The matrix of a linear map on tensors of ``shape`` (columns: images of the basis vectors), float64."""
+    n = math.prod(shape)
+    return torch.stack([linear(e.reshape(1, *shape)).flatten() for e in torch.eye(n, dtype=torch.float64)], dim=1)

@@ -2,16 +2,16 @@
 the norm bounds behind it, certified training, and clear refusals."""
 
 import itertools
-import math
 
 import pytest
 import torch
 from torch import nn
 
+from helpers import SIDE, dense, small_classifier
 from mondeq.data import DatasetInfo, ImageDataset
 from mondeq.errors import ConfigError
 from mondeq.layer import MonDEQ
-from mondeq.models import ConvNormBound, ModelConfig, MonDEQClassifier, NormBound, preset_config, strided_conv_norm
+from mondeq.models import ConvNormBound, MonDEQClassifier, NormBound, preset_config, strided_conv_norm
 from mondeq.operators import IntervalFullyConnected
 from mondeq.operators.convolutional import circular_conv
 from mondeq.robust import (
@@ -27,33 +27,13 @@ from mondeq.robust import (
 )
 from mondeq.train import TrainConfig, Trainer
 
-SIDE = 8
-
 
 def model(kind: str = "fc", seed: int = 0, **options) -> MonDEQClassifier:
-    torch.manual_seed(seed)
-    config = ModelConfig(
-        kind=kind,
-        in_channels=1,
-        image_size=SIDE,
-        num_classes=4,
-        width=12,
-        channels=[3],
-        pool=2,
-        tol=1e-12,
-        max_iter=5000,
-        **options,
-    )
-    classifier = MonDEQClassifier(config).double()
+    classifier = small_classifier(kind, seed, **options)
     with torch.no_grad():  # weights far from their initial scale: a bound must hold for every value
         for name, p in classifier.named_parameters():
             p.copy_((3.0 if "original" in name else 0.7) * torch.randn_like(p))
-    return classifier.eval()
-
-
-def dense(linear, shape):
-    n = math.prod(shape)
-    return torch.stack([linear(e.reshape(1, *shape)).flatten() for e in torch.eye(n, dtype=torch.float64)], dim=1)
+    return classifier
 
 
 # -- exact norms -----------------------------------------------------------------------------

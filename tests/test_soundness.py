@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from helpers import SIDE, dense, small_classifier
 from mondeq import files
 from mondeq.errors import ignore_convergence_warnings
 from mondeq.layer import MonDEQ
@@ -20,35 +21,15 @@ from mondeq.robust.interval import rounding_bound
 from mondeq.solvers import get_solver
 from mondeq.solvers.base import SplittingProblem, Status, solve
 
-SIDE = 8
 F64 = torch.float64
 
 
-def dense(linear, shape):
-    """The matrix of a linear map on tensors of ``shape`` (columns: images of the basis vectors)."""
-    n = math.prod(shape)
-    return torch.stack([linear(e.reshape(1, *shape)).flatten() for e in torch.eye(n, dtype=F64)], dim=1)
-
-
 def classifier(kind: str, seed: int = 0, scale: float = 1.0, **options) -> MonDEQClassifier:
-    torch.manual_seed(seed)
-    config = ModelConfig(
-        kind=kind,
-        in_channels=1,
-        image_size=SIDE,
-        num_classes=4,
-        width=10,
-        channels=[3],
-        pool=2,
-        tol=1e-12,
-        max_iter=5000,
-        **options,
-    )
-    model = MonDEQClassifier(config).double()
+    model = small_classifier(kind, seed, width=10, **options)
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(scale)
-    return model.eval()
+    return model
 
 
 # -- the convolutional interval operator ----------------------------------------------------
