@@ -113,13 +113,16 @@ def readout_norm(model: nn.Module) -> float:
 
 
 @torch.no_grad()
-def certified_margins(model: nn.Module, x: Tensor, labels: Tensor, norm_of_readout: float | None = None) -> Tensor:
+def certified_margins(
+    model: nn.Module, x: Tensor, labels: Tensor, norm_of_readout: float | None = None, exact: nn.Module | None = None
+) -> Tensor:
     r"""Logit margins (:func:`logit_margin`) that hold for the exact model, computed in float64: for a
     monDEQ classifier (``model.layer``, ``model.pool``, ``model.readout``) the equilibrium is solved by its
     own solver, and the margin lowered by :math:`\sqrt 2 \|RP\|` times :func:`equilibrium_error`
     (``norm_of_readout``: :math:`\|RP\|`, default :func:`readout_norm`); for any other model its float64
-    copy's margin. Both lowered by :data:`FLOAT64_SLACK` of the logits' size."""
-    exact = _float64_copy(model)
+    copy's margin. Both lowered by :data:`FLOAT64_SLACK` of the logits' size. ``exact``: that float64
+    copy of ``model``, when the caller keeps one across batches."""
+    exact = _float64_copy(model) if exact is None else exact
     x64 = x.detach().double()
     layer = getattr(model, "layer", None)
     if layer is None:
@@ -229,8 +232,8 @@ def evaluate_robustness(
     eps = sorted(eps)
     correct, certified, robust = 0, [0] * len(eps), [0] * len(eps)
     model.eval()
-    exact = _float64_copy(model) if norm == "linf" else None
-    spread = readout_norm(model) if norm == "l2" and hasattr(model, "layer") else None
+    exact = _float64_copy(model)  # the certificates' float64 copy, made once for every batch
+    spread = readout_norm(exact) if norm == "l2" and hasattr(model, "layer") else None
     batches = Batches(dataset, batch_size, device=device)
     bar = _bar(len(batches), f"certify {norm}") if progress else None
     for x, y in batches:
@@ -238,7 +241,7 @@ def evaluate_robustness(
             logits = model(x)
         right = logits.argmax(1) == y
         correct += right.sum().item()
-        margins = certified_margins(model, x, y, spread) if norm == "l2" else None
+        margins = certified_margins(model, x, y, spread, exact) if norm == "l2" else None
         for k, e in enumerate(eps):
             safe, adversarial = _certify_and_attack(model, exact, x, y, margins, dataset.info, e, norm, lipschitz, pgd_steps)
             certified[k] += (right & safe).sum().item()
