@@ -11,3 +11,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # each on two cores make OpenMP spin. (Changing the count back and forth within a process
     # breaks batched solves in torch 2.13, so tests never change it themselves.)
     torch.set_num_threads(1)
+
+
+ROOT = Path(__file__).parents[1]
+RUN_FILES = ("checkpoint.json", "metrics.csv", ".lock")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A test that trains into the working directory leaves a run beside the README (one was once
+    committed that way): fail the session instead."""
+    stray = [name for name in RUN_FILES if (ROOT / name).exists()] + [p.name for p in ROOT.glob("checkpoint-*.safetensors")]
+    if stray and not os.environ.get("PYTEST_XDIST_WORKER"):
+        print(f"\ntests left run files in {ROOT}: {', '.join(stray)}")
+        session.exitstatus = 1
