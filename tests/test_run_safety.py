@@ -330,3 +330,17 @@ def test_a_tensors_file_that_is_not_a_regular_file_is_refused_without_reading_it
     with pytest.raises(CheckpointError, match="is not a regular file"):
         load_model(run)
     assert time.perf_counter() - start < 5
+
+
+def test_a_failed_run_removes_the_folders_it_created_and_nothing_else(tmp_path):
+    from mondeq.train.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "runs" / "deep" / "fc")
+    folder.claim("refuse")
+    (tmp_path / "runs" / "other").mkdir()  # another run's folder, made meanwhile
+    folder.release(failed=True)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["other", "runs"]
+    alone = RunFolder(tmp_path / "new" / "fc")
+    alone.claim("refuse")
+    alone.release(failed=True)
+    assert not (tmp_path / "new").exists() and (tmp_path / "runs" / "other").is_dir()

@@ -34,7 +34,8 @@ class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.lock = RunLock(self.path)
-        self.created = False
+        #: The outermost folder :meth:`claim` created (``runs`` of a new ``runs/fc``), or ``None``.
+        self.created: Path | None = None
         #: ``(epoch, batch)`` of the last checkpoint written or resumed from (``None``: none yet).
         self.saved: tuple[int, int] | None = None
 
@@ -43,7 +44,8 @@ class RunFolder:
             raise ValueError(f"on_existing must be one of {', '.join(ON_EXISTING)}, got {on_existing!r}")
         if not distributed.is_main():
             return
-        self.created = not self.path.exists()
+        missing = [folder for folder in (self.path, *self.path.parents) if not folder.exists()]
+        self.created = missing[-1] if missing else None
         check_writable(self.path)
         for name in ("checkpoint.json", "metrics.csv"):
             if (self.path / name).is_dir():
@@ -68,10 +70,18 @@ class RunFolder:
 
     def release(self, failed: bool) -> None:
         """Release the lock; after a failure before anything was saved, remove the folder if this
-        run created it (a failing command leaves nothing behind)."""
+        run created it, and the parents it created while they are empty (a failing command leaves
+        nothing behind, and never touches what another run put there meanwhile)."""
         self.lock.release()
-        if failed and self.created and self.saved is None and distributed.is_main():
+        if failed and self.created is not None and self.saved is None and distributed.is_main():
             shutil.rmtree(self.path, ignore_errors=True)
+            for folder in self.path.parents:
+                if not folder.is_relative_to(self.created):
+                    break
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: another run's folder
+                    break
 
     def save(
         self,
