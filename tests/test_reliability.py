@@ -174,9 +174,9 @@ def test_periodic_checkpoints_inside_an_epoch(tmp_path, data, monkeypatch):
     positions = []
     original = train_module.save_checkpoint
 
-    def recording(path, model, optimizer, meta, attachments=None):
+    def recording(path, model, optimizer, meta, *rest):
         positions.append((meta["epoch"], meta["batch"]))
-        return original(path, model, optimizer, meta, attachments)
+        return original(path, model, optimizer, meta, *rest)
 
     monkeypatch.setattr(train_module, "save_checkpoint", recording)
     Trainer(config(tmp_path, epochs=1, checkpoint_every=1e-9), *data, progress=False).fit()

@@ -293,6 +293,7 @@ BAD_ENTRIES = [
     ("model", ["fc", [1]]),
     ("attachments", [["fixed-points"], {"fixed-points": 3}, "x"]),
     ("train", ["fc", None]),
+    ("average", ["ema", {"spec": "ema:0.9"}, {"spec": "ema:0.9", "updates": -1}, {"spec": 1, "updates": 3}]),
 ]
 
 

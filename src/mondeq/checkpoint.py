@@ -35,7 +35,9 @@ from .files import fsync_dir, remove_stray_temporaries, write_atomic
 
 __all__ = [
     "RUN_SCHEMA",
+    "WEIGHTS",
     "checkpoint_paths",
+    "holds_average",
     "load_attachment",
     "load_checkpoint",
     "save_checkpoint",
@@ -88,8 +90,11 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
         return json_path.with_suffix(".safetensors"), json_path
 
 
-def _state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> tuple[dict, dict | None]:
+def _state_tensors(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, average: dict[str, torch.Tensor] | None = None
+) -> tuple[dict, dict | None]:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"average.{k}": v.detach().cpu().contiguous() for k, v in (average or {}).items()})
     if optimizer is None:
         return tensors, None
     state = optimizer.state_dict()
@@ -109,8 +114,12 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     meta: dict[str, Any],
     attachments: dict[str, dict[str, torch.Tensor]] | None = None,
+    average: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write model weights, optimizer state and ``meta`` (JSON-serialisable) atomically; returns the JSON path.
+
+    ``average``: the state of averaged weights (``--average``), kept beside the model's in the same
+    tensors file; ``meta["average"]`` says what they are.
 
     ``attachments`` maps a name (letters, digits, ``-``) to tensors that may be large and that a
     resumed run can do without (fixed points kept for reuse): each is written to
@@ -119,7 +128,7 @@ def save_checkpoint(
     named in the JSON's ``attachments`` entry.
     """
     json_path = _json_path(path)
-    tensors, optimizer_meta = _state_tensors(model, optimizer)
+    tensors, optimizer_meta = _state_tensors(model, optimizer, average)
     payload = serialize_tensors(tensors)
     digest = hashlib.sha256(payload).hexdigest()
     stem = json_path.with_suffix("").name
@@ -316,6 +325,10 @@ RUN_SCHEMA: dict[str, tuple[Callable[[object], bool], str]] = {
         "an object of file names",
     ),
     "train": (lambda v: isinstance(v, dict), "an object"),
+    "average": (
+        lambda v: isinstance(v, dict) and isinstance(v.get("spec"), str) and _number(v.get("updates"), 0, integer=True),
+        "an object with the average's spec and its number of updates",
+    ),
 }
 
 
@@ -337,8 +350,22 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
+#: Which weights :func:`load_checkpoint` returns: the trained ones, or their average when the checkpoint
+#: holds one that averages at least one step (else the trained ones; :func:`holds_average` tells).
+WEIGHTS = ("model", "average")
+
+
+def holds_average(meta: dict[str, Any]) -> bool:
+    """Whether a checkpoint holds averaged weights (``--average``) that average at least one step."""
+    return isinstance(meta.get("average"), dict) and meta["average"].get("updates", 0) > 0
+
+
+def load_checkpoint(
+    path: str | Path, weights: str = "model"
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
     """``(meta, model_state, optimizer_state)`` of a checkpoint, verified against its hash.
+
+    ``weights="average"``: ``model_state`` holds the averaged weights when :func:`holds_average`.
 
     Raises :class:`CheckpointError` when files are missing, corrupt, mismatched, or hold
     non-finite weights.
@@ -350,7 +377,10 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
         tensors = load_tensors(payload)
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"cannot read checkpoint tensors {tensors_path}: {error}") from error
-    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    group = "average." if weights == "average" and holds_average(meta) else "model."
+    model_state = {k[len(group) :]: v for k, v in tensors.items() if k.startswith(group)}
     for name, value in model_state.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise CheckpointError(f"checkpoint {json_path} holds NaN or Inf values in weight {name!r}")

@@ -113,6 +113,25 @@ def _device_options(p: argparse.ArgumentParser, data: bool = True) -> None:
         p.add_argument("--data-dir", help="folder with the data set files (default: $MONDEQ_DATA or ~/.cache/mondeq/data)")
 
 
+def _weights_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weights",
+        choices=("average", "model"),
+        default="average",
+        help="average: the run's averaged weights when it kept some (train --average), else the trained ones; "
+        "model: the trained ones (default average)",
+    )
+
+
+def _say_weights(command: str, meta: dict, weights: str) -> None:
+    """Say on stderr when the averaged weights were taken."""
+    from .models import weights_used
+
+    note = weights_used(meta, weights)
+    if note:
+        print(f"mondeq {command}: {note}", file=sys.stderr)
+
+
 def _set_up(args: argparse.Namespace) -> str:
     """Apply ``--threads`` and check ``--device``; returns the device."""
     from .devices import resolve_device
@@ -257,15 +276,18 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", choices=sorted(SOLVERS), help="override the splitting method")
     p.add_argument("--tol", type=NUMBER_TYPES["tolerance"], help="override the tolerance")
     p.add_argument("--max-iter", type=POSITIVE_INT, help="override the iteration cap")
+    _weights_option(p)
     _device_options(p)
 
 
 def eval_command(args: argparse.Namespace) -> int:
+    from .checkpoint import holds_average
     from .models import load_model, model_label, run_position, test_set_of
     from .train import evaluate
 
     device = _set_up(args)
-    model, meta = load_model(args.checkpoint, device)
+    model, meta = load_model(args.checkpoint, device, args.weights)
+    _say_weights("eval", meta, args.weights)
     overrides = {"solver": args.solver, "tol": args.tol, "max_iter": args.max_iter}
     model.layer.configure(**{k: v for k, v in overrides.items() if v is not None})
     position = run_position(meta)
@@ -280,6 +302,7 @@ def eval_command(args: argparse.Namespace) -> int:
         "examples": result.examples,
         "test_accuracy": round(result.accuracy, 4),
         "test_loss": round(result.loss, 4),
+        "weights": "average" if args.weights == "average" and holds_average(meta) else "model",
         "forward_iterations": round(result.forward_iterations, 2),
         "solver": model.layer.forward_options.solver,
         "alpha": model.layer.alpha,
@@ -299,6 +322,7 @@ def predict_arguments(p: argparse.ArgumentParser) -> None:
         help="image files (PNG, JPEG, ...), resized to the model's input; they should look like its data "
         "set's images: for Fashion-MNIST and MNIST a light object on a dark background",
     )
+    _weights_option(p)
     _device_options(p, data=False)
 
 
@@ -310,7 +334,8 @@ def predict_command(args: argparse.Namespace) -> int:
     from .models import load_model
 
     device = _set_up(args)
-    model, meta = load_model(args.checkpoint, device)
+    model, meta = load_model(args.checkpoint, device, args.weights)
+    _say_weights("predict", meta, args.weights)
     info = DatasetInfo.from_dict(meta["data"]) if "data" in meta else dataset_info(meta["train"]["dataset"])
     images = torch.from_numpy(np.stack([read_image(path, info.channels, info.image_size) for path in args.images]))
     for path, image in zip(args.images, images):
@@ -355,6 +380,7 @@ def plot_arguments(p: argparse.ArgumentParser) -> None:
         help=f"tolerance of the convergence traces (default {tolerances.CONVERGENCE_PLOT:g}: deep enough to show the rates)",
     )
     p.add_argument("--max-iter", type=POSITIVE_INT, default=300)
+    _weights_option(p)
     _device_options(p)
 
 
@@ -363,7 +389,15 @@ def plot_command(args: argparse.Namespace) -> int:
 
     device = _set_up(args)
     written, notes = plot_run(
-        args.run_dir, args.out, args.batch_size, args.tol, args.max_iter, args.data_dir, device, compare=args.compare
+        args.run_dir,
+        args.out,
+        args.batch_size,
+        args.tol,
+        args.max_iter,
+        args.data_dir,
+        device,
+        compare=args.compare,
+        weights=args.weights,
     )
     for note in notes:
         print(f"mondeq plot: note: {note}", file=sys.stderr)
@@ -406,6 +440,7 @@ def certify_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", help="JSON report (default: certify.json beside the checkpoint)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _weights_option(p)
     _device_options(p)
 
 
@@ -433,7 +468,10 @@ def certify_command(args: argparse.Namespace) -> int:
         args.data_dir,
         device,
         progress=not args.no_progress,
+        weights=args.weights,
     )
+    if report["weights"] != "model":
+        print(f"mondeq certify: the {report['weights']} weights; --weights model for the trained ones", file=sys.stderr)
     if args.norm == "l2":
         bound, source = report["lipschitz_logits"], report["lipschitz_source"]
         line = f"Lipschitz bound (l2) of the logits, model input units: {bound:.4g}, {source}"

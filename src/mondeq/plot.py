@@ -154,24 +154,26 @@ def plot_run(
     data_dir: str | None = None,
     device: str | torch.device = "cpu",
     compare: list[str | Path] = (),
+    weights: str = "average",
 ) -> tuple[list[Path], list[str]]:
     """The plots of a run folder, written to ``out`` (default ``RUN/plots``): training curves (from
     ``metrics.csv``), certified accuracy (from ``certify.json``), the FB / PR / DR convergence of
     the forward solve on a test batch, and with ``compare`` (other run folders) the test accuracy
-    of every run against wall time. Returns the files written and notes on what is missing (a
-    run stopped before its first epoch ended has no curves yet)."""
+    of every run against wall time; the convergence of the averaged weights when the run kept some
+    (``weights="model"``: the trained ones). Returns the files written and notes (what is missing:
+    a run stopped before its first epoch ended has no curves yet; which weights were solved)."""
     from .data import Batches
     from .files import output_dir
-    from .models import equilibrium_input, load_model, model_label, run_position, test_set_of
+    from .models import equilibrium_input, load_model, model_label, run_position, test_set_of, weights_used
 
     run = Path(run)
-    model, meta = load_model(run, device)  # before anything is written: a missing run leaves nothing behind
+    model, meta = load_model(run, device, weights)  # before anything is written: a missing run leaves nothing behind
     others = {Path(other).name: Path(other) / "metrics.csv" for other in compare}
     missing = [str(path.parent) for path in others.values() if not path.is_file()]
     if missing:
         raise ConfigError(f"--compare: no metrics.csv in {', '.join(missing)} (not a run folder, or no epoch ended yet)")
     folder = output_dir(Path(out) if out else run / "plots")
-    written, notes = [], []
+    written, notes = [], [note for note in [weights_used(meta, weights)] if note]
     position = run_position(meta)
     if position:
         notes.append(position)

@@ -196,11 +196,7 @@ def train_and_evaluate(name: str, minutes: float, train: ImageDataset, test: Ima
         )
         config = TrainConfig(**{**SETTINGS, "model": "fc", "time_budget": minutes})
         lipschitz = GAMMA if norm == "l2" else None
-
-        def loss(logits, x, y, t, model=model, objective=objective, lipschitz=lipschitz):
-            return objective.loss(model, x, logits, y, t, train.info, lipschitz)
-
-        timed = train_for(model, config, train, loss)
+        timed = train_for(model, config, train, objective.bind(model, train.info, lipschitz))
         note = {"epochs": timed.epochs, "seconds": timed.seconds}
         bound, source = (GAMMA, "by construction") if norm == "l2" else (None, "interval bounds")
         command = f"explicit, trained here for {training}"

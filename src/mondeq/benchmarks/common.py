@@ -19,6 +19,7 @@ from ..data import DATASETS, Batches, ImageDataset, load_dataset
 from ..errors import DataError, ignore_convergence_warnings
 from ..models import ModelConfig, MonDEQClassifier, load_model, preset_config
 from ..train import TrainConfig, make_optimizer, tunes_alpha
+from ..train.averaging import WeightAverage, parse_average
 from ..train.step import Objective, reuse_store, train_step
 
 KINDS = ("fc", "single-conv", "multi-conv")
@@ -183,19 +184,23 @@ def train_for(
     its optimiser, the learning rate against the fraction of the budget spent and, for a monDEQ, its
     step-size tuning and fixed-point store (:func:`~mondeq.train.step.reuse_store`).
 
+    With ``config.average`` the probe measures the averaged weights (once they average a step).
     Training time counts the steps only: ``probe(model)``, called at ``marks`` evenly spaced times
     (the last at the end of the budget), and the batching are not counted.
     """
     budget = 60 * config.time_budget
     optimizer = make_optimizer(model, config)
     is_mondeq = isinstance(model, MonDEQClassifier)
+    spec = parse_average(config.average)
+    average = WeightAverage(model, spec) if spec is not None else None
     store = reuse_store(config, model, len(train)) if is_mondeq else None
     if store is not None:
         model.layer.fixed_points = store
     done = TimedTraining()
     due = [budget * (k + 1) / marks for k in range(marks)]
     while due:
-        batches = Batches(train, config.batch_size, shuffle=True, augment=config.augment, seed=config.seed, epoch=done.epochs)
+        augment = config.augmentation(train.info)
+        batches = Batches(train, config.batch_size, shuffle=True, augment=augment, seed=config.seed, epoch=done.epochs)
         done.epochs += 1
         for index, (x, y) in enumerate(batches):
             start = time.perf_counter()
@@ -213,11 +218,13 @@ def train_for(
                     store=store,
                     examples=batches.indices(index),
                 )
+            if average is not None:
+                average.update(model, min(1.0, done.seconds / budget))
             done.seconds += time.perf_counter() - start
             if done.seconds >= due[0]:
                 due.pop(0)
                 if probe is not None:
-                    done.points.append((done.seconds, probe(model)))
+                    done.points.append((done.seconds, probe(average.module if average and average.updates else model)))
                 if not due:
                     break
     return done

@@ -11,8 +11,9 @@ import torch
 from torch import Tensor
 
 from ..validation import POSITIVE_INT
+from .augment import Augmentation
 
-__all__ = ["Batches", "DatasetInfo", "ImageDataset", "augment_batch", "default_data_dir"]
+__all__ = ["Batches", "DatasetInfo", "ImageDataset", "default_data_dir"]
 
 
 @dataclass(frozen=True)
@@ -68,25 +69,6 @@ class ImageDataset:
         return ImageDataset(self.images[:count], self.labels[:count], self.info)
 
 
-def augment_batch(images: Tensor, generator: torch.Generator, padding: int | None = None) -> Tensor:
-    """Random crop with zero padding and random horizontal flip, per image, with torch ops.
-
-    ``padding`` defaults to an eighth of the image side (4 pixels for CIFAR-10's 32, 3 for 28).
-    """
-    n, _, h, w = images.shape
-    padding = max(1, w // 8) if padding is None else padding
-    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None]).to(images.device)  # (n, h)
-    cols = (dx[:, None] + torch.arange(w)[None]).to(images.device)  # (n, w)
-    batch = torch.arange(n, device=images.device)[:, None, None, None]
-    channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
-    cropped = padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
-    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
-    return torch.where(flip[:, None, None, None], cropped.flip(-1), cropped)
-
-
 class Batches:
     """Mini-batches of normalised images over one epoch.
 
@@ -100,7 +82,7 @@ class Batches:
         dataset: ImageDataset,
         batch_size: int,
         shuffle: bool = False,
-        augment: bool = False,
+        augment: Augmentation | bool = False,
         seed: int = 0,
         epoch: int = 0,
         rank: int = 0,
@@ -112,7 +94,7 @@ class Batches:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.dataset = dataset
         self.batch_size = batch_size
-        self.augment = augment
+        self.augment = augment if isinstance(augment, Augmentation) else Augmentation(crop_flip=bool(augment))
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed((seed * 100003 + epoch) % 2**64)  # any seed below 2**64
         n = len(dataset)
@@ -136,7 +118,7 @@ class Batches:
             index = self.order[start : start + self.batch_size]
             images = self.dataset.images[index]
             if self.augment:
-                images = augment_batch(images, self.generator)
+                images = self.augment(images, self.generator)
             yield (
                 self.dataset.normalize(images.to(self.device)),
                 self.dataset.labels[index].to(self.device),

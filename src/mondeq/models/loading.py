@@ -8,14 +8,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import load_checkpoint, require
+from ..checkpoint import holds_average, load_checkpoint, require
 from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, first_line
 from .classifier import MonDEQClassifier
 from .config import ModelConfig, model_config_from_dict
 from .entry_point import EntryPointConfig, EntryPointModel
 
-__all__ = ["build_model", "equilibrium_input", "load_model", "model_label", "run_position", "test_set_of"]
+__all__ = ["build_model", "equilibrium_input", "load_model", "model_label", "run_position", "test_set_of", "weights_used"]
 
 
 def model_label(config: dict) -> str:
@@ -57,9 +57,14 @@ def equilibrium_input(model: nn.Module, x: Tensor) -> Tensor:
     raise ConfigError(f"{type(model).__name__} did not call its monDEQ layer on an input batch")
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[MonDEQClassifier | EntryPointModel, dict[str, Any]]:
-    """The classifier of a checkpoint (run folder or file), and the checkpoint's metadata."""
-    meta, state, _ = load_checkpoint(path)
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", weights: str = "average"
+) -> tuple[MonDEQClassifier | EntryPointModel, dict[str, Any]]:
+    """The classifier of a checkpoint (run folder or file), and the checkpoint's metadata.
+
+    ``weights``: ``"average"`` (default) takes the run's averaged weights when it kept some
+    (``--average``; :func:`weights_used` says which were taken), ``"model"`` the trained ones."""
+    meta, state, _ = load_checkpoint(path, weights=weights)
     require(meta, "model", "train", where=f"checkpoint {path}")
     try:
         model = build_model(model_config_from_dict(meta["model"]))
@@ -74,6 +79,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mo
         )
     model.layer.alpha = meta.get("alpha", model.layer.alpha)  # validated with the checkpoint
     return model.to(resolve_device(device)), meta
+
+
+def weights_used(meta: dict[str, Any], weights: str) -> str | None:
+    """A note naming the averaged weights when :func:`load_model` took them (``None`` otherwise)."""
+    if weights != "average" or not holds_average(meta):
+        return None
+    average = meta["average"]
+    return f"the averaged weights ({average['spec']}, {average['updates']:,} steps); --weights model for the trained ones"
 
 
 def test_set_of(meta: dict[str, Any], data_dir: str | None = None, limit: int | None = None):

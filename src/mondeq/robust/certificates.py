@@ -281,23 +281,25 @@ def certify_checkpoint(
     data_dir: str | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    weights: str = "average",
 ) -> dict:
     """The robustness report of a preset classifier's checkpoint on its first ``limit`` test images,
     radii ``eps`` on the pixel scale: :func:`evaluate_robustness` in ``norm``, the equilibrium solved to
     ``tol``. In ``l2`` the bound is the model's own (``lipschitz``: by construction) or estimated
     (:func:`~mondeq.robust.lipschitz_bound`); ``linf`` needs the interval operator."""
     from ..errors import ConfigError
-    from ..models import MonDEQClassifier, load_model, test_set_of
+    from ..models import MonDEQClassifier, load_model, test_set_of, weights_used
     from .lipschitz import lipschitz_bound
 
-    model, meta = load_model(path, device)
+    model, meta = load_model(path, device, weights)
     if not isinstance(model, MonDEQClassifier):
         raise ConfigError(
             f"certify needs a preset model (fc, single-conv, multi-conv), not {meta['model'].get('entry_point')!r}: "
             "its bounds hold for an equilibrium read out by one linear map"
         )
     model.layer.configure(tol=tol)
-    report: dict = {"norm": norm}
+    average = meta["average"] if weights_used(meta, weights) else None
+    report: dict = {"norm": norm, "weights": f"average {average['spec']} ({average['updates']} steps)" if average else "model"}
     if norm == "l2":
         if model.config.lipschitz is not None:
             report.update(lipschitz_logits=model.config.lipschitz, lipschitz_source="by construction")

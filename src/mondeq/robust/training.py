@@ -12,6 +12,7 @@ r"""Losses and schedules of certified training.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch.nn.functional as F
@@ -76,6 +77,18 @@ class CertifiedObjective:
         """``(eps, kappa)`` at fractional ``epoch``."""
         progress = min(max((epoch - self.warmup) / self.ramp, 0.0), 1.0) if self.ramp > 0 else float(epoch >= self.warmup)
         return self.eps * progress, 1.0 - (1.0 - self.kappa) * progress
+
+    def bind(
+        self, model: nn.Module, info: DatasetInfo, lipschitz: float | None = None, label_smoothing: float = 0.0
+    ) -> Callable[[Tensor, Tensor, Tensor, float], Tensor]:
+        """The training objective ``objective(logits, x, y, epoch)`` of ``model`` on the data ``info``
+        (with ``lipschitz``, the model's l2 bound, and ``label_smoothing`` fixed): :meth:`loss` with
+        everything but the batch and the epoch bound once."""
+
+        def objective(logits: Tensor, x: Tensor, labels: Tensor, epoch: float) -> Tensor:
+            return self.loss(model, x, logits, labels, epoch, info, lipschitz, label_smoothing)
+
+        return objective
 
     def loss(
         self,

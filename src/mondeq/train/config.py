@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..data import DATASET_NAMES, dataset_info
+from ..data import DATASET_NAMES, Augmentation, DatasetInfo, dataset_info
 from ..errors import ConfigError
 from ..models import MODEL_KINDS, EntryPointConfig, ModelConfig, is_entry_point, model_options, option_applies, preset_config
 from ..robust.training import CertifiedObjective, parse_certified
 from ..validation import check_options, option
+from .averaging import parse_average
 
 __all__ = ["BUDGET_EPOCHS", "LR_SCHEDULES", "RECIPES", "RESUMABLE_OPTIONS", "REUSE_MODES", "Recipe", "TrainConfig"]
 
@@ -185,6 +186,32 @@ class TrainConfig:
         metadata=option("epochs over which the certified radius rises linearly to EPS", "non_negative", metavar="EPOCHS"),
     )
     augment: bool | None = field(default=None, metadata=option("random crop + flip (default: on for cifar10)", "flag"))
+    shift: int = field(
+        default=0,
+        metadata=option("random translation of each training image by up to PIXELS along each axis", "count", metavar="PIXELS"),
+    )
+    erase: float = field(
+        default=0.0,
+        metadata=option("random erasing: the probability that a training image has a random rectangle blanked", "unit_interval"),
+    )
+    average: str = field(
+        default="off",
+        metadata=option(
+            "weight averaging, evaluated and saved beside the trained weights: ema[:DECAY] (default 0.999), "
+            "swa[:START] (equal average from the fraction START of the run, default 0.75), or off",
+            "text",
+            metavar="KIND[:VALUE]",
+        ),
+    )
+    tol_peak: float | None = field(
+        default=None,
+        metadata=option(
+            "training solves' tolerance at the peak learning rate: it moves with the learning rate, geometrically "
+            "between the model's --tol (learning rate 0) and this",
+            "tolerance",
+            metavar="TOL",
+        ),
+    )
     seed: int = field(default=0, metadata=option("random seed", "seed"))
     out: str = field(default="runs/default", metadata=option("run folder (default runs/DATASET-MODEL)", "text"))
     data_dir: str | None = field(
@@ -232,6 +259,7 @@ class TrainConfig:
             raise ConfigError("max_alpha bounds the tuned step size; it does nothing with tune_alpha off (--no-tune-alpha)")
         if self.lr_schedule != "step" and self.lr_step != defaults["lr_step"]:
             raise ConfigError(f"lr_step sets the step schedule's decay; it does nothing with lr_schedule {self.lr_schedule!r}")
+        parse_average(self.average)
         self.model_options = {k: v for k, v in self.model_options.items() if v is not None}
         model = self.model_config()  # validates the model options
         if self.certified is not None:
@@ -253,6 +281,12 @@ class TrainConfig:
         if not isinstance(model, ModelConfig) or not getattr(model, needs[0]):
             raise ConfigError(f"certified {self.certified}: {norm} certified training needs a model built for it ({needs[1]})")
         return CertifiedObjective(norm, eps, self.certified_warmup, self.certified_ramp)
+
+    def augmentation(self, info: DatasetInfo) -> Augmentation:
+        """What each training batch goes through: crop + flip (``augment``, default the data set's),
+        translation (``shift``) and erasing (``erase``)."""
+        crop_flip = info.augment if self.augment is None else self.augment
+        return Augmentation(crop_flip=crop_flip, shift=self.shift, erase=self.erase)
 
     def model_config(self) -> ModelConfig | EntryPointConfig:
         info = dataset_info(self.dataset, self.data_dir)

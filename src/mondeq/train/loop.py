@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed
-from ..checkpoint import require
+from ..checkpoint import load_checkpoint, require
 from ..data import Batches, ImageDataset, load_dataset
 from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, DivergenceError, TrainingInterrupted, first_line, ignore_convergence_warnings
 from ..models import build_model
 from . import run_state
+from .averaging import WeightAverage, parse_average
 from .budget import TimeBudget
 from .config import TrainConfig
 from .evaluation import EvalResult, evaluate
@@ -35,7 +36,7 @@ from .metrics import MetricsLog, RunningTotals
 from .run_folder import RunFolder
 from .schedule import make_optimizer, tunes_alpha
 from .signals import StopRequests
-from .step import reuse_store, train_step
+from .step import Objective, reuse_store, train_step
 
 __all__ = ["STALL_STEPS", "StopReason", "Trainer"]
 
@@ -103,7 +104,16 @@ class Trainer:
         except (ValueError, TypeError) as error:
             raise ConfigError(f"model {config.model!r} cannot be built as asked: {first_line(error)}") from error
         self.optimizer = make_optimizer(self.model, config)
-        self.certified = config.certified_objective()
+        certified, smoothing = config.certified_objective(), config.label_smoothing
+        #: The training loss of a batch: the cross-entropy, or the certified objective of ``--certified``.
+        self.objective: Objective = (
+            certified.bind(self.model, self.train_set.info, self.model.config.lipschitz, smoothing)
+            if certified is not None
+            else lambda logits, x, y, epoch: F.cross_entropy(logits, y, label_smoothing=smoothing)
+        )
+        spec = parse_average(config.average)
+        #: The running average of the weights (``--average``), evaluated instead of them; ``None``: off.
+        self.average = WeightAverage(self.model, spec) if spec is not None else None
         self.fixed_points = reuse_store(config, self.model, len(self.train_set), self.device)
         if self.fixed_points is not None:
             self.model.layer.fixed_points = self.fixed_points
@@ -147,13 +157,12 @@ class Trainer:
         keep = stopping and self.fixed_points is not None and distributed.world_size() == 1
         attachments = {run_state.FIXED_POINTS: self.fixed_points.state_dict()} if keep else None
         entries = self.state_entries()
-        return self.folder.save((self.epoch, self.batch), self.model, self.optimizer, entries, attachments)
+        average = self.average.state_dict() if self.average is not None else None
+        return self.folder.save((self.epoch, self.batch), self.model, self.optimizer, entries, attachments, average)
 
     def resume(self, path: str | Path | None = None, checkpoint: tuple | None = None) -> None:
         """Continue from a checkpoint (default: the one in ``config.out``); ``checkpoint`` is what
         :func:`~mondeq.checkpoint.load_checkpoint` already read from ``path``, when it was."""
-        from ..checkpoint import load_checkpoint
-
         path = path or self.out
         self.load_state(path, checkpoint or load_checkpoint(path))
         self._last_save = self.clock()
@@ -171,6 +180,7 @@ class Trainer:
             "running": asdict(self.running),
             "history": self.history,
             **self.budget.state(),
+            **({"average": self.average.entry()} if self.average is not None else {}),
         }
 
     def load_state(self, path: str | Path, checkpoint: tuple) -> None:
@@ -200,6 +210,10 @@ class Trainer:
         self.history = meta["history"]
         if self.fixed_points is not None:
             run_state.restore_fixed_points(self.fixed_points, path, self.device)
+        if self.average is not None:
+            require(meta, "average", where=f"checkpoint {path}")
+            _, averaged, _ = load_checkpoint(path, weights="average")
+            self.average.load(averaged, meta["average"], where=f"checkpoint {path}")
         self.budget.load(meta)
 
     def batches(self, epoch: int | None = None) -> Batches:
@@ -209,7 +223,7 @@ class Trainer:
             self.train_set,
             cfg.batch_size,
             shuffle=True,
-            augment=self.train_set.info.augment if cfg.augment is None else cfg.augment,
+            augment=cfg.augmentation(self.train_set.info),
             seed=cfg.seed,
             epoch=self.epoch if epoch is None else epoch,
             rank=distributed.rank(),
@@ -312,7 +326,7 @@ class Trainer:
             cfg,
             x,
             y,
-            self._objective,
+            self.objective,
             self.epoch + index / num_batches,
             self._progress(index, num_batches),
             tune=tunes_alpha(cfg, index, num_batches),
@@ -323,6 +337,8 @@ class Trainer:
             check_loss=lambda value: distributed.check_finite(value, f"the training loss of {where}"),
         )
         distributed.check_finite(self._parameters_finite(), f"a parameter after the update of {where}")
+        if self.average is not None:
+            self.average.update(model, self._progress(index + 1, num_batches))
         stats = model.layer.stats
         capped = not stats.forward.converged or (stats.backward is not None and not stats.backward.converged)
         self.running.add(
@@ -336,13 +352,6 @@ class Trainer:
             capped_steps=float(capped),
         )
         self._watch_stall(capped, num_batches)
-
-    def _objective(self, logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, epoch: float) -> torch.Tensor:
-        """The training loss: the cross-entropy, or the certified objective of ``--certified``."""
-        if self.certified is None:
-            return F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
-        bound = self.model.config.lipschitz
-        return self.certified.loss(self.model, x, logits, y, epoch, self.train_set.info, bound, self.config.label_smoothing)
 
     def _parameters_finite(self) -> float:
         """0 when every parameter is finite, NaN otherwise (one host synchronisation)."""
@@ -448,10 +457,15 @@ class Trainer:
         every, ended = self.config.eval_every, self.epoch + 1
         return not complete or ended >= self.config.epochs or self._out_of_time() or (every > 0 and ended % every == 0)
 
+    def evaluated_model(self) -> torch.nn.Module:
+        """What the test set measures: the averaged weights once they average a step, else the trained ones."""
+        return self.average.module if self.average is not None and self.average.updates else self.model
+
     def _evaluate(self, stops: StopRequests) -> EvalResult:
         """The test set's loss and accuracy; a stop request during it saves and raises (the
         position stays "all batches of the epoch done")."""
-        evaluation = evaluate(self.model, self.test_set, self.config.test_batch_size, self.device, stop=stops.requested)
+        model, batch_size = self.evaluated_model(), self.config.test_batch_size
+        evaluation = evaluate(model, self.test_set, batch_size, self.device, stop=stops.requested)
         if evaluation is None:
             self.save(stopping=True)
             raise TrainingInterrupted(stops.signum or signal.SIGTERM)

@@ -90,12 +90,13 @@ class RunFolder:
         optimizer: torch.optim.Optimizer,
         meta: dict[str, Any],
         attachments: dict[str, dict[str, torch.Tensor]] | None = None,
+        average: dict[str, torch.Tensor] | None = None,
     ) -> Path | None:
         """Commit a checkpoint of ``position`` ``(epoch, batch)`` (rank 0 writes; the others return ``None``)."""
         if not distributed.is_main():
             return None
         self.saved = position
-        return save_checkpoint(self.path / "checkpoint", model, optimizer, meta, attachments)
+        return save_checkpoint(self.path / "checkpoint", model, optimizer, meta, attachments, average)
 
     def last_checkpoint(self) -> str:
         """Where the last checkpoint of this run stands, in words."""

@@ -15,7 +15,7 @@ from ..reuse import FixedPointStore
 from .config import TrainConfig
 from .schedule import apply_learning_rate, learning_rate, tune_alpha
 
-__all__ = ["Objective", "reuse_store", "train_step"]
+__all__ = ["Objective", "reuse_store", "train_step", "training_tolerance"]
 
 #: ``objective(logits, x, y, epoch)``: the loss of batch ``(x, y)`` whose logits are ``logits``, at
 #: fractional ``epoch``, ready for ``backward``.
@@ -42,6 +42,24 @@ def reuse_store(
         max_bytes=int(config.reuse_memory * 1e9),
         device=device,
     )
+
+
+def training_tolerance(config: TrainConfig, tol: float, lr: float) -> float:
+    r"""The tolerance of a training step's solves at learning rate ``lr``: the model's ``tol`` without
+    ``config.tol_peak``; with it, :math:`\mathrm{tol}\,(\mathrm{tol_{peak}}/\mathrm{tol})^{\mathrm{lr}/\mathrm{lr_{peak}}}`,
+    loose while the learning rate is high (where an exact equilibrium buys little) and back to
+    ``tol`` as it falls."""
+    if config.tol_peak is None:
+        return tol
+    return tol * (config.tol_peak / tol) ** min(lr / config.lr, 1.0)
+
+
+def _scheduled_tolerance(layer: nn.Module, config: TrainConfig, lr: float) -> contextlib.AbstractContextManager:
+    """The layer's solver settings for one step of the tolerance schedule: the forward tolerance of
+    :func:`training_tolerance`, the backward one scaled alike."""
+    forward, backward = layer.forward_options.tol, layer.backward_options.tol
+    scale = training_tolerance(config, forward, lr) / forward
+    return layer.options(tol=min(forward * scale, 0.5), backward_tol=min(backward * scale, 0.5))
 
 
 def train_step(
@@ -72,10 +90,12 @@ def train_step(
     if tune:
         model.layer.alpha = share(tune_alpha(model, x, config.max_alpha))
     model.train()
-    apply_learning_rate(optimizer, *learning_rate(config, epoch, progress))
+    lr, beta1 = learning_rate(config, epoch, progress)
+    apply_learning_rate(optimizer, lr, beta1)
     optimizer.zero_grad(set_to_none=True)
     reuse = store.select(examples) if store is not None else contextlib.nullcontext()
-    with reuse:  # this forward and its backward start from the examples' last fixed points
+    tolerance = _scheduled_tolerance(model.layer, config, lr) if config.tol_peak is not None else contextlib.nullcontext()
+    with reuse, tolerance:  # the solves start from the examples' last fixed points, to the step's tolerance
         logits = (forward or model)(x)
         loss = objective(logits, x, y, epoch)
         value = loss.item()
