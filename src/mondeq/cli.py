@@ -118,7 +118,7 @@ def _weights_option(p: argparse.ArgumentParser) -> None:
         "--weights",
         choices=("average", "model"),
         default="average",
-        help="average: the run's averaged weights when it kept some (train --average), else the trained ones; "
+        help="average: the run's averaged weights when it was trained with weight averaging, else the trained ones; "
         "model: the trained ones (default average)",
     )
 
