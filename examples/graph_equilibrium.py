@@ -8,7 +8,7 @@ graph propagations z -> Â z Θ with the normalised adjacency Â (sparse) and a 
 
 is monotone for every Θ: the equilibrium z* = relu(W z* + U x + b) exists, is unique and
 mixes information along paths of any length, with no depth to choose. The injection U x + b is a
-graph propagation too (with a bias). ``Monotone`` finds the transposes of A and B by autograd and
+graph propagation too (with a bias). ``OperatorFromMaps`` finds the transposes of A and B by autograd and
 applies the resolvent by GMRES. Trained on a fifth of the nodes;
 a logistic regression on the node features alone is the baseline.
 
@@ -20,7 +20,7 @@ import argparse
 import torch
 from torch import nn
 
-from mondeq import MonDEQ, Monotone
+from mondeq import MonDEQ, OperatorFromMaps
 
 
 class GraphPropagation(nn.Module):
@@ -60,7 +60,7 @@ class GraphEquilibrium(nn.Module):
     def __init__(self, adjacency: torch.Tensor, features: int, hidden: int, classes: int) -> None:
         super().__init__()
         nodes = adjacency.shape[0]
-        operator = Monotone(
+        operator = OperatorFromMaps(
             A=GraphPropagation(adjacency, hidden, hidden),
             B=GraphPropagation(adjacency, hidden, hidden),
             injection=GraphPropagation(adjacency, features, hidden, bias=True),

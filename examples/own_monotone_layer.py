@@ -1,7 +1,7 @@
 """A monotone layer built from your own linear maps: Fashion-MNIST read row by row as a sequence.
 
 Each image is a 28-step sequence of 28-pixel rows. With ``--operator monotone`` (the default)
-the equilibrium layer is ``Monotone(A, B, injection)`` with 1-D convolutions along the sequence
+the equilibrium layer is ``OperatorFromMaps(A, B, injection)`` with 1-D convolutions along the sequence
 as A and B: whatever their weights, W = (1 - m) I - A^T A + B - B^T is monotone, so the
 equilibrium exists, is unique and Peaceman-Rachford finds it (its resolvent by GMRES,
 warm-started). With ``--operator fft`` it is the built-in ``SingleConv`` on 1-D signals: A and
@@ -19,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from mondeq import MonDEQ, Monotone, SingleConv
+from mondeq import MonDEQ, OperatorFromMaps, SingleConv
 from mondeq.data import DATASETS, Batches, ImageDataset, load_dataset
 from mondeq.errors import DataError
 
@@ -30,7 +30,7 @@ class SequenceModel(nn.Module):
     def __init__(self, kind: str = "monotone", channels: int = 32, steps: int = 28, features: int = 28, classes: int = 10):
         super().__init__()
         if kind == "monotone":  # your own maps: any linear modules
-            operator = Monotone(
+            operator = OperatorFromMaps(
                 A=nn.Conv1d(channels, channels, 3, padding=1, bias=False),
                 B=nn.Conv1d(channels, channels, 3, padding=1, bias=False),
                 injection=nn.Conv1d(features, channels, 3, padding=1),
@@ -64,7 +64,9 @@ def data(tiny: bool, data_dir: str | None) -> tuple[ImageDataset, ImageDataset]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--operator", choices=["monotone", "fft"], default="monotone", help="Monotone(A, B) or SingleConv")
+    parser.add_argument(
+        "--operator", choices=["monotone", "fft"], default="monotone", help="OperatorFromMaps(A, B) or SingleConv"
+    )
     parser.add_argument("--tiny", action="store_true", help="a few steps on random images")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--data-dir")

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from mondeq import FullyConnected, Monotone, MultiConv, SingleConv
+from mondeq import FullyConnected, MultiConv, OperatorFromMaps, SingleConv
 from mondeq.models import ModelConfig, MonDEQClassifier
 from mondeq.operators import MonotoneOperator
 
@@ -53,9 +53,9 @@ class Skew(nn.Module):
         return z @ self.weight.T
 
 
-def generic_conv1d(m: float) -> Monotone:
+def generic_conv1d(m: float) -> OperatorFromMaps:
     """A 1-D sequence operator: A a circular Conv1d widening 3 -> 4 channels, B a zero-padded Conv1d."""
-    op = Monotone(
+    op = OperatorFromMaps(
         A=nn.Conv1d(3, 4, 3, padding=1, padding_mode="circular", bias=False),
         B=nn.Conv1d(3, 3, 5, padding=2, bias=False),
         injection=nn.Conv1d(2, 3, 3, padding=1),
@@ -66,9 +66,9 @@ def generic_conv1d(m: float) -> Monotone:
     return op
 
 
-def generic_linear(m: float) -> Monotone:
+def generic_linear(m: float) -> OperatorFromMaps:
     """A: nn.Linear(10 -> 6) (a low-rank A^T A), B a user module, injection nn.Linear(5 -> 10)."""
-    op = Monotone(A=nn.Linear(10, 6, bias=False), B=Skew(10), injection=nn.Linear(5, 10), hidden_shape=(10,), m=m)
+    op = OperatorFromMaps(A=nn.Linear(10, 6, bias=False), B=Skew(10), injection=nn.Linear(5, 10), hidden_shape=(10,), m=m)
     op.input_shape = (5,)
     return op
 

@@ -1,4 +1,4 @@
-"""Monotone(A, B): operators from the user's own linear maps, against dense float64 algebra.
+"""OperatorFromMaps(A, B): operators from the user's own linear maps, against dense float64 algebra.
 
 The shared dense tests (test_operators, test_solvers, test_gradients) also run on two of these
 operators (helpers.OPERATOR_NAMES); here: W from the maps' explicit matrices (independent of
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from helpers import dense_equilibrium
-from mondeq import KrylovStats, MonDEQ, Monotone, get_activation
+from mondeq import KrylovStats, MonDEQ, OperatorFromMaps, get_activation
 from mondeq.operators import gmres
 
 
@@ -45,11 +45,11 @@ def ring_graph(nodes: int) -> torch.Tensor:
     ).coalesce()
 
 
-def build(kind: str, m: float = 0.5, seed: int = 0) -> tuple[Monotone, tuple[int, ...]]:
+def build(kind: str, m: float = 0.5, seed: int = 0) -> tuple[OperatorFromMaps, tuple[int, ...]]:
     """An operator of ``kind`` in float64 with random parameters, and the shape of one input sample."""
     torch.manual_seed(seed)
     if kind == "conv2d-nonsquare":  # a 5 x 3 hidden image, reflect padding
-        op = Monotone(
+        op = OperatorFromMaps(
             A=nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect", bias=False),
             B=nn.Conv2d(2, 2, 3, padding=1, bias=False),
             injection=nn.Conv2d(1, 2, 3, padding=1),
@@ -58,7 +58,7 @@ def build(kind: str, m: float = 0.5, seed: int = 0) -> tuple[Monotone, tuple[int
         )
         shape = (1, 5, 3)
     elif kind == "conv3d":
-        op = Monotone(
+        op = OperatorFromMaps(
             A=nn.Conv3d(2, 2, 3, padding=1, padding_mode="circular", bias=False),
             B=nn.Conv3d(2, 2, 3, padding=1, bias=False),
             injection=nn.Conv3d(1, 2, 1),
@@ -68,7 +68,7 @@ def build(kind: str, m: float = 0.5, seed: int = 0) -> tuple[Monotone, tuple[int
         shape = (1, 3, 2, 3)
     elif kind == "graph":
         adjacency = ring_graph(6)
-        op = Monotone(
+        op = OperatorFromMaps(
             A=GraphPropagation(adjacency, 2, 3),
             B=GraphPropagation(adjacency, 2, 2),
             injection=nn.Linear(4, 2),
@@ -78,7 +78,7 @@ def build(kind: str, m: float = 0.5, seed: int = 0) -> tuple[Monotone, tuple[int
         shape = (6, 4)
     elif kind == "callable":  # plain functions as A and B (fixed), transposes supplied
         a, b = torch.randn(4, 8, dtype=torch.float64), torch.randn(8, 8, dtype=torch.float64)
-        op = Monotone(
+        op = OperatorFromMaps(
             A=lambda z: z @ a.T,
             B=lambda z: z @ b.T,
             injection=nn.Linear(3, 8, dtype=torch.float64),  # the maps' dtype from the start
@@ -100,7 +100,7 @@ def build(kind: str, m: float = 0.5, seed: int = 0) -> tuple[Monotone, tuple[int
 KINDS = ["conv2d-nonsquare", "conv3d", "graph", "callable"]
 
 
-def dense_W(op: Monotone) -> torch.Tensor:
+def dense_W(op: OperatorFromMaps) -> torch.Tensor:
     A = matrix_of(op.A, op.hidden_shape)
     B = matrix_of(op.B, op.hidden_shape)
     return (1 - op.m) * torch.eye(op.features, dtype=torch.float64) - A.T @ A + B - B.T
@@ -211,32 +211,34 @@ def test_gmres_solves_batched_systems_per_row():
 
 def test_nonlinear_or_biased_maps_are_rejected_by_name():
     with pytest.raises(ValueError, match=r"A \(Sequential\) is not linear"):
-        Monotone(nn.Sequential(nn.Linear(4, 4, bias=False), nn.ReLU()), nn.Linear(4, 4, bias=False), nn.Linear(2, 4), (4,))
+        OperatorFromMaps(
+            nn.Sequential(nn.Linear(4, 4, bias=False), nn.ReLU()), nn.Linear(4, 4, bias=False), nn.Linear(2, 4), (4,)
+        )
     with pytest.raises(ValueError, match=r"B \(Linear\) is not linear"):
-        Monotone(nn.Linear(4, 3, bias=False), nn.Linear(4, 4), nn.Linear(2, 4), (4,))
+        OperatorFromMaps(nn.Linear(4, 3, bias=False), nn.Linear(4, 4), nn.Linear(2, 4), (4,))
 
 
 def test_shape_mismatches_are_named():
     with pytest.raises(ValueError, match=r"B \(Linear\) must map hidden states \(2, 4\) to the same shape, got \(2, 5\)"):
-        Monotone(nn.Linear(4, 3, bias=False), nn.Linear(4, 5, bias=False), nn.Linear(2, 4), (4,))
+        OperatorFromMaps(nn.Linear(4, 3, bias=False), nn.Linear(4, 5, bias=False), nn.Linear(2, 4), (4,))
     with pytest.raises(ValueError, match=r"A \(Conv1d\) cannot take hidden states of shape \(2, 4\)"):
-        Monotone(nn.Conv1d(3, 3, 3, bias=False), nn.Linear(4, 4, bias=False), nn.Linear(2, 4), (4,))
-    op = Monotone(nn.Linear(4, 3, bias=False), nn.Linear(4, 4, bias=False), nn.Linear(2, 5), (4,))
+        OperatorFromMaps(nn.Conv1d(3, 3, 3, bias=False), nn.Linear(4, 4, bias=False), nn.Linear(2, 4), (4,))
+    op = OperatorFromMaps(nn.Linear(4, 3, bias=False), nn.Linear(4, 4, bias=False), nn.Linear(2, 5), (4,))
     with pytest.raises(ValueError, match=r"injection \(Linear\) maps inputs \(3, 2\) to \(3, 5\), expected \(batch, 4\)"):
         MonDEQ(op)(torch.randn(3, 2))
     with pytest.raises(ValueError, match="A_T is not the transpose"):
-        Monotone(
+        OperatorFromMaps(
             nn.Linear(4, 3, bias=False), nn.Linear(4, 4, bias=False), nn.Linear(2, 4), (4,), A_T=lambda v: v[:, :1].repeat(1, 4)
         )
     with pytest.raises(TypeError, match="hidden_shape must be a tuple"):
-        Monotone(nn.Linear(4, 3, bias=False), nn.Linear(4, 4, bias=False), nn.Linear(2, 4), 4)
+        OperatorFromMaps(nn.Linear(4, 3, bias=False), nn.Linear(4, 4, bias=False), nn.Linear(2, 4), 4)
 
 
 def test_inside_a_model_trained_by_a_plain_loop():
     """conv stem -> monotone layer on a 1-D signal -> head, trained by an ordinary PyTorch loop."""
     torch.manual_seed(0)
     layer = MonDEQ(
-        Monotone(
+        OperatorFromMaps(
             A=nn.Conv1d(4, 4, 3, padding=1, bias=False),
             B=nn.Conv1d(4, 4, 3, padding=1, bias=False),
             injection=nn.Conv1d(4, 4, 1),

@@ -246,6 +246,12 @@ def test_non_finite_weights_are_refused_by_the_layer():
         ({"model_options": {"pool": 2}}, "pool 2 applies to single-conv, not fc"),
         ({"model_options": {"channels": [4]}}, "applies to the convolutional models, not fc"),
         ({"device": "cpu:5"}, "there is one CPU device"),
+        ({"certified_ramp": 2.0}, "certified_ramp schedules the certified radius; it does nothing with certified unset"),
+        (
+            {"model_options": {"phantom_steps": 3}},
+            "phantom_steps sets --gradient phantom; it does nothing with gradient 'implicit'",
+        ),
+        ({"average": "swa:1.5"}, "SWA's start is a fraction of the run"),
     ],
 )
 def test_options_that_cannot_work_are_refused(tmp_path, data, options, match):
@@ -345,3 +351,17 @@ def test_a_failed_run_removes_the_folders_it_created_and_nothing_else(tmp_path):
     alone.claim("refuse")
     alone.release(failed=True)
     assert not (tmp_path / "new").exists() and (tmp_path / "runs" / "other").is_dir()
+
+
+def test_every_declared_relation_names_an_option_of_its_class():
+    from dataclasses import fields
+
+    from mondeq.models import ModelConfig
+    from mondeq.validation import Requires, options_of
+
+    for cls in (TrainConfig, ModelConfig):
+        names = {f.name for f in fields(cls)}
+        rules = [f.metadata["requires"] for f in options_of(cls) if "requires" in f.metadata]
+        assert rules and all(isinstance(rule, Requires) and rule.other in names for rule in rules), cls
+        kinds = [f.metadata["kinds"] for f in options_of(cls) if "kinds" in f.metadata]
+        assert cls is TrainConfig or all(set(k) <= {"fc", "single-conv", "multi-conv"} for k, _ in kinds)

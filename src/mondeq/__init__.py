@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and documentation tools
     )
     from .gradients import Implicit, JacobianFree, Phantom
     from .layer import MonDEQ
-    from .operators import FullyConnected, KrylovStats, Monotone, MonotoneOperator, MultiConv, Resolvent, SingleConv
+    from .operators import FullyConnected, KrylovStats, MonotoneOperator, MultiConv, OperatorFromMaps, Resolvent, SingleConv
     from .reuse import FixedPointStore
     from .solvers import Anderson, DouglasRachford, ForwardBackward, PeacemanRachford, SolverOptions, get_solver
     from .stats import SolveRecord, SolverStats
@@ -49,7 +49,15 @@ _MODULES = {
     ),
     "gradients": ("Implicit", "JacobianFree", "Phantom"),
     "layer": ("MonDEQ",),
-    "operators": ("FullyConnected", "KrylovStats", "Monotone", "MonotoneOperator", "MultiConv", "Resolvent", "SingleConv"),
+    "operators": (
+        "FullyConnected",
+        "KrylovStats",
+        "MonotoneOperator",
+        "MultiConv",
+        "OperatorFromMaps",
+        "Resolvent",
+        "SingleConv",
+    ),
     "reuse": ("FixedPointStore",),
     "solvers": ("Anderson", "DouglasRachford", "ForwardBackward", "PeacemanRachford", "SolverOptions", "get_solver"),
     "stats": ("SolveRecord", "SolverStats"),
@@ -74,7 +82,7 @@ __all__ = [
     "LeakyReLU",
     "MonDEQ",
     "MondeqError",
-    "Monotone",
+    "OperatorFromMaps",
     "MonotoneOperator",
     "MultiConv",
     "PeacemanRachford",

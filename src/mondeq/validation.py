@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, fields
 from typing import Any
 
@@ -117,13 +117,24 @@ NUMBERS: dict[str, Number] = {
 }
 
 
+@dataclass(frozen=True)
+class Requires:
+    """How an option depends on another (``option(..., requires=Requires(...))``): set away from its
+    default, it means something only while the option ``other`` satisfies ``holds``, and is refused
+    otherwise, in one line that says its ``purpose`` and the other option's value."""
+
+    other: str
+    holds: Callable[[Any], bool]
+    purpose: str
+
+
 def option(help: str, value: str, **argparse: Any) -> dict[str, Any]:
     """Field metadata that makes a dataclass field a user option.
 
     ``value`` is a kind of :data:`NUMBERS`, ``"choice"`` (``choices=`` a registry or a sequence),
     ``"flag"`` (a boolean), or ``"text"``; ``argparse`` holds extras for the generated flag (``nargs``,
     ``metavar``, ``type`` for a special parser, ``flag`` for a flag name other than the field's,
-    ``negate=True`` for a boolean whose flag turns it off).
+    ``negate=True`` for a boolean whose flag turns it off), and ``requires=`` a :class:`Requires`.
     """
     if value not in (*NUMBERS, "choice", "flag", "text"):
         raise ValueError(f"unknown kind of option value {value!r}")
@@ -136,11 +147,23 @@ def options_of(cls: type) -> list[Field]:
 
 
 def check_options(instance: object) -> None:
-    """Check every option field of a dataclass instance against its metadata (``None``: unset)."""
+    """Check every option field of a dataclass instance against its metadata (``None``: unset),
+    then the relations between them (:class:`Requires`)."""
     for f in options_of(type(instance)):
         value = getattr(instance, f.name)
         if value is not None:
             _check_option(f.name, value, f.metadata)
+    for f in options_of(type(instance)):
+        rule = f.metadata.get("requires")
+        if rule is not None and getattr(instance, f.name) != f.default and not rule.holds(getattr(instance, rule.other)):
+            raise ConfigError(
+                f"{f.name} {rule.purpose}; it does nothing with {rule.other} {_shown(getattr(instance, rule.other))}"
+            )
+
+
+def _shown(value: object) -> str:
+    """An option's value as a message names it: off, unset, 'text' or the number."""
+    return {False: "off", None: "unset"}.get(value, repr(value)) if isinstance(value, (bool, type(None))) else repr(value)
 
 
 def _check_option(name: str, value: object, meta: Mapping[str, Any]) -> None:

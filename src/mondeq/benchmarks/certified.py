@@ -35,7 +35,7 @@ from ..errors import DataError, ignore_convergence_warnings
 from ..models import ConvNormBound, NormBound
 from ..robust import CertifiedObjective, evaluate_robustness, lipschitz_bound, parse_certified
 from ..train import TrainConfig, Trainer
-from . import Section
+from . import Section, markdown_table
 from .common import pyplot, save_figure, synthetic_images, train_for
 
 #: Radii reported per norm (pixels in [0, 1]).
@@ -252,22 +252,26 @@ def markdown(result: dict) -> str:
         lines += [
             f"**{title}**, {part['minutes']:g} minutes of training per model, first {part['limit']:,} test images:",
             "",
-            "| model | parameters | epochs | clean | "
-            + " | ".join(f"certified / PGD at {e:g}" for e in eps)
-            + " | bound (logits) | how trained |",
-            "|---|---|---|---|" + "---|" * len(eps) + "---|---|",
         ]
+        rows = []
         for name, r in part["rows"].items():
             if r["norm"] != norm:
                 continue
             cells = [f"{100 * c:.1f}% / {100 * p:.1f}%" for c, p in zip(r["certified_accuracy"], r["pgd_accuracy"])]
             bound = f"{r['lipschitz_logits']:.3g} ({r['bound_source']})" if r["lipschitz_logits"] else r["bound_source"]
-            lines.append(
-                f"| {name} | {r['parameters']:,} | {r['epochs']} | {100 * r['clean_accuracy']:.1f}% | "
-                + " | ".join(cells)
-                + f" | {bound} | `{r['command']}` |"
+            rows.append(
+                [
+                    name,
+                    f"{r['parameters']:,}",
+                    r["epochs"],
+                    f"{100 * r['clean_accuracy']:.1f}%",
+                    *cells,
+                    bound,
+                    f"`{r['command']}`",
+                ]
             )
-        lines.append("")
+        header = ["model", "parameters", "epochs", "clean", *(f"certified / PGD at {e:g}" for e in eps)]
+        lines += [*markdown_table([*header, "bound (logits)", "how trained"], rows), ""]
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..data import load_dataset, write_synthetic_mnist
 from ..errors import DataError
-from . import Section
+from . import Section, markdown_table
 
 
 def train_throughput(processes: int, images: int, channels: int, threads: int, folder: Path, data_dir: str | None) -> float:
@@ -91,14 +91,19 @@ def markdown(result: dict) -> str:
         f"single-conv ({result['channels']} channels), global batch 128, one epoch over {result['images']} training "
         f"images on this {result['cores']}-core machine.",
         "",
-        "| processes | threads each | images / s | relative |",
-        "|---|---|---|---|",
+        *markdown_table(
+            ["processes", "threads each", "images / s", "relative"],
+            [
+                [
+                    r["processes"],
+                    r["threads_per_process"],
+                    f"{r['images_per_second']:.0f}",
+                    f"{r['images_per_second'] / base:.2f}x",
+                ]
+                for r in result["rows"]
+            ],
+        ),
     ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['processes']} | {r['threads_per_process']} | {r['images_per_second']:.0f} | "
-            f"{r['images_per_second'] / base:.2f}x |"
-        )
     return "\n".join(lines)
 
 

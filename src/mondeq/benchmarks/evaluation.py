@@ -17,7 +17,7 @@ from ..data import ImageDataset, load_dataset
 from ..errors import CheckpointError, DataError, ignore_convergence_warnings
 from ..models import MonDEQClassifier, load_model, preset_config
 from ..train import RECIPES, TrainConfig, evaluate
-from . import Section
+from . import Section, markdown_table
 from .common import Scale, model_at, synthetic_images
 
 BATCH_SIZES = (400, 128, 32)
@@ -88,25 +88,27 @@ def markdown(result: dict) -> str:
         f"Forward solves only (`mondeq eval`, the trainer's test pass) over {result['timed_images']:,} test images, "
         "preset sizes at initialisation (tol 1e-2).",
         "",
-        "| model | " + " | ".join(f"batch {b}" for b in BATCH_SIZES) + " |",
-        "|---|" + "---|" * len(BATCH_SIZES),
     ]
+    table = []
     for name in dict.fromkeys(r["model"] for r in result["rows"]):
         rows = {r["batch"]: r["images_per_second"] for r in result["rows"] if r["model"] == name}
         base = rows[BATCH_SIZES[0]]
-        cells = [f"{rows[b]:.0f} img/s ({rows[b] / base:.2f}x)" for b in BATCH_SIZES]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        table.append([name, *(f"{rows[b]:.0f} img/s ({rows[b] / base:.2f}x)" for b in BATCH_SIZES)])
+    lines += markdown_table(["model", *(f"batch {b}" for b in BATCH_SIZES)], table)
     if result["tolerance"]:
         lines += [
             "",
             f"Accuracy of the trained `fmnist-hour` model on all {result['test_images']:,} test images by evaluation "
             f"tolerance (batch {TrainConfig.test_batch_size}):",
             "",
-            "| tol | test accuracy | mean forward iterations | time |",
-            "|---|---|---|---|",
+            *markdown_table(
+                ["tol", "test accuracy", "mean forward iterations", "time"],
+                [
+                    [f"{r['tol']:g}", f"{100 * r['accuracy']:.2f}%", f"{r['iterations']:.1f}", f"{r['seconds']:.1f} s"]
+                    for r in result["tolerance"]
+                ],
+            ),
         ]
-        for r in result["tolerance"]:
-            lines.append(f"| {r['tol']:g} | {100 * r['accuracy']:.2f}% | {r['iterations']:.1f} | {r['seconds']:.1f} s |")
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ignore_convergence_warnings
-from . import Section
+from . import Section, markdown_table
 from .common import Scale, batch, pyplot, save_figure
 
 ITERATIONS = (5, 10, 20, 40, 80)
@@ -124,13 +124,12 @@ def markdown(result: dict) -> str:
         f"single-conv at the paper's size, batch {result['batch']}: growth of the process's peak resident memory during "
         "one training step (fresh process per cell), and the tensors autograd saved for backward.",
         "",
-        "| gradients | " + " | ".join(f"{k} iterations" for k in its) + " |",
-        "|---|" + "---|" * len(its),
     ]
+    table = []
     for mode in ("implicit", "unrolled"):
         rows = {r["iterations"]: r for r in result["rows"] if r["mode"] == mode}
-        cells = [f"{rows[k]['peak_growth_mb']:.0f} MB peak / {rows[k]['saved_mb']:.0f} MB saved" for k in its]
-        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+        table.append([mode, *(f"{rows[k]['peak_growth_mb']:.0f} MB peak / {rows[k]['saved_mb']:.0f} MB saved" for k in its)])
+    lines += markdown_table(["gradients", *(f"{k} iterations" for k in its)], table)
     return "\n".join(lines)
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from ..data import Batches, ImageDataset, load_dataset
 from ..errors import DataError, ignore_convergence_warnings
 from ..models import MonDEQClassifier, preset_config
-from . import Section
+from . import Section, markdown_table
 from .common import Scale, batch, model_at, pyplot, save_figure, synthetic_images
 
 
@@ -213,31 +213,39 @@ def markdown(result: dict) -> str:
         "**(a) The same monotone equilibrium, solved by torchdeq** (single-conv weights after one epoch, batch of "
         "Fashion-MNIST test images, relative tolerance 1e-4, forward + backward for a cross-entropy loss).",
         "",
-        "| solver | forward iterations | backward iterations | forward + backward time "
-        "| rel. difference to mondeq's z* | final residual |",
-        "|---|---|---|---|---|---|",
     ]
+    solves = []
     for r in result["deq"]:
         if "skipped" in r:
-            lines.append(f"| {r['solver']} | skipped: {r['skipped']} | | | | |")
+            solves.append([r["solver"], f"skipped: {r['skipped']}", "", "", "", ""])
             continue
         bwd = "–" if r["backward_iterations"] is None else r["backward_iterations"]
-        lines.append(
-            f"| {r['solver']} | {r['forward_iterations']} | {bwd} | {1e3 * r['seconds']:.0f} ms "
-            f"| {r['difference']:.1e} | {r['residual']:.1e} |"
+        solves.append(
+            [
+                r["solver"],
+                r["forward_iterations"],
+                bwd,
+                f"{1e3 * r['seconds']:.0f} ms",
+                f"{r['difference']:.1e}",
+                f"{r['residual']:.1e}",
+            ]
         )
+    header = ["solver", "forward iterations", "backward iterations", "forward + backward time"]
+    lines += markdown_table([*header, "rel. difference to mondeq's z*", "final residual"], solves)
     race = result["race"]
     lines += [
         "",
         f"**(b) Accuracy at equal training time** ({race['budget']:.0f} s of training each, test accuracy on "
         f"{race['test_examples']} test images; evaluation time not counted).",
         "",
-        "| model | parameters | " + " | ".join(f"acc. at ~{race['budget'] * (k + 1) / 4:.3g} s" for k in range(4)) + " |",
-        "|---|---|" + "---|" * 4,
+        *markdown_table(
+            ["model", "parameters", *(f"acc. at ~{race['budget'] * (k + 1) / 4:.3g} s" for k in range(4))],
+            [
+                [name, f"{curve['parameters']:,}", *(f"{100 * a:.1f}% ({t:.0f} s)" for t, a in curve["points"])]
+                for name, curve in race["curves"].items()
+            ],
+        ),
     ]
-    for name, curve in race["curves"].items():
-        cells = [f"{100 * a:.1f}% ({t:.0f} s)" for t, a in curve["points"]]
-        lines.append(f"| {name} | {curve['parameters']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..data import ImageDataset, load_dataset
 from ..errors import DataError
 from ..train import RECIPES, TrainConfig, Trainer
-from . import Section
+from . import Section, markdown_table
 from .common import pyplot, save_figure, synthetic_images
 
 #: (reuse, gradient) pairs, in the table's order.
@@ -81,15 +81,30 @@ def markdown(result: dict) -> str:
         f"The `fmnist-fast` model trained {result['epochs']} epochs on {result['images']:,} images, per reuse and gradient; "
         f"iterations and time per step in the last epoch (every example seen before), accuracy on 2,000 test images.",
         "",
-        "| reuse | gradient | forward iterations, epoch 1 → last | backward iterations | s / step | vs. row 1 | test accuracy |",
-        "|---|---|---|---|---|---|---|",
+        *markdown_table(
+            [
+                "reuse",
+                "gradient",
+                "forward iterations, epoch 1 → last",
+                "backward iterations",
+                "s / step",
+                "vs. row 1",
+                "test accuracy",
+            ],
+            [
+                [
+                    r["reuse"],
+                    r["gradient"],
+                    f"{r['first_forward_iterations']:.1f} → {r['forward_iterations']:.1f}",
+                    f"{r['backward_iterations']:.1f}",
+                    f"{r['step_seconds']:.3f}",
+                    f"{r['step_seconds'] / base['step_seconds']:.2f}x",
+                    f"{100 * r['test_accuracy']:.2f}%",
+                ]
+                for r in result["rows"]
+            ],
+        ),
     ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['reuse']} | {r['gradient']} | {r['first_forward_iterations']:.1f} → {r['forward_iterations']:.1f} | "
-            f"{r['backward_iterations']:.1f} | {r['step_seconds']:.3f} | {r['step_seconds'] / base['step_seconds']:.2f}x | "
-            f"{100 * r['test_accuracy']:.2f}% |"
-        )
     return "\n".join(lines)
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..errors import ignore_convergence_warnings
 from ..models import MonDEQClassifier, preset_config
-from . import Section
+from . import Section, markdown_table
 from .common import measure, pyplot, save_figure
 
 ITERATIONS = 5
@@ -72,12 +72,14 @@ def markdown(result: dict) -> str:
         f"Training step with {result['iterations']} forward and {result['iterations']} backward PR iterations; "
         "exponent = slope of log(time) against log(size).",
         "",
-        "| series | points (size: ms per step) | fitted exponent |",
-        "|---|---|---|",
+        *markdown_table(
+            ["series", "points (size: ms per step)", "fitted exponent"],
+            [
+                [name, ", ".join(f"{s}: {1e3 * t:.0f}" for s, t in data["points"]), f"**{data['exponent']:.2f}**"]
+                for name, data in result["series"].items()
+            ],
+        ),
     ]
-    for name, data in result["series"].items():
-        pts = ", ".join(f"{s}: {1e3 * t:.0f}" for s, t in data["points"])
-        lines.append(f"| {name} | {pts} | **{data['exponent']:.2f}** |")
     return "\n".join(lines)
 
 

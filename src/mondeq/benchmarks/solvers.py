@@ -7,12 +7,13 @@ residual first reaches 1e-2, 1e-4 and 1e-6, and the residual curves.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch.nn.functional as F
 
 from ..errors import StepSizeWarning, ignore_convergence_warnings
-from . import Section
+from . import Section, markdown_table
 from .common import KINDS, Scale, batch, model_at, pyplot, save_figure
 
 LEVELS = (1e-2, 1e-4, 1e-6)
@@ -84,14 +85,20 @@ def markdown(result: dict) -> str:
         f"reaches each level (– : not within {result['max_iter']} iterations). Backward: the implicit backward solve for "
         "the cross-entropy loss. PR/DR use the model's tuned alpha; FB uses its safe step m/L².",
         "",
-        "| family | state | method | AA | fwd 1e-2 | fwd 1e-4 | fwd 1e-6 | bwd 1e-2 | bwd 1e-4 | bwd 1e-6 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        *markdown_table(
+            ["family", "state", "method", "AA", *(f"{d} 1e{round(math.log10(lv))}" for d in ("fwd", "bwd") for lv in LEVELS)],
+            [
+                [
+                    r["family"],
+                    r["state"],
+                    r["method"],
+                    "yes" if r["anderson"] else "no",
+                    *(cell(r[f"{d}_iters_{lv:g}"], r[f"{d}_seconds_{lv:g}"]) for d in ("forward", "backward") for lv in LEVELS),
+                ]
+                for r in result["rows"]
+            ],
+        ),
     ]
-    for r in result["rows"]:
-        cells = [cell(r[f"{d}_iters_{lv:g}"], r[f"{d}_seconds_{lv:g}"]) for d in ("forward", "backward") for lv in LEVELS]
-        lines.append(
-            f"| {r['family']} | {r['state']} | {r['method']} | {'yes' if r['anderson'] else 'no'} | " + " | ".join(cells) + " |"
-        )
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from . import Section
+from . import Section, markdown_table
 
 CONFIGS = (
     ("all cores, spinning (OpenMP default)", None, "ACTIVE"),
@@ -90,16 +90,15 @@ def markdown(result: dict) -> str:
         f"fc model ({result['width']} hidden units), batch 128, {result['batches']} training steps, "
         f"{result['cores']} cores; 'busy': another process computes on one core meanwhile.",
         "",
-        "| threads and wait policy | torch threads | ms per step, alone | ms per step, busy | slowdown when busy |",
-        "|---|---|---|---|---|",
     ]
+    rows = []
     for name, _, _ in CONFIGS:
         alone = next(r for r in result["rows"] if r["config"] == name and not r["busy"])
         busy = next(r for r in result["rows"] if r["config"] == name and r["busy"])
-        lines.append(
-            f"| {name} | {alone['threads']} | {1e3 * alone['seconds_per_batch']:.1f} | {1e3 * busy['seconds_per_batch']:.1f} "
-            f"| {busy['seconds_per_batch'] / alone['seconds_per_batch']:.1f}x |"
-        )
+        seconds = (alone["seconds_per_batch"], busy["seconds_per_batch"])
+        rows.append([name, alone["threads"], *(f"{1e3 * s:.1f}" for s in seconds), f"{seconds[1] / seconds[0]:.1f}x"])
+    header = ["threads and wait policy", "torch threads", "ms per step, alone", "ms per step, busy", "slowdown when busy"]
+    lines += markdown_table(header, rows)
     return "\n".join(lines)
 
 

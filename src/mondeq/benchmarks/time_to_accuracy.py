@@ -28,7 +28,7 @@ from ..data import ImageDataset, load_dataset
 from ..errors import DataError
 from ..models import MonDEQClassifier, preset_config
 from ..train import RECIPES, TrainConfig
-from . import Section
+from . import Section, markdown_table
 from .common import pyplot, save_figure, synthetic_images, train_for
 from .peers import NeuralODE, accuracy, explicit_cnn
 
@@ -132,16 +132,14 @@ def markdown(result: dict) -> str:
         f"recipe's optimiser settings; test accuracy at the end on all {result['test_examples']:,} test images "
         f"(the curves: on the first {min(PROBE_IMAGES, result['test_examples']):,} at every mark).",
         "",
-        "| model | parameters | at half the time (probe) | test accuracy at the end |",
-        "|---|---|---|---|",
     ]
+    rows = []
     for name, curve in result["curves"].items():
         points = curve["points"]
         seconds, half = points[len(points) // 2 - 1] if len(points) > 1 else points[0]
         final = curve.get("final", points[-1][1])
-        lines.append(
-            f"| {name} | {curve['parameters']:,} | {100 * half:.2f}% ({seconds / 60:.1f} min) | **{100 * final:.2f}%** |"
-        )
+        rows.append([name, f"{curve['parameters']:,}", f"{100 * half:.2f}% ({seconds / 60:.1f} min)", f"**{100 * final:.2f}%**"])
+    lines += markdown_table(["model", "parameters", "at half the time (probe)", "test accuracy at the end"], rows)
     if result.get("recipe_run"):
         seconds, final = result["recipe_run"][-1]
         lines += ["", f"Full `{RECIPE}` run: {100 * final:.2f}% after {seconds / 60:.1f} minutes, evaluations included."]

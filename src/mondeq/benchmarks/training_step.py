@@ -16,7 +16,7 @@ from torch import Tensor
 from ..errors import ignore_convergence_warnings
 from ..operators import FullyConnected
 from ..operators.convolutional import group, ungroup
-from . import Section
+from . import Section, markdown_table
 from .common import KINDS, Scale, batch, measure_pair, model_at
 
 
@@ -170,15 +170,22 @@ def markdown(result: dict) -> str:
         f"PR with alpha as tuned, both stopping at true relative residual {result['tol']:g}; the two steps timed "
         "alternately (at least 4 s each), medians of the times and of the pairwise ratios (speedup).",
         "",
-        "| family | weights | mondeq | reference-style | speedup | fwd / bwd iterations | max rel. gradient difference |",
-        "|---|---|---|---|---|---|---|",
+        *markdown_table(
+            ["family", "weights", "mondeq", "reference-style", "speedup", "fwd / bwd iterations", "max rel. gradient difference"],
+            [
+                [
+                    r["family"],
+                    r["weights"],
+                    _ms(r["mondeq_ms"]),
+                    _ms(r["reference_ms"]),
+                    f"**{r['speedup']:.1f}x**",
+                    f"{r['forward_iterations']} / {r['backward_iterations']}",
+                    f"{r['gradient_difference']:.1e}",
+                ]
+                for r in result["rows"]
+            ],
+        ),
     ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['family']} | {r['weights']} | {_ms(r['mondeq_ms'])} | {_ms(r['reference_ms'])} "
-            f"| **{r['speedup']:.1f}x** | "
-            f"{r['forward_iterations']} / {r['backward_iterations']} | {r['gradient_difference']:.1e} |"
-        )
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ from ..activations import ACTIVATIONS
 from ..errors import ConfigError
 from ..gradients import GRADIENTS, Adjoint, get_gradient
 from ..solvers import SOLVERS
-from ..validation import check_options, option, options_of
+from ..validation import Requires, check_options, option, options_of
 from .entry_point import EntryPointConfig
 from .kinds import KINDS
 
@@ -18,6 +18,18 @@ __all__ = ["READOUTS", "ModelConfig", "model_config_from_dict", "model_options",
 
 #: What multi-conv's readout sees: the coarsest tier, or every tier average-pooled to its size.
 READOUTS = ("last", "all")
+
+
+#: The model kinds an option applies to, and how an error names them (``option(..., kinds=...)``):
+#: with any other kind the option is refused unless left at its default.
+_FC = (("fc",), "fc")
+_CONV = (("single-conv", "multi-conv"), "the convolutional models")
+_SINGLE = (("single-conv",), "single-conv")
+_MULTI = (("multi-conv",), "multi-conv")
+_CERTIFIABLE = (("fc", "single-conv"), "fc and single-conv")
+
+#: The phantom gradient's settings mean something only with that gradient.
+_PHANTOM = Requires("gradient", lambda gradient: gradient == "phantom", "sets --gradient phantom")
 
 
 @dataclass
@@ -32,21 +44,30 @@ class ModelConfig:
     in_channels: int
     image_size: int
     num_classes: int
-    width: int = field(default=87, metadata=option("hidden units of the fc model", "positive_int"))
+    width: int = field(default=87, metadata=option("hidden units of the fc model", "positive_int", kinds=_FC))
     channels: list[int] = field(
-        default_factory=lambda: [54], metadata=option("channels (one per tier for multi-conv)", "positive_int", nargs="+")
+        default_factory=lambda: [54],
+        metadata=option("channels (one per tier for multi-conv)", "positive_int", nargs="+", kinds=_CONV),
     )
     kernel_size: int = field(
-        default=3, metadata=option("odd kernel size of the conv models' convolutions (preset 3)", "positive_int")
+        default=3, metadata=option("odd kernel size of the conv models' convolutions (preset 3)", "positive_int", kinds=_CONV)
     )
-    pool: int = field(default=4, metadata=option("average pooling of the single-conv readout (preset 4)", "positive_int"))
+    pool: int = field(
+        default=4, metadata=option("average pooling of the single-conv readout (preset 4)", "positive_int", kinds=_SINGLE)
+    )
     stride: int = field(
-        default=1, metadata=option("stride of the conv models' input injection: 2 halves the equilibrium's side", "positive_int")
+        default=1,
+        metadata=option(
+            "stride of the conv models' input injection: 2 halves the equilibrium's side", "positive_int", kinds=_CONV
+        ),
     )
     readout: str = field(
         default="last",
         metadata=option(
-            "multi-conv's readout: the coarsest tier (preset last) or all tiers pooled to its size", "choice", choices=READOUTS
+            "multi-conv's readout: the coarsest tier (preset last) or all tiers pooled to its size",
+            "choice",
+            choices=READOUTS,
+            kinds=_MULTI,
         ),
     )
     m: float = field(default=1.0, metadata=option("monotonicity margin m > 0 (preset 1.0)", "positive"))
@@ -72,9 +93,12 @@ class ModelConfig:
             choices=GRADIENTS,
         ),
     )
-    phantom_steps: int = field(default=5, metadata=option("unrolled steps of --gradient phantom (default 5)", "positive_int"))
+    phantom_steps: int = field(
+        default=5, metadata=option("unrolled steps of --gradient phantom (default 5)", "positive_int", requires=_PHANTOM)
+    )
     phantom_damping: float = field(
-        default=0.5, metadata=option("damping of --gradient phantom's steps, in (0, 1] (default 0.5)", "damping")
+        default=0.5,
+        metadata=option("damping of --gradient phantom's steps, in (0, 1] (default 0.5)", "damping", requires=_PHANTOM),
     )
     #: Spectral bound on the input injection U (None: unconstrained); see :class:`SpectralBound`.
     input_norm: float | None = field(
@@ -94,6 +118,7 @@ class ModelConfig:
             "norm bounds on U and the readout (fc, single-conv)",
             "positive",
             metavar="GAMMA",
+            kinds=_CERTIFIABLE,
         ),
     )
     interval: bool = field(
@@ -102,6 +127,7 @@ class ModelConfig:
             "the interval operator W = D^-1/2 M D^-1/2 (fc: M dense; single-conv: M a convolution; m < 1), "
             "whose interval bounds converge: l-infinity certificates and --certified linf:EPS",
             "flag",
+            kinds=_CERTIFIABLE,
         ),
     )
 
@@ -109,9 +135,6 @@ class ModelConfig:
         if self.kind not in KINDS:
             raise ConfigError(f"unknown model {self.kind!r}; choose one of {list(KINDS)}")
         check_options(self)
-        defaults = {f.name: f.default for f in fields(self)}
-        if self.gradient != "phantom" and any(getattr(self, k) != defaults[k] for k in ("phantom_steps", "phantom_damping")):
-            raise ConfigError(f"phantom_steps and phantom_damping set --gradient phantom; the gradient is {self.gradient!r}")
         if self.lipschitz is not None and self.input_norm is not None:
             raise ConfigError("lipschitz bounds ||U|| itself; input_norm would bound it twice: give one of them")
         if self.interval and self.lipschitz is not None:
@@ -141,23 +164,10 @@ def model_options() -> list[Field]:
     return options_of(ModelConfig)
 
 
-#: Options that only some model kinds use (the kinds, and how an error names them): refused with
-#: any other kind unless left at their default.
-_KIND_SPECIFIC_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
-    "width": (("fc",), "fc"),
-    "channels": (("single-conv", "multi-conv"), "the convolutional models"),
-    "stride": (("single-conv", "multi-conv"), "the convolutional models"),
-    "kernel_size": (("single-conv", "multi-conv"), "the convolutional models"),
-    "pool": (("single-conv",), "single-conv"),
-    "readout": (("multi-conv",), "multi-conv"),
-    "lipschitz": (("fc", "single-conv"), "fc and single-conv"),
-    "interval": (("fc", "single-conv"), "fc and single-conv"),
-}
-
-
 def option_applies(name: str, kind: str) -> bool:
-    """Whether model option ``name`` means anything for the preset ``kind``."""
-    return kind in _KIND_SPECIFIC_OPTIONS.get(name, (KINDS, ""))[0]
+    """Whether model option ``name`` means anything for the preset ``kind`` (its ``kinds`` metadata)."""
+    meta = next((f.metadata for f in model_options() if f.name == name), {})
+    return kind in meta.get("kinds", (KINDS, ""))[0]
 
 
 def preset_config(kind: str, dataset: str, in_channels: int, image_size: int, num_classes: int, **overrides) -> ModelConfig:
@@ -173,10 +183,11 @@ def preset_config(kind: str, dataset: str, in_channels: int, image_size: int, nu
     given = {k: (list(v) if k == "channels" else v) for k, v in overrides.items() if v is not None}
     config = ModelConfig(kind=kind, in_channels=in_channels, image_size=image_size, num_classes=num_classes, **{**sized, **given})
     defaults = {f.name: f.default_factory() if f.default is MISSING else f.default for f in model_options()}
-    for name, (kinds, described) in _KIND_SPECIFIC_OPTIONS.items():
-        value = getattr(config, name)
-        if kind not in kinds and value != defaults[name]:
-            raise ConfigError(f"{name.replace('_', ' ')} {value!r} applies to {described}, not {kind}")
+    for f in model_options():
+        kinds, described = f.metadata.get("kinds", (KINDS, ""))
+        value = getattr(config, f.name)
+        if kind not in kinds and value != defaults[f.name]:
+            raise ConfigError(f"{f.name.replace('_', ' ')} {value!r} applies to {described}, not {kind}")
     if kind == "single-conv" and len(config.channels) != 1:
         raise ConfigError(f"single-conv takes one channel count, got {config.channels}")
     side = image_size // config.stride

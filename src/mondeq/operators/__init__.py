@@ -5,7 +5,7 @@ from ..linalg import gmres
 from .base import FrozenOperator, MonotoneOperator, Resolvent
 from .convolutional import MultiConv, SingleConv
 from .fully_connected import FullyConnected
-from .generic import KrylovStats, Monotone
+from .generic import KrylovStats, OperatorFromMaps
 from .interval import IntervalFullyConnected, IntervalOperator, IntervalSingleConv
 
 __all__ = [
@@ -18,7 +18,7 @@ __all__ = [
     "IntervalSingleConv",
     "SingleConv",
     "MultiConv",
-    "Monotone",
+    "OperatorFromMaps",
     "KrylovStats",
     "gmres",
 ]

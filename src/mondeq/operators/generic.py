@@ -30,7 +30,7 @@ from ..linalg import gmres
 from ..validation import POSITIVE_INT
 from .base import MonotoneOperator, Resolvent
 
-__all__ = ["Monotone", "KrylovStats"]
+__all__ = ["OperatorFromMaps", "KrylovStats"]
 
 Map = Callable[[Tensor], Tensor]
 
@@ -81,7 +81,8 @@ class KrylovStats:
 
 @dataclass(frozen=True)
 class _MapWeights:
-    """:math:`W` (``skew = +1``) or :math:`W^\top` (``skew = -1``) of a :class:`Monotone`: the sign of :math:`B - B^\top`."""
+    """:math:`W` (``skew = +1``) or :math:`W^\top` (``skew = -1``) of an :class:`OperatorFromMaps`: the sign of
+    :math:`B - B^\top`."""
 
     skew: int = 1
 
@@ -90,7 +91,7 @@ class _MapWeights:
         return _MapWeights(-self.skew)
 
 
-class Monotone(MonotoneOperator):
+class OperatorFromMaps(MonotoneOperator):
     r"""Monotone operator :math:`W = (1 - m)I - A^\top A + B - B^\top` from the user's linear maps.
 
     Args:
@@ -142,7 +143,7 @@ class Monotone(MonotoneOperator):
         self.restart = POSITIVE_INT.check("restart", restart)
         self.max_iter = POSITIVE_INT.check("max_iter", max_iter)
         if next(self.parameters(), None) is None:
-            raise ValueError("Monotone needs at least one nn.Module with parameters among A, B and injection")
+            raise ValueError("OperatorFromMaps needs at least one nn.Module with parameters among A, B and injection")
         self.check_maps()
 
     # -- checks -----------------------------------------------------------------------------
@@ -178,7 +179,7 @@ class Monotone(MonotoneOperator):
 
     def check_input(self, x: Tensor) -> None:
         if x.dim() < 1:
-            raise ValueError("Monotone expects a batch of inputs (batch, ...), got a scalar")
+            raise ValueError("OperatorFromMaps expects a batch of inputs (batch, ...), got a scalar")
 
     # -- structure --------------------------------------------------------------------------
     def unflatten(self, z: Tensor) -> Tensor:
@@ -186,7 +187,7 @@ class Monotone(MonotoneOperator):
 
     def flatten(self, z: Tensor | tuple[Tensor, ...]) -> Tensor:
         if not isinstance(z, Tensor):
-            raise TypeError("Monotone's hidden state is one tensor")
+            raise TypeError("OperatorFromMaps's hidden state is one tensor")
         return z.reshape(z.shape[0], -1)
 
     def inject(self, x: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ from ..data import DATASET_NAMES, Augmentation, DatasetInfo, dataset_info
 from ..errors import ConfigError
 from ..models import MODEL_KINDS, EntryPointConfig, ModelConfig, is_entry_point, model_options, option_applies, preset_config
 from ..robust.training import CertifiedObjective, parse_certified
-from ..validation import check_options, option
+from ..validation import Requires, check_options, option
 from .averaging import parse_average
 
 __all__ = ["BUDGET_EPOCHS", "LR_SCHEDULES", "RECIPES", "RESUMABLE_OPTIONS", "REUSE_MODES", "Recipe", "TrainConfig"]
@@ -97,6 +97,10 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+#: The certified radius's schedule means something only with certified training.
+_CERTIFIED = Requires("certified", lambda certified: certified is not None, "schedules the certified radius")
+
+
 def _model_flag_help() -> str:
     return (
         "a preset (default single-conv), or your own model: FUNCTION(in_channels=, image_size=, num_classes=) "
@@ -135,7 +139,14 @@ class TrainConfig:
     test_batch_size: int = field(default=128, metadata=option("evaluation batch size", "positive_int"))
     lr: float = field(default=1e-3, metadata=option("(peak) learning rate", "positive"))
     lr_schedule: str = field(default="step", metadata=option("learning-rate schedule", "choice", choices=LR_SCHEDULES))
-    lr_step: int = field(default=10, metadata=option("epochs between 10x decays of the step schedule", "positive_int"))
+    lr_step: int = field(
+        default=10,
+        metadata=option(
+            "epochs between 10x decays of the step schedule",
+            "positive_int",
+            requires=Requires("lr_schedule", lambda schedule: schedule == "step", "sets the step schedule's decay"),
+        ),
+    )
     weight_decay: float = field(
         default=0.0, metadata=option("decoupled (AdamW) weight decay of the weights and kernels", "non_negative")
     )
@@ -152,7 +163,14 @@ class TrainConfig:
         ),
     )
     tune_alpha: bool = field(default=True, metadata=option("tune the splitting step size alpha during training", "flag"))
-    max_alpha: float = field(default=1.0, metadata=option("largest alpha tried when tuning", "positive"))
+    max_alpha: float = field(
+        default=1.0,
+        metadata=option(
+            "largest alpha tried when tuning",
+            "positive",
+            requires=Requires("tune_alpha", bool, "bounds the tuned step size"),
+        ),
+    )
     strict: bool = field(
         default=False,
         metadata=option("stop a run whose solver is stuck at its iteration cap (a diverging run)", "flag", resumable=True),
@@ -179,11 +197,18 @@ class TrainConfig:
     )
     certified_warmup: float = field(
         default=1.0,
-        metadata=option("epochs of plain training before the certified radius ramps up from 0", "non_negative", metavar="EPOCHS"),
+        metadata=option(
+            "epochs of plain training before the certified radius ramps up from 0",
+            "non_negative",
+            metavar="EPOCHS",
+            requires=_CERTIFIED,
+        ),
     )
     certified_ramp: float = field(
         default=5.0,
-        metadata=option("epochs over which the certified radius rises linearly to EPS", "non_negative", metavar="EPOCHS"),
+        metadata=option(
+            "epochs over which the certified radius rises linearly to EPS", "non_negative", metavar="EPOCHS", requires=_CERTIFIED
+        ),
     )
     augment: bool | None = field(default=None, metadata=option("random crop + flip (default: on for cifar10)", "flag"))
     shift: int = field(
@@ -254,18 +279,11 @@ class TrainConfig:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {list(MODEL_KINDS)} or a 'package.module:function'")
         if not str(self.out).strip():
             raise ConfigError("out (the run folder) must not be empty")
-        defaults = {f.name: f.default for f in fields(self)}
-        if not self.tune_alpha and self.max_alpha != defaults["max_alpha"]:
-            raise ConfigError("max_alpha bounds the tuned step size; it does nothing with tune_alpha off (--no-tune-alpha)")
-        if self.lr_schedule != "step" and self.lr_step != defaults["lr_step"]:
-            raise ConfigError(f"lr_step sets the step schedule's decay; it does nothing with lr_schedule {self.lr_schedule!r}")
         parse_average(self.average)
         self.model_options = {k: v for k, v in self.model_options.items() if v is not None}
         model = self.model_config()  # validates the model options
         if self.certified is not None:
             self.certified_objective(model)
-        elif any(getattr(self, k) != defaults[k] for k in ("certified_warmup", "certified_ramp")):
-            raise ConfigError("certified_warmup and certified_ramp schedule --certified, which is not set")
 
     def certified_objective(self, model: ModelConfig | EntryPointConfig | None = None) -> CertifiedObjective | None:
         """The certified-training schedule of ``certified`` (``None`` when unset), checked against the

@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 import math
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -209,7 +208,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path}: batch {batch} is beyond the {batches} batches of an epoch")
         self.history = meta["history"]
         if self.fixed_points is not None:
-            run_state.restore_fixed_points(self.fixed_points, path, self.device)
+            run_state.restore_fixed_points(self.fixed_points, path, self.device, self.log.note)
         if self.average is not None:
             require(meta, "average", where=f"checkpoint {path}")
             _, averaged, _ = load_checkpoint(path, weights="average")
@@ -241,8 +240,8 @@ class Trainer:
         """
         self._batches_left = math.inf if stop_after_batches is None else stop_after_batches
         self.folder.acquire()
-        if self.fixed_points is not None and distributed.is_main():
-            print(f"mondeq train: {self.fixed_points.describe()}", file=sys.stderr, flush=True)
+        if self.fixed_points is not None:
+            self.log.note(self.fixed_points.describe())
         self.budget.start()
         self.log.open()
         failed = True
@@ -372,8 +371,7 @@ class Trainer:
         )
         if self.config.strict:
             raise DivergenceError(f"training stopped (--strict): {message}")
-        if distributed.is_main():
-            print(f"\nmondeq train: warning: {message} (--strict stops such a run)", file=sys.stderr, flush=True)
+        self.log.note(f"warning: {message} (--strict stops such a run)", within_epoch=True)
 
     # -- time -----------------------------------------------------------------------------
     def elapsed_seconds(self) -> float:
@@ -408,10 +406,9 @@ class Trainer:
         if evaluated or self.budget.spent != self.config.time_budget:
             self.budget.spend()
             self.save()
-        if evaluated and distributed.is_main():
+        if evaluated:
             self.log.write(self.history)
-            last = self.history[-1]
-            print(f"epoch {last['epoch']}: test loss {last['test_loss']:.4f} acc {last['test_accuracy']:.4f}", flush=True)
+            self.log.evaluation_line(self.history[-1])
 
     # -- the end of an epoch --------------------------------------------------------------
     def _end_epoch(self, num_batches: int, seconds: float, stops: StopRequests, complete: bool = True) -> dict[str, Any]:

@@ -72,7 +72,7 @@ class RunningTotals:
 
 class MetricsLog:
     """The reports of a run, written by rank 0 only: ``metrics.csv``, TensorBoard scalars (when
-    TensorBoard is installed), the epoch line on stdout and the progress bar on stderr."""
+    TensorBoard is installed), the epoch lines on stdout, notes and the progress bar on stderr."""
 
     def __init__(self, out: Path, progress: bool) -> None:
         self.out = out
@@ -126,6 +126,18 @@ class MetricsLog:
             f"{seconds:.1f}s, {row['elapsed_seconds'] / 60:.1f} min in all",
             flush=True,
         )
+
+    def evaluation_line(self, row: dict[str, Any]) -> None:
+        """The test result of an epoch evaluated after its line was printed (the run's last)."""
+        if self.main:
+            print(f"epoch {row['epoch']}: test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}", flush=True)
+
+    def note(self, message: str, within_epoch: bool = False) -> None:
+        """A line on stderr about the run (``mondeq train: ...``), from rank 0; ``within_epoch``: on a
+        line of its own below the epoch's progress bar."""
+        if self.main:
+            below_bar = "\n" if within_epoch and self.progress else ""
+            print(f"{below_bar}mondeq train: {message}", file=sys.stderr, flush=True)
 
     def bar(self, total: int, initial: int, description: str) -> Any:
         """A progress bar over an epoch's batches, starting at ``initial`` (``None`` without progress)."""

@@ -9,13 +9,12 @@ an interruption (the others hold no store: the run then agrees to the solver's t
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .. import distributed
 from ..checkpoint import load_attachment, load_checkpoint, require
 from ..errors import CheckpointError, ConfigError, first_line
 from ..models import model_config_from_dict
@@ -65,7 +64,7 @@ def check_model(meta: dict[str, Any], config: dict[str, Any], path: str | Path) 
         raise CheckpointError(f"checkpoint model {stored} differs from the requested model {config}")
 
 
-def restore_fixed_points(store: FixedPointStore, path: str | Path, device: torch.device) -> None:
+def restore_fixed_points(store: FixedPointStore, path: str | Path, device: torch.device, note: Callable[[str], None]) -> None:
     """Refill the fixed-point store from the checkpoint; it stays cold (every example's next solve
     starts at zero, the run continues to tolerance rather than bit for bit) when the checkpoint
     has none (a periodic or epoch-end checkpoint, a distributed run, or a crash that lost the
@@ -77,8 +76,7 @@ def restore_fixed_points(store: FixedPointStore, path: str | Path, device: torch
         store.load_state_dict(state)
     except ValueError as reason:
         store.clear()
-        if distributed.is_main():
-            print(f"mondeq train: {reason} in {path}: every example starts cold once", file=sys.stderr, flush=True)
+        note(f"{reason} in {path}: every example starts cold once")
         return
     for direction, rows in store.rows.items():  # a damaged file must not start a solve from NaN
         store.visited[direction] &= torch.isfinite(rows).all(dim=1)
