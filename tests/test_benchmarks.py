@@ -93,3 +93,27 @@ def test_train_for_counts_training_time_only_and_probes_at_each_mark():
     seconds = [s for s, _ in done.points]
     assert seconds == sorted(seconds) and seconds[-1] == done.seconds >= 0.2
     assert wall >= done.seconds + 0.6  # the three probes' 0.6 s were not counted
+
+
+def test_train_for_probes_the_average_when_the_config_asks_for_one():
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from mondeq.benchmarks.common import synthetic_images, train_for
+    from mondeq.train import TrainConfig
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    config = TrainConfig(model="fc", lr=1e-2, time_budget=0.2 / 60, batch_size=8, average="ema:0.5")
+    probed = []
+    train_for(model, config, synthetic_images(), lambda logits, x, y, t: F.cross_entropy(logits, y), probe=probed.append)
+    assert len(probed) == 1 and probed[0] is not model
+    assert not torch.equal(probed[0][1].weight, model[1].weight)  # an average of the steps, not the last weights
+
+
+def test_markdown_table_lines():
+    from mondeq.benchmarks import markdown_table
+
+    assert markdown_table(["a", "b"], [[1, "x"], [2.5, ""]]) == ["| a | b |", "|---|---|", "| 1 | x |", "| 2.5 |  |"]
+    assert markdown_table(["only"], []) == ["| only |", "|---|"]

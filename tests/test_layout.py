@@ -194,3 +194,18 @@ def test_the_import_graph_has_no_cycle_and_no_import_up_the_layers():
     for module in sorted(graph):
         if module not in state:
             visit(module, [])
+
+
+def test_one_number_rule_for_options_and_stored_entries():
+    """``Number.accepts`` (what a checkpoint's entries are checked with) agrees with ``check`` (options)."""
+    from mondeq.errors import ConfigError
+    from mondeq.validation import NUMBERS
+
+    for name, numbers in NUMBERS.items():
+        for value in (-1, 0, 1e-300, 0.5, 1, 2, 2**64, float("inf"), float("nan"), True, "1", None):
+            try:
+                numbers.check(name, value)
+                checked = True
+            except (ConfigError, TypeError):
+                checked = False
+            assert numbers.accepts(value) == checked, (name, value)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import stat
@@ -32,6 +31,7 @@ from safetensors.torch import save as serialize_tensors
 
 from .errors import CheckpointError
 from .files import fsync_dir, remove_stray_temporaries, write_atomic
+from .validation import COUNT, FINITE, NON_NEGATIVE, POSITIVE, POSITIVE_INT, Number
 
 __all__ = [
     "RUN_SCHEMA",
@@ -267,18 +267,19 @@ def _read_tensors_file_header(path: Path) -> int:
 
 
 # -- the schema of a run checkpoint's entries ---------------------------------------------------
-def _number(value: object, low: float = -math.inf, high: float = math.inf, integer: bool = False, above: bool = False) -> bool:
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
-        return False
-    return (value > low if above else value >= low) and value <= high
+#: An image side a data set may declare.
+IMAGE_SIZE = Number(integer=True, low=1, high=4096, high_open=False)
+
+
+def _nullable(numbers: Number) -> Callable[[object], bool]:
+    return lambda value: value is None or numbers.accepts(value)
 
 
 def _row(value: object) -> bool:
     return (
         isinstance(value, dict)
-        and _number(value.get("epoch"), 0)
-        and all(isinstance(k, str) and (v is None or _number(v)) for k, v in value.items())
+        and NON_NEGATIVE.accepts(value.get("epoch"))
+        and all(isinstance(k, str) and (v is None or FINITE.accepts(v)) for k, v in value.items())
     )
 
 
@@ -286,34 +287,34 @@ def _data(value: object) -> bool:
     if not isinstance(value, dict):
         return False
     channels = value.get("channels")
-    per_channel = lambda key, low, above: (  # noqa: E731
-        isinstance(value.get(key), list) and len(value[key]) == channels and all(_number(v, low, above=above) for v in value[key])
+    per_channel = lambda key, numbers: (  # noqa: E731
+        isinstance(value.get(key), list) and len(value[key]) == channels and all(numbers.accepts(v) for v in value[key])
     )
     classes = value.get("classes")
     return (
         channels in (1, 3)
-        and _number(value.get("image_size"), 1, 4096, integer=True)
+        and IMAGE_SIZE.accepts(value.get("image_size"))
         and isinstance(classes, list)
         and len(classes) >= 2
         and all(isinstance(c, str) for c in classes)
-        and per_channel("mean", -math.inf, False)
-        and per_channel("std", 0, True)
+        and per_channel("mean", FINITE)
+        and per_channel("std", POSITIVE)
     )
 
 
 #: What each entry of a run checkpoint must be, when present: a test, and the words of the error.
 RUN_SCHEMA: dict[str, tuple[Callable[[object], bool], str]] = {
-    "epoch": (lambda v: _number(v, 0, 10**7, integer=True), "an integer in 0..10**7"),
-    "batch": (lambda v: _number(v, 0, 10**9, integer=True), "an integer in 0..10**9"),
-    "world_size": (lambda v: _number(v, 1, 10**6, integer=True), "an integer >= 1"),
-    "alpha": (lambda v: _number(v, 0, above=True), "a finite number > 0"),
-    "elapsed": (lambda v: _number(v, 0), "a finite number >= 0"),
-    "budget_spent": (lambda v: v is None or _number(v, 0, above=True), "null or a finite number > 0"),
-    "evaluation_seconds": (lambda v: v is None or _number(v, 0), "null or a finite number >= 0"),
+    "epoch": (Number(integer=True, low=0, high=10**7, high_open=False).accepts, "an integer in 0..10**7"),
+    "batch": (Number(integer=True, low=0, high=10**9, high_open=False).accepts, "an integer in 0..10**9"),
+    "world_size": (Number(integer=True, low=1, high=10**6, high_open=False).accepts, "an integer >= 1"),
+    "alpha": (POSITIVE.accepts, "a finite number > 0"),
+    "elapsed": (NON_NEGATIVE.accepts, "a finite number >= 0"),
+    "budget_spent": (_nullable(POSITIVE), "null or a finite number > 0"),
+    "evaluation_seconds": (_nullable(NON_NEGATIVE), "null or a finite number >= 0"),
     "running": (
         lambda v: (
-            (isinstance(v, dict) and all(isinstance(k, str) and _number(x, 0) for k, x in v.items()))
-            or (isinstance(v, list) and all(_number(x, 0) for x in v))
+            (isinstance(v, dict) and all(isinstance(k, str) and NON_NEGATIVE.accepts(x) for k, x in v.items()))
+            or (isinstance(v, list) and all(NON_NEGATIVE.accepts(x) for x in v))
         ),
         "named finite numbers >= 0",
     ),
@@ -326,7 +327,7 @@ RUN_SCHEMA: dict[str, tuple[Callable[[object], bool], str]] = {
     ),
     "train": (lambda v: isinstance(v, dict), "an object"),
     "average": (
-        lambda v: isinstance(v, dict) and isinstance(v.get("spec"), str) and _number(v.get("updates"), 0, integer=True),
+        lambda v: isinstance(v, dict) and isinstance(v.get("spec"), str) and COUNT.accepts(v.get("updates")),
         "an object with the average's spec and its number of updates",
     ),
 }
@@ -340,7 +341,7 @@ def validate_meta(meta: dict[str, Any], where: str = "checkpoint") -> dict[str, 
         if key in meta and not valid(meta[key]):
             raise CheckpointError(f"{where}: entry {key!r} must be {expected}, got {_short(meta[key])}")
     epochs = meta.get("train", {}).get("epochs")
-    if "epoch" in meta and _number(epochs, 1, integer=True) and meta["epoch"] > epochs:
+    if "epoch" in meta and POSITIVE_INT.accepts(epochs) and meta["epoch"] > epochs:
         raise CheckpointError(f"{where}: entry 'epoch' is {meta['epoch']}, beyond the run's {epochs} epochs")
     return meta
 

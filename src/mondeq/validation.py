@@ -19,6 +19,7 @@ from .errors import ConfigError, ConfigTypeError
 __all__ = [
     "COUNT",
     "DAMPING",
+    "FINITE",
     "NON_NEGATIVE",
     "NUMBERS",
     "Number",
@@ -73,6 +74,11 @@ class Number:
         below = value < self.high if self.high_open else value <= self.high
         return math.isfinite(value) and above and below
 
+    def accepts(self, value: object) -> bool:
+        """Whether ``value`` is a number of this set (of the right type: never a ``bool``, a string)."""
+        kind = numbers.Integral if self.integer else numbers.Real
+        return not isinstance(value, bool) and isinstance(value, kind) and self.contains(value)
+
     def check(self, name: str, value: object) -> int | float:
         """``value`` as an ``int`` / ``float``; :class:`~mondeq.errors.ConfigTypeError` (a ``TypeError``)
         when it is not a number of the right type, :class:`~mondeq.errors.ConfigError` (a ``ValueError``)
@@ -95,6 +101,7 @@ class Number:
         return value
 
 
+FINITE = Number()
 POSITIVE = Number(low=0, low_open=True)
 NON_NEGATIVE = Number(low=0)
 POSITIVE_INT = Number(integer=True, low=1)

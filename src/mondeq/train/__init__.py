@@ -9,12 +9,14 @@ One job a module:
 - ``metrics``: running totals, ``metrics.csv``, TensorBoard, the epoch line;
 - ``run_folder``: one writer per run folder, nothing overwritten, nothing left behind;
 - ``run_state``: a run's stored configuration and model, checked before it comes back;
-- ``step``: one training step and the fixed-point store, shared with the benchmarks;
+- ``step``: one training step (with the tolerance schedule) and the fixed-point store, shared with the benchmarks;
+- ``averaging``: the running average of the weights (``--average``);
 - ``signals``: SIGINT and SIGTERM as stop requests honoured between batches;
 - ``loop``: :class:`Trainer`, the loop itself, and what its checkpoints hold.
 """
 
 from ..errors import TrainingInterrupted
+from .averaging import AverageSpec, WeightAverage, parse_average
 from .config import BUDGET_EPOCHS, LR_SCHEDULES, RECIPES, RESUMABLE_OPTIONS, REUSE_MODES, Recipe, TrainConfig
 from .evaluation import EvalResult, evaluate
 from .loop import STALL_STEPS, StopReason, Trainer
@@ -23,6 +25,7 @@ from .run_folder import RUN_OUTPUTS
 from .schedule import learning_rate, make_optimizer, tune_alpha, tunes_alpha
 
 __all__ = [
+    "AverageSpec",
     "BUDGET_EPOCHS",
     "LR_SCHEDULES",
     "METRIC_FIELDS",
@@ -37,10 +40,12 @@ __all__ = [
     "StopReason",
     "TrainConfig",
     "Trainer",
+    "WeightAverage",
     "TrainingInterrupted",
     "evaluate",
     "learning_rate",
     "make_optimizer",
+    "parse_average",
     "tune_alpha",
     "tunes_alpha",
 ]
