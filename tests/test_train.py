@@ -387,7 +387,9 @@ def test_the_trainer_takes_the_step_that_the_benchmarks_take(tmp_path, data):
     optimizer = make_optimizer(model, config)
     store = reuse_store(config, model, len(data[0]))
     model.layer.fixed_points = store
-    batches = Batches(data[0], config.batch_size, shuffle=True, augment=config.augment, seed=config.seed, epoch=0)
+    batches = Batches(
+        data[0], config.batch_size, shuffle=True, augment=config.augmentation(data[0].info), seed=config.seed, epoch=0
+    )
 
     def objective(logits, x, y, epoch):
         return F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)

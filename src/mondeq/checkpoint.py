@@ -37,7 +37,7 @@ __all__ = [
     "RUN_SCHEMA",
     "WEIGHTS",
     "checkpoint_paths",
-    "holds_average",
+    "weights_taken",
     "load_attachment",
     "load_checkpoint",
     "save_checkpoint",
@@ -352,13 +352,16 @@ def _short(value: object) -> str:
 
 
 #: Which weights :func:`load_checkpoint` returns: the trained ones, or their average when the checkpoint
-#: holds one that averages at least one step (else the trained ones; :func:`holds_average` tells).
+#: holds one that averages at least one step (else the trained ones; :func:`weights_taken` tells).
 WEIGHTS = ("model", "average")
 
 
-def holds_average(meta: dict[str, Any]) -> bool:
-    """Whether a checkpoint holds averaged weights (``--average``) that average at least one step."""
-    return isinstance(meta.get("average"), dict) and meta["average"].get("updates", 0) > 0
+def weights_taken(meta: dict[str, Any], weights: str) -> str:
+    """The weights :func:`load_checkpoint` returns when asked for ``weights`` from the checkpoint whose
+    JSON is ``meta``: ``"average"`` when asked for and it holds an average of at least one step
+    (``--average``), else ``"model"``."""
+    averaged = isinstance(meta.get("average"), dict) and meta["average"].get("updates", 0) > 0
+    return "average" if weights == "average" and averaged else "model"
 
 
 def load_checkpoint(
@@ -366,11 +369,14 @@ def load_checkpoint(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
     """``(meta, model_state, optimizer_state)`` of a checkpoint, verified against its hash.
 
-    ``weights="average"``: ``model_state`` holds the averaged weights when :func:`holds_average`.
+    ``weights="average"``: ``model_state`` holds the averaged weights when the checkpoint has them
+    (:func:`weights_taken`).
 
     Raises :class:`CheckpointError` when files are missing, corrupt, mismatched, or hold
     non-finite weights.
     """
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     json_path = _json_path(path)
     meta, tensors_path, payload = _read_consistent(json_path)
     validate_meta(meta, where=f"checkpoint {json_path}")
@@ -378,9 +384,7 @@ def load_checkpoint(
         tensors = load_tensors(payload)
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"cannot read checkpoint tensors {tensors_path}: {error}") from error
-    if weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
-    group = "average." if weights == "average" and holds_average(meta) else "model."
+    group = weights_taken(meta, weights) + "."
     model_state = {k[len(group) :]: v for k, v in tensors.items() if k.startswith(group)}
     for name, value in model_state.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):

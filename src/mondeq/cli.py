@@ -281,7 +281,7 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from .checkpoint import holds_average
+    from .checkpoint import weights_taken
     from .models import load_model, model_label, run_position, test_set_of
     from .train import evaluate
 
@@ -302,7 +302,7 @@ def eval_command(args: argparse.Namespace) -> int:
         "examples": result.examples,
         "test_accuracy": round(result.accuracy, 4),
         "test_loss": round(result.loss, 4),
-        "weights": "average" if args.weights == "average" and holds_average(meta) else "model",
+        "weights": weights_taken(meta, args.weights),
         "forward_iterations": round(result.forward_iterations, 2),
         "solver": model.layer.forward_options.solver,
         "alpha": model.layer.alpha,

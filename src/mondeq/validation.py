@@ -170,7 +170,9 @@ def check_options(instance: object) -> None:
 
 def _shown(value: object) -> str:
     """An option's value as a message names it: off, unset, 'text' or the number."""
-    return {False: "off", None: "unset"}.get(value, repr(value)) if isinstance(value, (bool, type(None))) else repr(value)
+    if value is None:
+        return "unset"
+    return "off" if value is False else repr(value)
 
 
 def _check_option(name: str, value: object, meta: Mapping[str, Any]) -> None:

@@ -224,7 +224,7 @@ def train_for(
             if done.seconds >= due[0]:
                 due.pop(0)
                 if probe is not None:
-                    done.points.append((done.seconds, probe(average.module if average and average.updates else model)))
+                    done.points.append((done.seconds, probe(average.evaluated(model) if average is not None else model)))
                 if not due:
                     break
     return done

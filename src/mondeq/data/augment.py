@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Augmentation", "augment_batch", "erase_batch", "translate_batch"]
+__all__ = ["NO_AUGMENTATION", "Augmentation", "augment_batch", "erase_batch", "translate_batch"]
 
 #: Random erasing: the blanked rectangle's share of the image and its aspect ratio (Zhong et al., 2020).
 ERASE_AREA = (0.02, 0.25)
@@ -90,3 +90,7 @@ class Augmentation:
         if self.erase:
             images = erase_batch(images, generator, self.erase)
         return images
+
+
+#: The batches as stored: no transformation.
+NO_AUGMENTATION = Augmentation()

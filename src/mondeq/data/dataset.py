@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..validation import POSITIVE_INT
-from .augment import Augmentation
+from .augment import NO_AUGMENTATION, Augmentation
 
 __all__ = ["Batches", "DatasetInfo", "ImageDataset", "default_data_dir"]
 
@@ -82,7 +82,7 @@ class Batches:
         dataset: ImageDataset,
         batch_size: int,
         shuffle: bool = False,
-        augment: Augmentation | bool = False,
+        augment: Augmentation = NO_AUGMENTATION,
         seed: int = 0,
         epoch: int = 0,
         rank: int = 0,
@@ -94,7 +94,7 @@ class Batches:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.dataset = dataset
         self.batch_size = batch_size
-        self.augment = augment if isinstance(augment, Augmentation) else Augmentation(crop_flip=bool(augment))
+        self.augment = augment
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed((seed * 100003 + epoch) % 2**64)  # any seed below 2**64
         n = len(dataset)

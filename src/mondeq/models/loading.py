@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import holds_average, load_checkpoint, require
+from ..checkpoint import load_checkpoint, require, weights_taken
 from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, first_line
 from .classifier import MonDEQClassifier
@@ -83,7 +83,7 @@ def load_model(
 
 def weights_used(meta: dict[str, Any], weights: str) -> str | None:
     """A note naming the averaged weights when :func:`load_model` took them (``None`` otherwise)."""
-    if weights != "average" or not holds_average(meta):
+    if weights_taken(meta, weights) != "average":
         return None
     average = meta["average"]
     return f"the averaged weights ({average['spec']}, {average['updates']:,} steps); --weights model for the trained ones"

@@ -287,8 +287,9 @@ def certify_checkpoint(
     radii ``eps`` on the pixel scale: :func:`evaluate_robustness` in ``norm``, the equilibrium solved to
     ``tol``. In ``l2`` the bound is the model's own (``lipschitz``: by construction) or estimated
     (:func:`~mondeq.robust.lipschitz_bound`); ``linf`` needs the interval operator."""
+    from ..checkpoint import weights_taken
     from ..errors import ConfigError
-    from ..models import MonDEQClassifier, load_model, test_set_of, weights_used
+    from ..models import MonDEQClassifier, load_model, test_set_of
     from .lipschitz import lipschitz_bound
 
     model, meta = load_model(path, device, weights)
@@ -298,7 +299,7 @@ def certify_checkpoint(
             "its bounds hold for an equilibrium read out by one linear map"
         )
     model.layer.configure(tol=tol)
-    average = meta["average"] if weights_used(meta, weights) else None
+    average = meta["average"] if weights_taken(meta, weights) == "average" else None
     report: dict = {"norm": norm, "weights": f"average {average['spec']} ({average['updates']} steps)" if average else "model"}
     if norm == "l2":
         if model.config.lipschitz is not None:

@@ -93,6 +93,10 @@ class WeightAverage:
         if hasattr(model, "layer"):
             self.module.layer.alpha = model.layer.alpha
 
+    def evaluated(self, model: nn.Module) -> nn.Module:
+        """What measures the run: the average once it holds a step, else ``model`` (the trained weights)."""
+        return self.module if self.updates else model
+
     def state_dict(self) -> dict[str, Tensor]:
         """The averaged model's state (its parameters and buffers, as ``model.state_dict()`` names them)."""
         return self.module.state_dict()

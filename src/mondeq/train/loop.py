@@ -456,7 +456,7 @@ class Trainer:
 
     def evaluated_model(self) -> torch.nn.Module:
         """What the test set measures: the averaged weights once they average a step, else the trained ones."""
-        return self.average.module if self.average is not None and self.average.updates else self.model
+        return self.average.evaluated(self.model) if self.average is not None else self.model
 
     def _evaluate(self, stops: StopRequests) -> EvalResult:
         """The test set's loss and accuracy; a stop request during it saves and raises (the

@@ -58,8 +58,8 @@ def _scheduled_tolerance(layer: nn.Module, config: TrainConfig, lr: float) -> co
     """The layer's solver settings for one step of the tolerance schedule: the forward tolerance of
     :func:`training_tolerance`, the backward one scaled alike."""
     forward, backward = layer.forward_options.tol, layer.backward_options.tol
-    scale = training_tolerance(config, forward, lr) / forward
-    return layer.options(tol=min(forward * scale, 0.5), backward_tol=min(backward * scale, 0.5))
+    tol = training_tolerance(config, forward, lr)
+    return layer.options(tol=min(tol, 0.5), backward_tol=min(backward * tol / forward, 0.5))
 
 
 def train_step(
