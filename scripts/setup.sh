@@ -2,7 +2,7 @@
 # Install mondeq into the current Python.
 #   scripts/setup.sh            the package and its command: what a user needs
 #   scripts/setup.sh --data     also Debian's Fashion-MNIST package where apt is available
-#   scripts/setup.sh --dev      also the test tools and the docs builder (the test command, CI)
+#   scripts/setup.sh --dev      also the test tools, the docs builder and the export runtimes (the test command, CI)
 # The flags combine (scripts/setup.sh --dev --data).
 # Puts the CPU build of torch 2.13.0 in place first where no torch is installed (a bare
 # `torch` requirement would pull a multi-GB CUDA build).
@@ -14,7 +14,7 @@ EXTRAS=""
 for flag in "$@"; do
     case "$flag" in
         --data) DATA=1 ;;
-        --dev) EXTRAS="[dev,docs]" ;;
+        --dev) EXTRAS="[dev,docs,export]" ;;
         *) echo "scripts/setup.sh: unknown option $flag (use --data, --dev)" >&2; exit 2 ;;
     esac
 done

@@ -220,3 +220,30 @@ def test_the_main_command_runs_twice_without_touching_the_first_run(tmp_path):
         assert refused.returncode == 2 and "already holds a run" in refused.stderr
     finally:
         os.chdir(env_cwd)
+
+
+def test_export_then_predict_with_the_exported_file(run, tmp_path):
+    _, _, out, _ = run
+    result = mondeq("export", out, "--format", "pt2", "--out", tmp_path / "model.pt2", "--error", 0.05)
+    assert "Peaceman-Rachford iterations" in result.stdout and "proven: for every image" in result.stdout
+    image = tmp_path / "image.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (28, 28), dtype=np.uint8)).save(image)
+    implicit = mondeq("predict", out, image).stdout.split(": ")[1].rsplit(" (", 1)[0]
+    exported = mondeq("predict", tmp_path / "model.pt2", image).stdout.split(": ")[1].rsplit(" (", 1)[0]
+    assert implicit == exported
+
+
+def test_export_refuses_bad_input_in_one_line(run, tmp_path):
+    _, _, out, _ = run
+    cases = [
+        (("--error", 0), "must be a positive finite number"),
+        (("--error", 1e-300), "more than 1000"),
+        (("--iterations", 5, "--error", 0.1), "not allowed with"),
+        (("--out", tmp_path / "missing" / "m.pt2"), "does not exist"),
+    ]
+    for extra, message in cases:
+        result = mondeq("export", out, "--format", "pt2", *extra, check=False)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    (tmp_path / "empty").mkdir()
+    result = mondeq("export", tmp_path / "empty", "--format", "pt2", check=False)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

@@ -315,7 +315,7 @@ def eval_command(args: argparse.Namespace) -> int:
 
 # -- predict ---------------------------------------------------------------------------------
 def predict_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="run folder or checkpoint file")
+    p.add_argument("checkpoint", help="run folder, checkpoint file, or a file of mondeq export (.onnx, .pt2)")
     p.add_argument(
         "images",
         nargs="+",
@@ -331,18 +331,29 @@ def predict_command(args: argparse.Namespace) -> int:
     import torch
 
     from .data import DatasetInfo, dataset_info, read_image
-    from .models import load_model
+    from .errors import CheckpointError
 
     device = _set_up(args)
-    model, meta = load_model(args.checkpoint, device, args.weights)
-    _say_weights("predict", meta, args.weights)
-    info = DatasetInfo.from_dict(meta["data"]) if "data" in meta else dataset_info(meta["train"]["dataset"])
+    if Path(args.checkpoint).suffix in EXPORTED_SUFFIXES:
+        from . import export
+
+        exported = export.load(args.checkpoint)
+        if "data" not in exported.metadata:
+            raise CheckpointError(f"{args.checkpoint} was not written by mondeq export (no data entry)")
+        info, model = DatasetInfo.from_dict(exported.metadata["data"]), exported
+        device = "cpu"
+    else:
+        from .models import load_model
+
+        model, meta = load_model(args.checkpoint, device, args.weights)
+        _say_weights("predict", meta, args.weights)
+        info = DatasetInfo.from_dict(meta["data"]) if "data" in meta else dataset_info(meta["train"]["dataset"])
+        model.eval()
     images = torch.from_numpy(np.stack([read_image(path, info.channels, info.image_size) for path in args.images]))
     for path, image in zip(args.images, images):
         unlike = _unlike_training_images(image.float() / 255, info)
         if unlike:
             print(f"mondeq predict: warning: {path}: {unlike}; the prediction may mean little", file=sys.stderr)
-    model.eval()
     with torch.no_grad():
         probs = torch.softmax(model(info.normalize(images).to(device)), dim=1).cpu()
     for path, p in zip(args.images, probs):
@@ -365,6 +376,78 @@ def _unlike_training_images(image, info) -> str | None:
                 else f"channel {channel} averages {seen:.2f}, the training images {mean:.2f} (std {std:.2f})"
             )
     return None
+
+
+# -- export ----------------------------------------------------------------------------------
+#: File suffixes of ``mondeq export``'s formats (``mondeq predict`` runs such files).
+EXPORTED_SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
+EXPORT_HELP = """Write a trained model as a fixed-depth network (K Peaceman-Rachford iterations) that runs
+without mondeq: ONNX (onnxruntime; needs pip install 'mondeq[export]') or PT2 (torch.export.load).
+K is the fewest iterations that prove --error for every image, or --iterations; the proven bound is
+printed and stored in the file. fc and single-conv models."""
+#: The logit error ``mondeq export`` proves unless told otherwise.
+DEFAULT_EXPORT_ERROR = 0.01
+
+
+def export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="run folder or checkpoint file")
+    p.add_argument("--format", choices=tuple(EXPORTED_SUFFIXES.values()), default="onnx", help="file format (default onnx)")
+    p.add_argument("--out", help="file to write (default: model.onnx or model.pt2 in the run folder)")
+    bound = p.add_mutually_exclusive_group()
+    bound.add_argument(
+        "--error",
+        type=POSITIVE,
+        help=f"the logits' distance (l2, hence every logit) from the equilibrium model's to prove for every image; "
+        f"sets the iterations (default {DEFAULT_EXPORT_ERROR})",
+    )
+    bound.add_argument("--iterations", type=POSITIVE_INT, help="the iterations, given; the bound they prove is printed")
+    _weights_option(p)
+    p.add_argument("--threads", type=POSITIVE_INT, help="torch CPU threads")
+
+
+def export_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import export
+    from .data import DatasetInfo, dataset_info
+    from .files import check_output_file
+    from .models import load_model
+    from .robust.certificates import image_range
+
+    checkpoint = Path(args.checkpoint)
+    suffix = {name: suffix for suffix, name in EXPORTED_SUFFIXES.items()}[args.format]
+    out = Path(args.out) if args.out else (checkpoint if checkpoint.is_dir() else checkpoint.parent) / f"model{suffix}"
+    check_output_file(out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, meta = load_model(checkpoint, "cpu", args.weights)
+    _say_weights("export", meta, args.weights)
+    info = DatasetInfo.from_dict(meta["data"]) if "data" in meta else dataset_info(meta["train"]["dataset"])
+    low, high = image_range(info, torch.zeros(1, 1, 1, 1, dtype=torch.float64))
+    error = None if args.iterations else (args.error or DEFAULT_EXPORT_ERROR)
+    unrolled = export.unroll(model, iterations=args.iterations, error=error, input_range=(low, high))
+    bound = unrolled.bound
+    metadata = {
+        "run": str(checkpoint),
+        "iterations": bound.iterations,
+        "logit_error": unrolled.error_bound,
+        "bound": export.describe(bound),
+        "data": info.to_dict(),
+        "model": meta["model"],
+    }
+    shape = (info.channels, info.image_size, info.image_size)
+    export.save(unrolled, out, args.format, shape, metadata)
+    size = out.stat().st_size / 2**20
+    print(
+        f"mondeq export: wrote {out} ({args.format}, {size:.1f} MiB): {bound.iterations} Peaceman-Rachford iterations, "
+        f"step {bound.alpha:.3g}, contraction {bound.rate:.4f} per iteration"
+    )
+    print(
+        f"proven: for every image (pixel values in [0, 1]) its logits are within {unrolled.error_bound:.3g} (l2) of "
+        f"the equilibrium model's; a prediction whose top-two margin exceeds {math.sqrt(2) * unrolled.error_bound:.3g} "
+        "is the equilibrium model's"
+    )
+    return 0
 
 
 # -- plot ------------------------------------------------------------------------------------
@@ -557,6 +640,7 @@ COMMANDS: dict[str, Command] = {
     "train": Command("train a classifier", train_arguments, train_command, TRAIN_HELP),
     "eval": Command("test accuracy and solver statistics of a checkpoint", eval_arguments, eval_command),
     "predict": Command("classify image files (PNG, JPEG, ...)", predict_arguments, predict_command),
+    "export": Command("a model as an ONNX or PT2 file with a proven error bound", export_arguments, export_command, EXPORT_HELP),
     "plot": Command("training curves and FB/PR/DR convergence plots of a run", plot_arguments, plot_command),
     "certify": Command("Lipschitz bound, certified and PGD accuracy at each epsilon (l2)", certify_arguments, certify_command),
     "bench": Command("run the benchmarks and write docs/benchmarks.md", bench_arguments, bench_command),

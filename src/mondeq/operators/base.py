@@ -236,6 +236,13 @@ class MonotoneOperator(nn.Module):
         r"""Detached maps of :math:`W` (``.T``: of :math:`W^\top`), cached until ``m`` or a parameter's value changes."""
         alpha = self.check_step_size(alpha)
         self.check_margin()
+        dtype = next(self.parameters()).dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(
+                f"a monDEQ solve needs float32 or float64 weights, got {dtype} (the resolvent's factorisation and the "
+                "tolerance need them): for low-precision inference export the model (mondeq export, mondeq.export.unroll) "
+                "and cast the unrolled network"
+            )
         key = (self.generation(), alpha, with_resolvent)
         if self._frozen_cache is not None and self._frozen_cache[0] == key:
             return self._frozen_cache[1]

@@ -1,0 +1,528 @@
+r"""A trained monDEQ classifier as a fixed-depth network with a proven error bound, and its files.
+
+:func:`unroll` turns a classifier into an :class:`UnrolledMonDEQ`: :math:`K` Peaceman-Rachford
+iterations from zero, written with matrix products only (no data-dependent control flow, no
+``.item()``), so that ``torch.export``, ``torch.onnx.export``, ``torch.compile`` and ``torch.func.vmap``
+take it. :func:`save` writes it as an ONNX or a PT2 (``torch.export``) file that runs without mondeq;
+:func:`load` runs such a file again.
+
+**The bound** (docs/math.md, "An unrolled monDEQ's error bound"). With :math:`M = I - W`
+(:math:`M + M^\top \succeq 2mI`), :math:`b = Ux + b_0`, the iteration on the state :math:`u`
+
+.. math::
+    v_k = 2\operatorname{prox}_{\alpha f}(u_k) - u_k, \quad
+    z_{k+1} = (I + \alpha M)^{-1}(v_k + \alpha b), \quad u_{k+1} = 2 z_{k+1} - v_k, \quad u_0 = 0
+
+contracts by :math:`r = \|(I - \alpha M)(I + \alpha M)^{-1}\|_2 < 1` per step (the reflected prox is
+nonexpansive), and :math:`\|z_{k+1} - z^\star\| \le \rho \|u_k - u^\star\|` with
+:math:`\rho = \|(I + \alpha M)^{-1}\|_2`. At the fixed point :math:`u^\star = (I - \alpha M) z^\star + \alpha b`,
+and :math:`\|z^\star\| \le \|b\| / m` when :math:`\sigma(0) = 0`, so after :math:`K` iterations
+
+.. math::
+    \|z_K - z^\star\| \le \rho\, r^{K-1} \left(\|I - \alpha M\|_2 / m + \alpha\right) \|Ux + b_0\|,
+
+and the logits :math:`RPz` are within :math:`\|RP\|_2` times that (in :math:`\ell_2`, hence each logit).
+The norms are computed exactly (SVDs of :math:`W` or of its per-frequency symbol) in float64 and raised
+by :data:`~mondeq.robust.certificates.FLOAT64_SLACK`; the step :math:`\alpha` minimises :math:`r`. The
+bound is for exact arithmetic on the model's weights: a float32 evaluation adds its rounding (measured
+in docs/howto/deploy.md, orders of magnitude below the bounds asked for).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import math
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .activations import ProximalActivation
+from .errors import CheckpointError, ConfigError, first_line
+from .files import check_output_file, write_atomic
+from .operators.fully_connected import DenseOperator
+from .robust.certificates import FLOAT64_SLACK, readout_norm
+
+__all__ = ["FORMATS", "MAX_ITERATIONS", "UnrollBound", "UnrolledMonDEQ", "load", "save", "unroll"]
+
+#: File formats of :func:`save`: ONNX (onnxruntime and other runtimes) and PT2 (``torch.export.load``).
+FORMATS = ("onnx", "pt2")
+#: The model kinds :func:`unroll` takes: a resolvent that is one matrix, or one per frequency.
+EXPORTED_KINDS = ("fc", "single-conv")
+#: The most iterations :func:`unroll` builds; a bound that needs more is refused.
+MAX_ITERATIONS = 1000
+#: Metadata key of an exported file (ONNX ``metadata_props``, PT2 extra file ``mondeq.json``).
+METADATA_KEY = "mondeq"
+
+
+@dataclass(frozen=True)
+class UnrollBound:
+    r"""The constants of the bound (module docstring): after :attr:`iterations` iterations with step :attr:`alpha`,
+    :math:`\|RP(z_K - z^\star)\|_2 \le` :meth:`logit_error` of :math:`\|Ux + b_0\|_2`.
+
+    Attributes:
+        iterations: :math:`K`.
+        alpha: the step size :math:`\alpha`.
+        rate: :math:`r = \|(I - \alpha M)(I + \alpha M)^{-1}\|_2`.
+        resolvent_norm: :math:`\rho = \|(I + \alpha M)^{-1}\|_2`.
+        start: :math:`\|I - \alpha M\|_2 / m + \alpha`, so that :math:`\|u_0 - u^\star\| \le` ``start`` :math:`\|b\|`.
+        readout_norm: :math:`\|RP\|_2`.
+    """
+
+    iterations: int
+    alpha: float
+    rate: float
+    resolvent_norm: float
+    start: float
+    readout_norm: float
+
+    @property
+    def factor(self) -> float:
+        r""":math:`\|RP\| \rho r^{K-1}` ``start``: the logit error per unit of :math:`\|Ux + b_0\|`."""
+        return self.readout_norm * self.resolvent_norm * self.rate ** (self.iterations - 1) * self.start
+
+    def logit_error(self, injection_norm: float | Tensor) -> float | Tensor:
+        r"""The bound on :math:`\|\text{logits}_K - \text{logits}^\star\|_2` for an input with
+        :math:`\|Ux + b_0\|_2` = ``injection_norm``."""
+        return self.factor * injection_norm
+
+    def iterations_for(self, error: float, injection_norm: float) -> int:
+        """The fewest iterations whose :meth:`logit_error` at ``injection_norm`` is at most ``error``."""
+        per_step = self.readout_norm * self.resolvent_norm * self.start * injection_norm
+        if per_step <= error or self.rate == 0:
+            return 1
+        return 1 + math.ceil(math.log(error / per_step) / math.log(self.rate))
+
+
+# -- the operator's blocks and the contraction --------------------------------------------------
+def _hidden_shape(operator: nn.Module) -> tuple[int, ...]:
+    return tuple(operator.unflatten(torch.zeros(1, operator.features, dtype=torch.float64)).shape[1:])
+
+
+def _blocks(operator: nn.Module) -> Tensor:
+    r""":math:`W` as a batch of blocks with its singular values: ``(1, n, n)`` for a dense operator, the
+    per-frequency symbol ``(H, W/2+1, c, c)`` of a single circular convolution (the other frequencies are
+    their conjugates)."""
+    with torch.no_grad():
+        weights = operator.weights()
+    if isinstance(operator, DenseOperator):
+        return weights[None]
+    fourier = getattr(weights, "fourier", None)
+    if fourier is None or len(_hidden_shape(operator)) != 3:
+        raise ConfigError(
+            f"export supports the fc and single-conv models (2-D images); the {type(operator).__name__} operator's "
+            "resolvent is not a per-frequency matrix"
+        )
+    return fourier
+
+
+def _norm(matrices: Tensor) -> float:
+    """The largest spectral norm of a batch of matrices, computed by SVD."""
+    return float(torch.linalg.matrix_norm(matrices.reshape(-1, *matrices.shape[-2:]), ord=2).max())
+
+
+def _contraction(blocks: Tensor, m: float, alpha: float) -> tuple[float, float, float, Tensor]:
+    """``(rate, resolvent_norm, start, inverse)`` of :class:`UnrollBound` for step ``alpha``, each raised by
+    the float64 slack, and the blocks of :math:`(I + \\alpha M)^{-1}`."""
+    eye = torch.eye(blocks.shape[-1], dtype=blocks.dtype)
+    operator = eye - blocks  # M = I - W
+    inverse = torch.linalg.inv(eye + alpha * operator)
+    reflected = eye - alpha * operator
+    up = 1 + FLOAT64_SLACK
+    return _norm(reflected @ inverse) * up, _norm(inverse) * up, (_norm(reflected) * up / m + alpha) * up, inverse
+
+
+def best_step(blocks: Tensor, m: float) -> float:
+    r"""The step :math:`\alpha` that minimises the rate :math:`r` (a log-spaced grid, then golden sections)."""
+
+    eye = torch.eye(blocks.shape[-1], dtype=blocks.dtype)
+    operator = eye - blocks
+
+    def rate(log_alpha: float) -> float:
+        step = math.exp(log_alpha)
+        return _norm((eye - step * operator) @ torch.linalg.inv(eye + step * operator))
+
+    grid = [math.log(10) * (-3 + 6 * i / 24) for i in range(25)]
+    best = min(range(len(grid)), key=lambda i: rate(grid[i]))
+    low, high = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    golden = (math.sqrt(5) - 1) / 2
+    for _ in range(20):
+        a, b = high - golden * (high - low), low + golden * (high - low)
+        if rate(a) <= rate(b):
+            high = b
+        else:
+            low = a
+    return math.exp((low + high) / 2)
+
+
+def injection_bound(operator: nn.Module, low: Tensor, high: Tensor) -> float:
+    r"""An upper bound of :math:`\|Ux + b_0\|_2` over the box ``low <= x <= high`` (one input each, ``(1, ...)``),
+    row by row: :math:`|(Ux + b_0)_i| \le |(Uc + b_0)_i| + (|U| h)_i` with centre :math:`c`, half-width :math:`h`."""
+    magnitude = operator.U.weight.detach().abs()
+    with torch.no_grad():
+        centre, half = (low + high) / 2, (high - low) / 2
+        if isinstance(operator, DenseOperator):
+            spread = F.linear(half.flatten(1), magnitude)
+        else:
+            spread = _circular_conv(half, magnitude, None, operator.stride).flatten(1)
+        total = (operator.inject(centre).abs() + spread).norm()
+    return float(total) * (1 + FLOAT64_SLACK)
+
+
+# -- the exported network's parts ------------------------------------------------------------------
+def _circular_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
+    """2-D convolution with circular padding written as slices (every exporter takes them)."""
+    pad = weight.shape[-1] // 2
+    if pad:
+        x = torch.cat([x[..., -pad:], x, x[..., :pad]], dim=-1)
+        x = torch.cat([x[..., -pad:, :], x, x[..., :pad, :]], dim=-2)
+    return F.conv2d(x, weight, bias, stride=stride)
+
+
+class _DenseInjection(nn.Module):
+    """:math:`Ux + b_0` of a dense operator on flattened inputs."""
+
+    def __init__(self, weight: Tensor, bias: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x.flatten(1), self.weight, self.bias)
+
+
+class _ConvInjection(nn.Module):
+    """:math:`Ux + b_0` of a convolutional operator: a strided circular convolution."""
+
+    def __init__(self, weight: Tensor, bias: Tensor, stride: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _circular_conv(x, self.weight, self.bias, self.stride)
+
+
+class _DenseResolvent(nn.Module):
+    r""":math:`y \mapsto (I + \alpha M)^{-1} y` for rows ``y`` ``(N, n)``: one product with the stored inverse."""
+
+    def __init__(self, inverse: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("inverse_t", inverse.T.contiguous())
+
+    def forward(self, y: Tensor) -> Tensor:
+        return y @ self.inverse_t
+
+
+class _FourierResolvent(nn.Module):
+    r""":math:`(I + \alpha M)^{-1}` of a circular convolution on ``(N, c, H, W)`` images in real arithmetic.
+
+    The unitary real 2-D DFT as products with cosine and sine matrices (along the width onto the
+    :math:`Q = W/2 + 1` frequencies of the real FFT, then along the height), one real
+    :math:`2c \times 2c` matrix :math:`\begin{pmatrix} \Re R & -\Im R \\ \Im R & \Re R \end{pmatrix}` per
+    frequency, and the inverse DFT (the conjugate half of the spectrum weighted in: :math:`a_q = 2` but for
+    the constant and Nyquist columns). No complex numbers: ONNX runtimes and ``torch.export`` take it as is.
+    """
+
+    def __init__(self, inverse: Tensor, size: tuple[int, int], dtype: torch.dtype) -> None:
+        super().__init__()
+        height, width = size
+        self.c, self.height, self.width = inverse.shape[-1], height, width
+        self.q = width // 2 + 1
+        scale = 1 / math.sqrt(height * width)
+        w, q, h = (torch.arange(n, dtype=torch.float64) for n in (width, self.q, height))
+        across = 2 * math.pi * torch.outer(w, q) / width  # (W, Q)
+        down = 2 * math.pi * torch.outer(h, h) / height  # (H, H), symmetric
+        weight = torch.full((self.q,), 2.0, dtype=torch.float64)
+        weight[0] = 1.0
+        if width % 2 == 0:
+            weight[-1] = 1.0
+        real, imag = inverse.real, inverse.imag
+        blocks = torch.cat([torch.cat([real, -imag], dim=-1), torch.cat([imag, real], dim=-1)], dim=-2)
+        self.register_buffer("to_rows", (torch.cat([across.cos(), -across.sin()], dim=1) * scale).to(dtype))
+        self.register_buffer("columns", torch.cat([down.cos(), down.sin()], dim=0).to(dtype))
+        self.register_buffer("blocks", blocks.reshape(height * self.q, 2 * self.c, 2 * self.c).to(dtype))
+        self.register_buffer(
+            "from_rows", (torch.cat([(weight * across.cos()).T, -(weight * across.sin()).T], dim=0) * scale).to(dtype)
+        )
+
+    def forward(self, y: Tensor) -> Tensor:
+        h, q, c = self.height, self.q, self.c
+        rows = self.columns @ (y @ self.to_rows)  # (N, c, 2H, 2Q): [cos; sin] x [Re | Im] of the width DFT
+        cos_part, sin_part = rows[:, :, :h], rows[:, :, h:]
+        spectrum = torch.cat([cos_part[..., :q] + sin_part[..., q:], cos_part[..., q:] - sin_part[..., :q]], dim=1)
+        mapped = self.blocks @ spectrum.flatten(2).permute(2, 1, 0)  # (HQ, 2c, N)
+        mapped = mapped.permute(2, 1, 0).unflatten(2, (h, q))  # (N, 2c, H, Q)
+        rows = self.columns @ torch.cat([mapped[:, :c], mapped[:, c:]], dim=-1)
+        cos_part, sin_part = rows[:, :, :h], rows[:, :, h:]
+        back = torch.cat([cos_part[..., :q] - sin_part[..., q:], cos_part[..., q:] + sin_part[..., :q]], dim=-1)
+        return back @ self.from_rows
+
+
+class _Prox(nn.Module):
+    r""":math:`\operatorname{prox}_{\alpha f}` of the activation, in closed form."""
+
+    def __init__(self, activation: ProximalActivation, alpha: float) -> None:
+        super().__init__()
+        self.activation = activation
+        self.alpha = alpha
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.activation.prox(x, self.alpha)
+
+
+class _Readout(nn.Module):
+    """Average pooling (``pool`` > 1) of the hidden image, flattening, and the linear readout."""
+
+    def __init__(self, weight: Tensor, bias: Tensor, pool: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.pool = pool
+
+    def forward(self, z: Tensor) -> Tensor:
+        if self.pool > 1:
+            z = F.avg_pool2d(z, self.pool)
+        return F.linear(z.flatten(1), self.weight, self.bias)
+
+
+class UnrolledMonDEQ(nn.Module):
+    r"""A monDEQ classifier as :math:`K` Peaceman-Rachford iterations from zero (module docstring).
+
+    Built by :func:`unroll`; holds buffers only. Its logits are within :meth:`error` (:math:`\ell_2`) of the
+    equilibrium model's for every input, and within :attr:`error_bound` for every input of the box it was
+    built for; a prediction whose top-two margin exceeds :math:`\sqrt2` times that is the equilibrium model's.
+
+    Shape:
+        - Input: the classifier's, e.g. :math:`(N, C, H, W)` normalised images.
+        - Output: :math:`(N, \text{classes})` logits.
+
+    Attributes:
+        bound: the :class:`UnrollBound` it carries.
+        error_bound: the logit error over the input box given to :func:`unroll` (``None`` without one).
+    """
+
+    def __init__(
+        self, injection: nn.Module, resolvent: nn.Module, prox: nn.Module, readout: nn.Module, bound: UnrollBound
+    ) -> None:
+        super().__init__()
+        self.injection, self.resolvent, self.prox, self.readout = injection, resolvent, prox, readout
+        self.bound = bound
+        self.error_bound: float | None = None
+
+    @property
+    def iterations(self) -> int:
+        return self.bound.iterations
+
+    def equilibrium(self, x: Tensor) -> Tensor:
+        """The hidden state after :attr:`iterations` iterations, ``(N, n)`` or ``(N, c, H, W)``."""
+        scaled = self.bound.alpha * self.injection(x)
+        state = torch.zeros_like(scaled)
+        z = state
+        for _ in range(self.bound.iterations):
+            reflected = 2 * self.prox(state) - state
+            z = self.resolvent(reflected + scaled)
+            state = 2 * z - reflected
+        return z
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.readout(self.equilibrium(x))
+
+    @torch.no_grad()
+    def error(self, x: Tensor) -> Tensor:
+        """Per input, the proven bound on the logits' l2 distance from the equilibrium model's, ``(N,)`` float64."""
+        injection = copy.deepcopy(self.injection).double()(x.double())  # float64: no float32 rounding in the bound
+        return self.bound.logit_error(injection.flatten(1).norm(dim=1)) * (1 + FLOAT64_SLACK)
+
+
+def _check_positive(name: str, value: Any, integer: bool) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a {'whole ' if integer else ''}number > 0, got {value!r}")
+
+
+def unroll(
+    model: nn.Module,
+    *,
+    iterations: int | None = None,
+    error: float | None = None,
+    input_range: tuple[Tensor, Tensor] | None = None,
+    max_iterations: int = MAX_ITERATIONS,
+) -> UnrolledMonDEQ:
+    r"""``model`` (a preset fc or single-conv :class:`~mondeq.models.MonDEQClassifier`) as an :class:`UnrolledMonDEQ`.
+
+    Args:
+        iterations: :math:`K`, given.
+        error: or the logit error (:math:`\ell_2`, hence every logit) to prove over ``input_range``: :math:`K` is
+            the fewest iterations that reach it (at most ``max_iterations``, else :class:`~mondeq.errors.ConfigError`).
+        input_range: ``(low, high)`` bounds of the model's inputs, broadcastable to one input (for images
+            normalised per channel: ``(1, C, 1, 1)``); with it the bound over that box is :attr:`~UnrolledMonDEQ.error_bound`.
+
+    The step :math:`\alpha` minimises the contraction rate for activations whose prox has a closed form
+    (ReLU, leaky ReLU, hard tanh); for others (tanh) it is 1, where the prox is :math:`\sigma` itself.
+    Activations with :math:`\sigma(0) \ne 0` (sigmoid, softplus) are refused: the start bound needs it.
+    """
+    if (iterations is None) == (error is None):
+        raise ConfigError("give the number of iterations or the logit error to reach, one of them")
+    if iterations is not None:
+        _check_positive("iterations", iterations, integer=True)
+        if iterations > max_iterations:
+            raise ConfigError(f"iterations must be at most {max_iterations}, got {iterations}")
+    if error is not None:
+        _check_positive("error", error, integer=False)
+        if input_range is None:
+            raise ConfigError("a logit error needs the input range it holds over (input_range=(low, high))")
+    layer = getattr(model, "layer", None)
+    config = getattr(model, "config", None)
+    if layer is None or getattr(config, "kind", None) is None:
+        raise ConfigError(f"export takes a preset monDEQ classifier (fc, single-conv), got {type(model).__name__}")
+    if config.kind not in EXPORTED_KINDS:
+        raise ConfigError(
+            f"export supports the {' and '.join(EXPORTED_KINDS)} models, not {config.kind}: its resolvent is not one matrix "
+            "per frequency"
+        )
+    exact = copy.deepcopy(model).double().eval()
+    operator, activation = exact.layer.linear, exact.layer.activation
+    blocks = _blocks(operator)
+    if float(activation(torch.zeros(1, dtype=torch.float64))) != 0.0:
+        raise ConfigError(
+            f"export needs an activation with sigma(0) = 0 (relu, leaky_relu, hardtanh, tanh), not {config.activation}"
+        )
+    closed_form = type(activation).prox is not ProximalActivation.prox
+    alpha = best_step(blocks, operator.m) if closed_form else 1.0
+    rate, resolvent_norm, start, inverse = _contraction(blocks, operator.m, alpha)
+    if not rate < 1:
+        raise ConfigError(f"the unrolled iteration does not contract (rate {rate:.12g}): m = {operator.m:g} is too small")
+    norm = readout_norm(exact)
+    shape = (1, config.in_channels, config.image_size, config.image_size)
+    worst = None
+    if input_range is not None:
+        worst = injection_bound(operator, *(torch.as_tensor(t, dtype=torch.float64).expand(shape) for t in input_range))
+    if error is not None:
+        probe = UnrollBound(1, alpha, rate, resolvent_norm, start, norm)
+        iterations = probe.iterations_for(error, worst)
+        if iterations > max_iterations:
+            raise ConfigError(
+                f"a logit error of {error:g} needs {iterations} iterations, more than {max_iterations} "
+                f"(contraction rate {rate:.4f} per iteration): ask for a larger error"
+            )
+    bound = UnrollBound(iterations, alpha, rate, resolvent_norm, start, norm)
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad():
+        weight, bias = (t.detach().to(dtype).clone() for t in (operator.U.weight, operator.U.bias))
+        if isinstance(operator, DenseOperator):
+            injection: nn.Module = _DenseInjection(weight, bias)
+            resolvent: nn.Module = _DenseResolvent(inverse[0].to(dtype))
+            pool = 1
+        else:
+            injection = _ConvInjection(weight, bias, operator.stride)
+            resolvent = _FourierResolvent(inverse, _hidden_shape(operator)[1:], dtype)
+            pool = config.pool
+        readout = _Readout(model.readout.weight.detach().clone(), model.readout.bias.detach().clone(), pool)
+    unrolled = UnrolledMonDEQ(injection, resolvent, _Prox(copy.deepcopy(model.layer.activation), alpha), readout, bound)
+    if worst is not None:
+        unrolled.error_bound = float(bound.logit_error(worst))
+    return unrolled.to(next(model.parameters()).device).eval()
+
+
+# -- files ---------------------------------------------------------------------------------------
+def _needs(module: str, purpose: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"{purpose} needs the {module} package: pip install 'mondeq[export]'") from None
+
+
+def save(unrolled: UnrolledMonDEQ, path: str | Path, file_format: str, input_shape: tuple[int, ...], metadata: dict) -> Path:
+    """Write ``unrolled`` to ``path`` as ``file_format`` (:data:`FORMATS`) for inputs ``(batch, *input_shape)`` with any
+    batch size, ``metadata`` (JSON) inside the file; written atomically."""
+    if file_format not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {file_format!r}")
+    path = check_output_file(path)
+    unrolled = unrolled.eval()
+    example = torch.zeros(2, *input_shape, dtype=next(iter(unrolled.buffers())).dtype)
+    batch = torch.export.Dim("batch")
+    text = json.dumps(metadata)
+    if file_format == "pt2":
+        program = torch.export.export(unrolled, (example,), dynamic_shapes=({0: batch},))
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer, extra_files={f"{METADATA_KEY}.json": text})
+        return write_atomic(path, buffer.getvalue())
+    onnx = _needs("onnx", "ONNX export")
+    _needs("onnxscript", "ONNX export")
+    with _quiet():
+        program = torch.onnx.export(
+            unrolled, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
+            dynamic_shapes=({0: batch},), verbose=False,
+        )  # fmt: skip
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, {METADATA_KEY: text})
+    return write_atomic(path, proto.SerializeToString())
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The ONNX exporter's notes (optional packages it skips, deprecations) kept off the user's terminal."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+class Exported:
+    """An exported file, run: ``exported(x)`` gives the logits of a float32 ``(N, ...)`` tensor; :attr:`metadata`
+    is what :func:`save` stored."""
+
+    def __init__(self, run: Any, metadata: dict) -> None:
+        self._run = run
+        self.metadata = metadata
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self._run(x)
+
+
+def load(path: str | Path) -> Exported:
+    """Run an ONNX (onnxruntime) or PT2 (``torch.export.load``) file written by :func:`save`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such exported file")
+    try:
+        if path.suffix == ".pt2":
+            extra = {f"{METADATA_KEY}.json": ""}
+            program = torch.export.load(str(path), extra_files=extra)
+            module = program.module()
+            return Exported(lambda x: module(x), json.loads(extra[f"{METADATA_KEY}.json"] or "{}"))
+        runtime = _needs("onnxruntime", "running an ONNX file")
+        session = runtime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        props = session.get_modelmeta().custom_metadata_map
+        name = session.get_inputs()[0].name
+        return Exported(
+            lambda x: torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0]),
+            json.loads(props.get(METADATA_KEY, "{}")),
+        )
+    except ConfigError:
+        raise
+    except Exception as error:  # a damaged or foreign file: one line naming it
+        raise CheckpointError(f"{path} is not a readable exported model: {first_line(error)}") from error
+
+
+def describe(bound: UnrollBound) -> dict:
+    """The bound's constants as plain numbers (the metadata an exported file carries)."""
+    return asdict(bound)
