@@ -88,6 +88,15 @@ BAD_INPUTS: list[tuple[str, str, str]] = [
     ("certify --device bogus", "certify {run} --device bogus", "unknown device 'bogus'"),
     ("certify --norm linf untrained for it", "certify {run} --norm linf", "l-infinity certificates need the interval operator"),
     ("certify --norm l1", "certify {run} --norm l1", "--norm: invalid choice: 'l1'"),
+    ("export --error 0", "export {run} --format pt2 --error 0", "--error: 0 must be a positive finite number"),
+    ("export --error beyond 1000 iterations", "export {run} --format pt2 --error 1e-300", "more than 1000"),
+    ("export --iterations 0", "export {run} --iterations 0", "--iterations: 0 must be"),
+    ("export --error with --iterations", "export {run} --error 0.1 --iterations 3", "not allowed with argument"),
+    ("export --format tflite", "export {run} --format tflite", "--format: invalid choice: 'tflite'"),
+    ("export --out in a missing folder", "export {run} --format pt2 --out {missing}/model.pt2", "does not exist"),
+    ("export a folder without a run", "export {missing} --format pt2", "not found"),
+    ("export: NaN weights", "export {nan_run} --format pt2", "NaN or Inf values in weight"),
+    ("predict: a damaged exported file", "predict {bad_export} {png}", "not a readable exported model"),
     ("lipschitz 0", "train --data-dir {data} --model fc --lipschitz 0", "--lipschitz: 0 must be a positive"),
     (
         "lipschitz multi-conv",
@@ -277,6 +286,8 @@ def prepare(root: Path) -> dict[str, str]:
     save_checkpoint(places["nan_run"] / "checkpoint", model, None, keep)
     places["png"] = root / "image.png"
     Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(places["png"])
+    places["bad_export"] = root / "damaged.pt2"
+    places["bad_export"].write_bytes(b"PK\x03\x04 not a whole archive")
     places["bomb"] = _png_header_only(root / "bomb.png", 30000, 30000)
     places["symlink_dir"] = root / "plots-link"
     (root / "elsewhere").mkdir()

@@ -11,7 +11,7 @@ from mondeq.benchmarks.report import run_all
 GROUPS = {
     "processes": ["memory", "data_parallel", "threads"],
     "in-process": ["solvers", "resolvent", "training_step", "peers", "scaling", "certified", "time_to_accuracy", "evaluation"],
-    "training": ["reuse"],
+    "training": ["reuse", "export"],
 }
 
 

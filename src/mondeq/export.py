@@ -108,7 +108,7 @@ def _hidden_shape(operator: nn.Module) -> tuple[int, ...]:
     return tuple(operator.unflatten(torch.zeros(1, operator.features, dtype=torch.float64)).shape[1:])
 
 
-def _blocks(operator: nn.Module) -> Tensor:
+def operator_blocks(operator: nn.Module) -> Tensor:
     r""":math:`W` as a batch of blocks with its singular values: ``(1, n, n)`` for a dense operator, the
     per-frequency symbol ``(H, W/2+1, c, c)`` of a single circular convolution (the other frequencies are
     their conjugates)."""
@@ -125,7 +125,7 @@ def _blocks(operator: nn.Module) -> Tensor:
     return fourier
 
 
-def _norm(matrices: Tensor) -> float:
+def largest_norm(matrices: Tensor) -> float:
     """The largest spectral norm of a batch of matrices, computed by SVD."""
     return float(torch.linalg.matrix_norm(matrices.reshape(-1, *matrices.shape[-2:]), ord=2).max())
 
@@ -138,7 +138,8 @@ def _contraction(blocks: Tensor, m: float, alpha: float) -> tuple[float, float, 
     inverse = torch.linalg.inv(eye + alpha * operator)
     reflected = eye - alpha * operator
     up = 1 + FLOAT64_SLACK
-    return _norm(reflected @ inverse) * up, _norm(inverse) * up, (_norm(reflected) * up / m + alpha) * up, inverse
+    start = (largest_norm(reflected) * up / m + alpha) * up
+    return largest_norm(reflected @ inverse) * up, largest_norm(inverse) * up, start, inverse
 
 
 def best_step(blocks: Tensor, m: float) -> float:
@@ -149,7 +150,7 @@ def best_step(blocks: Tensor, m: float) -> float:
 
     def rate(log_alpha: float) -> float:
         step = math.exp(log_alpha)
-        return _norm((eye - step * operator) @ torch.linalg.inv(eye + step * operator))
+        return largest_norm((eye - step * operator) @ torch.linalg.inv(eye + step * operator))
 
     grid = [math.log(10) * (-3 + 6 * i / 24) for i in range(25)]
     best = min(range(len(grid)), key=lambda i: rate(grid[i]))
@@ -393,7 +394,7 @@ def unroll(
         )
     exact = copy.deepcopy(model).double().eval()
     operator, activation = exact.layer.linear, exact.layer.activation
-    blocks = _blocks(operator)
+    blocks = operator_blocks(operator)
     if float(activation(torch.zeros(1, dtype=torch.float64))) != 0.0:
         raise ConfigError(
             f"export needs an activation with sigma(0) = 0 (relu, leaky_relu, hardtanh, tanh), not {config.activation}"
