@@ -26,6 +26,7 @@ MODULES = (
     "checkpoint",
     "files",
     "robust",
+    "export",
     "errors",
 )
 ROOT = Path(__file__).resolve().parent.parent

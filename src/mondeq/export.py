@@ -52,7 +52,19 @@ from .files import check_output_file, write_atomic
 from .operators.fully_connected import DenseOperator
 from .robust.certificates import FLOAT64_SLACK, readout_norm
 
-__all__ = ["FORMATS", "MAX_ITERATIONS", "UnrollBound", "UnrolledMonDEQ", "load", "save", "unroll"]
+__all__ = [
+    "EXPORTED_KINDS",
+    "FORMATS",
+    "MAX_ITERATIONS",
+    "Exported",
+    "UnrollBound",
+    "UnrolledMonDEQ",
+    "describe",
+    "injection_bound",
+    "load",
+    "save",
+    "unroll",
+]
 
 #: File formats of :func:`save`: ONNX (onnxruntime and other runtimes) and PT2 (``torch.export.load``).
 FORMATS = ("onnx", "pt2")
@@ -392,7 +404,7 @@ def unroll(
             f"export supports the {' and '.join(EXPORTED_KINDS)} models, not {config.kind}: its resolvent is not one matrix "
             "per frequency"
         )
-    exact = copy.deepcopy(model).double().eval()
+    exact = copy.deepcopy(model).cpu().double().eval()  # the proof in float64, on the CPU
     operator, activation = exact.layer.linear, exact.layer.activation
     blocks = operator_blocks(operator)
     if float(activation(torch.zeros(1, dtype=torch.float64))) != 0.0:
