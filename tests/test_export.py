@@ -60,6 +60,25 @@ def test_the_unrolled_logits_are_within_the_proven_bound_of_the_exact_equilibriu
     assert float(unrolled.error(x).max()) < 1.0  # and neither is the bound after 40 iterations
 
 
+@pytest.mark.parametrize("name", ["fc", "fc tanh", "single-conv", "single-conv stride 2", "single-conv interval"])
+def test_the_bound_from_the_last_iterate_holds_and_is_far_tighter(name):
+    model = classifier(name, seed=6)
+    x = images(16, seed=7)
+    with torch.no_grad():
+        z = model.layer(x)
+        exact = model.readout(model.pool(z))
+        slack = readout_norm(model) * equilibrium_error(model.layer, x, z)
+    for iterations in (1, 3, 10, 30):
+        network = export.unroll(model, iterations=iterations, certify=True)
+        with torch.no_grad():
+            logits, bound = network(x)
+            assert torch.equal(logits, export.unroll(model, iterations=iterations)(x))
+        distance = (logits - exact).norm(dim=1)
+        assert (distance <= bound + slack).all(), (iterations, distance.max(), bound.min())
+    assert float(bound.max()) < 0.1 * float(network.error(x).min())  # at 30 iterations: far below the a priori bound
+    assert float(distance.max()) > 1e-3 * float(bound.max())  # and not vacuously loose
+
+
 @pytest.mark.parametrize("name", ["fc", "single-conv", "single-conv stride 2", "single-conv interval"])
 def test_the_contraction_constants_are_the_dense_matrices_norms(name):
     model = classifier(name)
@@ -139,7 +158,7 @@ def test_the_unrolled_module_takes_vmap_and_holds_buffers_only():
 
 def _float32_export(tmp_path, file_format: str):
     model = small_classifier("single-conv", seed=1, width=10).float()
-    unrolled = export.unroll(model, iterations=6)
+    unrolled = export.unroll(model, iterations=6, certify=True)
     path = export.save(unrolled, tmp_path / f"m.{file_format}", file_format, (1, SIDE, SIDE), {"iterations": 6})
     return unrolled, export.load(path)
 
@@ -163,7 +182,8 @@ def test_an_exported_file_computes_the_unrolled_module_for_any_batch_size(tmp_pa
     for batch in (1, 5):
         x = images(batch, seed=batch, dtype=torch.float32)
         with torch.no_grad():
-            assert torch.allclose(exported(x), unrolled(x), atol=1e-5, rtol=1e-5)
+            for got, expected in zip(exported(x), unrolled(x), strict=True):  # the logits and each input's bound
+                assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_bad_input_is_answered_in_one_line(tmp_path):

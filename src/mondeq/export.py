@@ -57,6 +57,7 @@ __all__ = [
     "FORMATS",
     "MAX_ITERATIONS",
     "Exported",
+    "RuntimeCertificate",
     "UnrollBound",
     "UnrolledMonDEQ",
     "describe",
@@ -113,6 +114,26 @@ class UnrollBound:
         if per_step <= error or self.rate == 0:
             return 1
         return 1 + math.ceil(math.log(error / per_step) / math.log(self.rate))
+
+
+@dataclass(frozen=True)
+class RuntimeCertificate:
+    r"""The bound an :class:`UnrolledMonDEQ` built with ``certify=True`` computes for each input from its last
+    iterate :math:`z` and reflected state :math:`v`, without a multiplication:
+
+    .. math::
+        \|\text{logits} - \text{logits}^\star\|_2 \le \|RP\|_2 \left(1 + \frac{\|W\|_2}{m}\right) \|z - \sigma(p)\|_2,
+        \qquad p = Wz + b = \frac{(1 + \alpha) z - v}{\alpha}
+
+    (the resolvent identity gives :math:`p`; :math:`\|z - z^\star\| \le \|r\| + \|Wr\|/m` for the residual
+    :math:`r = z - \sigma(Wz + b)`, docs/math.md "What a certificate accounts for"). Like the a priori bound it
+    holds for exact arithmetic; computed in float32 its floor is the float32 rounding of the iterate.
+
+    Attributes:
+        residual: :math:`\|RP\|_2 (1 + \|W\|_2 / m)`, from exact float64 norms raised by the float64 slack.
+    """
+
+    residual: float
 
 
 # -- the operator's blocks and the contraction --------------------------------------------------
@@ -326,34 +347,53 @@ class UnrolledMonDEQ(nn.Module):
     """
 
     def __init__(
-        self, injection: nn.Module, resolvent: nn.Module, prox: nn.Module, readout: nn.Module, bound: UnrollBound
+        self,
+        injection: nn.Module,
+        resolvent: nn.Module,
+        prox: nn.Module,
+        readout: nn.Module,
+        bound: UnrollBound,
+        certificate: RuntimeCertificate | None = None,
     ) -> None:
         super().__init__()
         self.injection, self.resolvent, self.prox, self.readout = injection, resolvent, prox, readout
         self.bound = bound
+        self.certificate = certificate
         self.error_bound: float | None = None
 
     @property
     def iterations(self) -> int:
         return self.bound.iterations
 
-    def equilibrium(self, x: Tensor) -> Tensor:
-        """The hidden state after :attr:`iterations` iterations, ``(N, n)`` or ``(N, c, H, W)``."""
+    def iterate(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The hidden state after :attr:`iterations` iterations, ``(N, n)`` or ``(N, c, H, W)``, and the reflected
+        state :math:`v` of the last one (module docstring)."""
         scaled = self.bound.alpha * self.injection(x)
         state = torch.zeros_like(scaled)
-        z = state
+        z = reflected = state
         for _ in range(self.bound.iterations):
             reflected = 2 * self.prox(state) - state
             z = self.resolvent(reflected + scaled)
             state = 2 * z - reflected
-        return z
+        return z, reflected
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.readout(self.equilibrium(x))
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        z, reflected = self.iterate(x)
+        logits = self.readout(z)
+        if self.certificate is None:
+            return logits
+        return logits, self.certified_error(z, reflected)
+
+    def certified_error(self, z: Tensor, reflected: Tensor) -> Tensor:
+        """Per input, the bound of :class:`RuntimeCertificate` from the last iterate ``z`` and the reflected state, ``(N,)``."""
+        alpha = self.bound.alpha
+        pre = ((1 + alpha) * z - reflected) / alpha  # W z + b (the resolvent identity)
+        return self.certificate.residual * (z - self.prox.activation(pre)).flatten(1).norm(dim=1)
 
     @torch.no_grad()
     def error(self, x: Tensor) -> Tensor:
-        """Per input, the proven bound on the logits' l2 distance from the equilibrium model's, ``(N,)`` float64."""
+        """Per input, the a priori bound on the logits' l2 distance from the equilibrium model's (:class:`UnrollBound`),
+        ``(N,)`` float64."""
         injection = copy.deepcopy(self.injection).double()(x.double())  # float64: no float32 rounding in the bound
         return self.bound.logit_error(injection.flatten(1).norm(dim=1)) * (1 + FLOAT64_SLACK)
 
@@ -371,6 +411,7 @@ def unroll(
     error: float | None = None,
     input_range: tuple[Tensor, Tensor] | None = None,
     max_iterations: int = MAX_ITERATIONS,
+    certify: bool = False,
 ) -> UnrolledMonDEQ:
     r"""``model`` (a preset fc or single-conv :class:`~mondeq.models.MonDEQClassifier`) as an :class:`UnrolledMonDEQ`.
 
@@ -380,6 +421,8 @@ def unroll(
             the fewest iterations that reach it (at most ``max_iterations``, else :class:`~mondeq.errors.ConfigError`).
         input_range: ``(low, high)`` bounds of the model's inputs, broadcastable to one input (for images
             normalised per channel: ``(1, C, 1, 1)``); with it the bound over that box is :attr:`~UnrolledMonDEQ.error_bound`.
+        certify: the network also returns, per input, the bound of :class:`RuntimeCertificate` computed from its
+            last iterate (far tighter than the a priori one): ``(logits, bound)``.
 
     The step :math:`\alpha` minimises the contraction rate for activations whose prox has a closed form
     (ReLU, leaky ReLU, hard tanh); for others (tanh) it is 1, where the prox is :math:`\sigma` itself.
@@ -442,7 +485,10 @@ def unroll(
             resolvent = _FourierResolvent(inverse, _hidden_shape(operator)[1:], dtype)
             pool = config.pool
         readout = _Readout(model.readout.weight.detach().clone(), model.readout.bias.detach().clone(), pool)
-    unrolled = UnrolledMonDEQ(injection, resolvent, _Prox(copy.deepcopy(model.layer.activation), alpha), readout, bound)
+    up = 1 + FLOAT64_SLACK
+    certificate = RuntimeCertificate(norm * (1 + largest_norm(blocks) * up / operator.m) * up) if certify else None
+    prox = _Prox(copy.deepcopy(model.layer.activation), alpha)
+    unrolled = UnrolledMonDEQ(injection, resolvent, prox, readout, bound, certificate)
     if worst is not None:
         unrolled.error_bound = float(bound.logit_error(worst))
     return unrolled.to(next(model.parameters()).device).eval()
@@ -475,9 +521,10 @@ def save(unrolled: UnrolledMonDEQ, path: str | Path, file_format: str, input_sha
         return write_atomic(path, buffer.getvalue())
     onnx = _needs("onnx", "ONNX export")
     _needs("onnxscript", "ONNX export")
+    outputs = ["logits"] if unrolled.certificate is None else ["logits", "bound"]
     with _quiet():
         program = torch.onnx.export(
-            unrolled, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
+            unrolled, (example,), dynamo=True, input_names=["images"], output_names=outputs,
             dynamic_shapes=({0: batch},), verbose=False,
         )  # fmt: skip
     proto = program.model_proto
@@ -500,14 +547,15 @@ def _quiet() -> Iterator[None]:
 
 
 class Exported:
-    """An exported file, run: ``exported(x)`` gives the logits of a float32 ``(N, ...)`` tensor; :attr:`metadata`
-    is what :func:`save` stored."""
+    """An exported file, run: ``exported(x)`` gives the logits of a float32 ``(N, ...)`` tensor (and each input's
+    bound, ``(logits, bound)``, from a network built with ``certify=True``); :attr:`metadata` is what :func:`save`
+    stored."""
 
     def __init__(self, run: Any, metadata: dict) -> None:
         self._run = run
         self.metadata = metadata
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
         return self._run(x)
 
 
@@ -526,10 +574,12 @@ def load(path: str | Path) -> Exported:
         session = runtime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         props = session.get_modelmeta().custom_metadata_map
         name = session.get_inputs()[0].name
-        return Exported(
-            lambda x: torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0]),
-            json.loads(props.get(METADATA_KEY, "{}")),
-        )
+
+        def run(x: Tensor) -> Tensor | tuple[Tensor, ...]:
+            outputs = [torch.from_numpy(out) for out in session.run(None, {name: x.detach().cpu().numpy()})]
+            return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+        return Exported(run, json.loads(props.get(METADATA_KEY, "{}")))
     except ConfigError:
         raise
     except Exception as error:  # a damaged or foreign file: one line naming it
