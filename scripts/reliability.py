@@ -89,7 +89,7 @@ BAD_INPUTS: list[tuple[str, str, str]] = [
     ("certify --norm linf untrained for it", "certify {run} --norm linf", "l-infinity certificates need the interval operator"),
     ("certify --norm l1", "certify {run} --norm l1", "--norm: invalid choice: 'l1'"),
     ("export --error 0", "export {run} --format pt2 --error 0", "--error: 0 must be a positive finite number"),
-    ("export --error beyond 1000 iterations", "export {run} --format pt2 --error 1e-300", "more than 1000"),
+    ("export --iterations beyond 1000", "export {run} --format pt2 --iterations 1001", "at most 1000"),
     ("export --iterations 0", "export {run} --iterations 0", "--iterations: 0 must be"),
     ("export --error with --iterations", "export {run} --error 0.1 --iterations 3", "not allowed with argument"),
     ("export --format tflite", "export {run} --format tflite", "--format: invalid choice: 'tflite'"),

@@ -136,7 +136,7 @@ LAYERS = [
     {"stats", "reuse", "gradients"},
     {"layer"},
     {"checkpoint", "data", "models"},
-    {"robust", "train"},
+    {"robust", "train", "export"},
     {"plot", "benchmarks", "cli", "__main__", "mondeq"},
 ]
 

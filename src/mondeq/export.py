@@ -23,7 +23,7 @@ and :math:`\|z^\star\| \le \|b\| / m` when :math:`\sigma(0) = 0`, so after :math
 
 and the logits :math:`RPz` are within :math:`\|RP\|_2` times that (in :math:`\ell_2`, hence each logit).
 The norms are computed exactly (SVDs of :math:`W` or of its per-frequency symbol) in float64 and raised
-by :data:`~mondeq.robust.certificates.FLOAT64_SLACK`; the step :math:`\alpha` minimises :math:`r`. The
+by ``FLOAT64_SLACK`` (:mod:`mondeq.robust`); the step :math:`\alpha` minimises :math:`r`. The
 bound is for exact arithmetic on the model's weights: a float32 evaluation adds its rounding (measured
 in docs/howto/deploy.md, orders of magnitude below the bounds asked for).
 """
@@ -404,6 +404,41 @@ def _check_positive(name: str, value: Any, integer: bool) -> None:
         raise ConfigError(f"{name} must be a {'whole ' if integer else ''}number > 0, got {value!r}")
 
 
+def _check_request(model: nn.Module, iterations: int | None, error: float | None, input_range: Any, max_iterations: int) -> None:
+    """:class:`~mondeq.errors.ConfigError` naming what :func:`unroll` cannot do as asked."""
+    if (iterations is None) == (error is None):
+        raise ConfigError("give the number of iterations or the logit error to reach, one of them")
+    if iterations is not None:
+        _check_positive("iterations", iterations, integer=True)
+        if iterations > max_iterations:
+            raise ConfigError(f"iterations must be at most {max_iterations}, got {iterations}")
+    if error is not None:
+        _check_positive("error", error, integer=False)
+        if input_range is None:
+            raise ConfigError("a logit error needs the input range it holds over (input_range=(low, high))")
+    config = getattr(model, "config", None)
+    if getattr(model, "layer", None) is None or getattr(config, "kind", None) is None:
+        raise ConfigError(f"export takes a preset monDEQ classifier (fc, single-conv), got {type(model).__name__}")
+    if config.kind not in EXPORTED_KINDS:
+        raise ConfigError(
+            f"export supports the {' and '.join(EXPORTED_KINDS)} models, not {config.kind}: its resolvent is not one matrix "
+            "per frequency"
+        )
+
+
+def _parts(model: nn.Module, operator: nn.Module, inverse: Tensor) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """The injection, resolvent and readout modules of ``model`` in its dtype, from the float64 ``operator`` and
+    resolvent blocks ``inverse``."""
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad():
+        weight, bias = (t.detach().to(dtype).clone() for t in (operator.U.weight, operator.U.bias))
+        readout_weights = model.readout.weight.detach().clone(), model.readout.bias.detach().clone()
+        if isinstance(operator, DenseOperator):
+            return _DenseInjection(weight, bias), _DenseResolvent(inverse[0].to(dtype)), _Readout(*readout_weights, 1)
+        resolvent = _FourierResolvent(inverse, _hidden_shape(operator)[1:], dtype)
+        return _ConvInjection(weight, bias, operator.stride), resolvent, _Readout(*readout_weights, model.config.pool)
+
+
 def unroll(
     model: nn.Module,
     *,
@@ -428,25 +463,8 @@ def unroll(
     (ReLU, leaky ReLU, hard tanh); for others (tanh) it is 1, where the prox is :math:`\sigma` itself.
     Activations with :math:`\sigma(0) \ne 0` (sigmoid, softplus) are refused: the start bound needs it.
     """
-    if (iterations is None) == (error is None):
-        raise ConfigError("give the number of iterations or the logit error to reach, one of them")
-    if iterations is not None:
-        _check_positive("iterations", iterations, integer=True)
-        if iterations > max_iterations:
-            raise ConfigError(f"iterations must be at most {max_iterations}, got {iterations}")
-    if error is not None:
-        _check_positive("error", error, integer=False)
-        if input_range is None:
-            raise ConfigError("a logit error needs the input range it holds over (input_range=(low, high))")
-    layer = getattr(model, "layer", None)
-    config = getattr(model, "config", None)
-    if layer is None or getattr(config, "kind", None) is None:
-        raise ConfigError(f"export takes a preset monDEQ classifier (fc, single-conv), got {type(model).__name__}")
-    if config.kind not in EXPORTED_KINDS:
-        raise ConfigError(
-            f"export supports the {' and '.join(EXPORTED_KINDS)} models, not {config.kind}: its resolvent is not one matrix "
-            "per frequency"
-        )
+    _check_request(model, iterations, error, input_range, max_iterations)
+    config = model.config
     exact = copy.deepcopy(model).cpu().double().eval()  # the proof in float64, on the CPU
     operator, activation = exact.layer.linear, exact.layer.activation
     blocks = operator_blocks(operator)
@@ -473,18 +491,7 @@ def unroll(
                 f"(contraction rate {rate:.4f} per iteration): ask for a larger error"
             )
     bound = UnrollBound(iterations, alpha, rate, resolvent_norm, start, norm)
-    dtype = next(model.parameters()).dtype
-    with torch.no_grad():
-        weight, bias = (t.detach().to(dtype).clone() for t in (operator.U.weight, operator.U.bias))
-        if isinstance(operator, DenseOperator):
-            injection: nn.Module = _DenseInjection(weight, bias)
-            resolvent: nn.Module = _DenseResolvent(inverse[0].to(dtype))
-            pool = 1
-        else:
-            injection = _ConvInjection(weight, bias, operator.stride)
-            resolvent = _FourierResolvent(inverse, _hidden_shape(operator)[1:], dtype)
-            pool = config.pool
-        readout = _Readout(model.readout.weight.detach().clone(), model.readout.bias.detach().clone(), pool)
+    injection, resolvent, readout = _parts(model, operator, inverse)
     up = 1 + FLOAT64_SLACK
     certificate = RuntimeCertificate(norm * (1 + largest_norm(blocks) * up / operator.m) * up) if certify else None
     prox = _Prox(copy.deepcopy(model.layer.activation), alpha)
