@@ -193,10 +193,10 @@ def test_bad_input_is_answered_in_one_line(tmp_path):
     model = classifier("fc")
     box = (torch.tensor(0.0), torch.tensor(1.0))
     for wrong in (0, -1.0, math.nan, math.inf, True, "0.1"):
-        with pytest.raises(ConfigError, match="error must be a number > 0"):
+        with pytest.raises(ConfigError, match="error must be a positive finite number"):
             export.unroll(model, error=wrong, input_range=box)
     for wrong in (0, -3, 2.5):
-        with pytest.raises(ConfigError, match="iterations must be a whole number > 0"):
+        with pytest.raises(ConfigError, match="iterations must be a positive integer"):
             export.unroll(model, iterations=wrong)
     with pytest.raises(ConfigError, match="at most 1000"):
         export.unroll(model, iterations=1001)

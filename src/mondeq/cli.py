@@ -132,6 +132,13 @@ def _say_weights(command: str, meta: dict, weights: str) -> None:
         print(f"mondeq {command}: {note}", file=sys.stderr)
 
 
+def _dataset_info(meta: dict):
+    """The :class:`~mondeq.data.DatasetInfo` of a checkpoint: its ``data`` entry, else its data set's."""
+    from .data import DatasetInfo, dataset_info
+
+    return DatasetInfo.from_dict(meta["data"]) if "data" in meta else dataset_info(meta["train"]["dataset"])
+
+
 def _set_up(args: argparse.Namespace) -> str:
     """Apply ``--threads`` and check ``--device``; returns the device."""
     from .devices import resolve_device
@@ -330,7 +337,7 @@ def predict_command(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from .data import DatasetInfo, dataset_info, read_image
+    from .data import DatasetInfo, read_image
     from .errors import CheckpointError
 
     device = _set_up(args)
@@ -347,7 +354,7 @@ def predict_command(args: argparse.Namespace) -> int:
 
         model, meta = load_model(args.checkpoint, device, args.weights)
         _say_weights("predict", meta, args.weights)
-        info = DatasetInfo.from_dict(meta["data"]) if "data" in meta else dataset_info(meta["train"]["dataset"])
+        info = _dataset_info(meta)
         model.eval()
     images = torch.from_numpy(np.stack([read_image(path, info.channels, info.image_size) for path in args.images]))
     for path, image in zip(args.images, images):
@@ -418,7 +425,6 @@ def export_command(args: argparse.Namespace) -> int:
     import torch
 
     from . import export
-    from .data import DatasetInfo, dataset_info
     from .files import check_output_file
     from .models import load_model
     from .robust.certificates import image_range
@@ -431,7 +437,7 @@ def export_command(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     model, meta = load_model(checkpoint, "cpu", args.weights)
     _say_weights("export", meta, args.weights)
-    info = DatasetInfo.from_dict(meta["data"]) if "data" in meta else dataset_info(meta["train"]["dataset"])
+    info = _dataset_info(meta)
     low, high = image_range(info, torch.zeros(1, 1, 1, 1, dtype=torch.float64))
     error = None if args.iterations else (args.error or DEFAULT_EXPORT_ERROR)
     unrolled = export.unroll(model, iterations=args.iterations, error=error, input_range=(low, high), certify=args.certify)

@@ -51,6 +51,7 @@ from .errors import CheckpointError, ConfigError, first_line
 from .files import check_output_file, write_atomic
 from .operators.fully_connected import DenseOperator
 from .robust.certificates import FLOAT64_SLACK, readout_norm
+from .validation import POSITIVE, POSITIVE_INT
 
 __all__ = [
     "EXPORTED_KINDS",
@@ -398,22 +399,16 @@ class UnrolledMonDEQ(nn.Module):
         return self.bound.logit_error(injection.flatten(1).norm(dim=1)) * (1 + FLOAT64_SLACK)
 
 
-def _check_positive(name: str, value: Any, integer: bool) -> None:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a {'whole ' if integer else ''}number > 0, got {value!r}")
-
-
 def _check_request(model: nn.Module, iterations: int | None, error: float | None, input_range: Any, max_iterations: int) -> None:
     """:class:`~mondeq.errors.ConfigError` naming what :func:`unroll` cannot do as asked."""
     if (iterations is None) == (error is None):
         raise ConfigError("give the number of iterations or the logit error to reach, one of them")
     if iterations is not None:
-        _check_positive("iterations", iterations, integer=True)
+        POSITIVE_INT.check("iterations", iterations)
         if iterations > max_iterations:
             raise ConfigError(f"iterations must be at most {max_iterations}, got {iterations}")
     if error is not None:
-        _check_positive("error", error, integer=False)
+        POSITIVE.check("error", error)
         if input_range is None:
             raise ConfigError("a logit error needs the input range it holds over (input_range=(low, high))")
     config = getattr(model, "config", None)

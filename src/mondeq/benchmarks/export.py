@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .. import export
+from ..cli import DEFAULT_EXPORT_ERROR as DEFAULT_ERROR
 from ..errors import CheckpointError, ConfigError, ignore_convergence_warnings
 from ..models import MonDEQClassifier, load_model, preset_config
 from ..robust.certificates import equilibrium_error, image_range, readout_norm
@@ -31,7 +32,6 @@ from . import Section, markdown_table
 from .evaluation import test_images
 
 RECIPE_RUN = Path(os.environ.get("MONDEQ_EXPORT_RUN", "runs/fmnist-fast"))
-DEFAULT_ERROR = 0.01  # mondeq export's default
 #: Iterations at which the bound computed from each image's last iterate (``--certify``) is measured.
 CERTIFIED_ITERATIONS = (10, 20, 30, 45, 60)
 BATCH = 256
@@ -75,7 +75,7 @@ def _predict(run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) 
         return torch.cat([run(images[i : i + BATCH]) for i in range(0, len(images), BATCH)])
 
 
-def _forward_backward(model: MonDEQClassifier, unrolled: export.UnrolledMonDEQ, low: torch.Tensor, high: torch.Tensor) -> dict:
+def _forward_backward(model: MonDEQClassifier, unrolled: export.UnrolledMonDEQ) -> dict:
     r"""The splitting without a resolvent at the same proven bound: forward-backward
     :math:`z_{k+1} = \operatorname{prox}_{\alpha f}(z_k - \alpha(M z_k - b))` contracts by :math:`\|I - \alpha M\|_2`
     (best :math:`\alpha` on a grid) from :math:`\|z_0 - z^\star\| \le \|b\| / m`; the iterations it needs for the
@@ -84,11 +84,8 @@ def _forward_backward(model: MonDEQClassifier, unrolled: export.UnrolledMonDEQ, 
     blocks = export.operator_blocks(exact.layer.linear)
     eye = torch.eye(blocks.shape[-1], dtype=blocks.dtype)
     rate, step = min((export.largest_norm(eye - a * (eye - blocks)), a) for a in torch.logspace(-4, 1, 200).tolist())
-    m = exact.layer.linear.m
-    config = exact.config
-    shape = (1, config.in_channels, config.image_size, config.image_size)
-    worst = export.injection_bound(exact.layer.linear, low.expand(shape), high.expand(shape))
-    start = unrolled.bound.readout_norm * worst / m
+    worst = unrolled.error_bound / unrolled.bound.factor  # the bound of ||Ux + b|| over the box unroll used
+    start = unrolled.bound.readout_norm * worst / exact.layer.linear.m
     error = unrolled.error_bound
     iterations = 1 + math.ceil(math.log(error / start) / math.log(rate)) if rate < 1 else None
     return {"rate": rate, "alpha": step, "iterations": iterations}
@@ -103,7 +100,7 @@ def run(tiny: bool = False) -> dict:
     unrolled = export.unroll(model, error=DEFAULT_ERROR, input_range=(low, high))
     unroll_seconds = time.perf_counter() - start
     result: dict = {
-        "forward_backward": _forward_backward(model, unrolled, low, high),
+        "forward_backward": _forward_backward(model, unrolled),
         "source": source,
         "images": len(x),
         "bound": export.describe(unrolled.bound),
@@ -112,17 +109,16 @@ def run(tiny: bool = False) -> dict:
     # accuracy and disagreements on the whole test set
     with ignore_convergence_warnings():
         evaluated = _predict(model, x)
-        with model.layer.options(tol=1e-6, max_iter=1000):
-            exact = _predict(model, x)
-            # the reference's own distance from the equilibrium, proven in float64
-            twin64 = copy.deepcopy(model).double()
-            reference_error = torch.cat(
-                [
-                    readout_norm(twin64)
-                    * equilibrium_error(twin64.layer, x[i : i + BATCH].double(), model.layer(x[i : i + BATCH]).double())
-                    for i in range(0, len(x), BATCH)
-                ]
-            )
+        # the reference, solved to 1e-6, and its own distance from the equilibrium, proven in float64
+        twin64 = copy.deepcopy(model).double()
+        spread = readout_norm(twin64)
+        exact_parts, errors = [], []
+        with model.layer.options(tol=1e-6, max_iter=1000), torch.no_grad():
+            for i in range(0, len(x), BATCH):
+                z = model.layer(x[i : i + BATCH])
+                exact_parts.append(model.readout(model.pool(z)))
+                errors.append(spread * equilibrium_error(twin64.layer, x[i : i + BATCH].double(), z.double()))
+        exact, reference_error = torch.cat(exact_parts), torch.cat(errors)
     exported = _predict(unrolled, x)
     bounds = torch.cat([unrolled.error(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
     top2 = exported.topk(2, dim=1).values
