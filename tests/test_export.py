@@ -166,19 +166,19 @@ def _float32_export(tmp_path, file_format: str):
     return unrolled, export.load(path)
 
 
-@pytest.mark.parametrize(
-    "file_format",
-    [
-        "pt2",
-        pytest.param(
-            "onnx",
-            marks=pytest.mark.skipif(
-                importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None,
-                reason="onnxruntime and onnxscript are not installed (pip install 'mondeq[export]'; CI installs them)",
-            ),
+FILE_FORMATS = [
+    "pt2",
+    pytest.param(
+        "onnx",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None,
+            reason="onnxruntime and onnxscript are not installed (pip install 'mondeq[export]'; CI installs them)",
         ),
-    ],
-)
+    ),
+]
+
+
+@pytest.mark.parametrize("file_format", FILE_FORMATS)
 def test_an_exported_file_computes_the_unrolled_module_for_any_batch_size(tmp_path, file_format):
     unrolled, exported = _float32_export(tmp_path, file_format)
     assert exported.metadata == {"iterations": 6}
@@ -240,3 +240,18 @@ def test_the_dense_matrix_of_the_exported_injection_is_the_operator_s():
     bias = unrolled.injection(torch.zeros(1, 1, SIDE, SIDE, dtype=F64))
     got = dense(lambda x: unrolled.injection(x) - bias, (1, SIDE, SIDE))
     assert torch.allclose(got, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("file_format", FILE_FORMATS)
+def test_a_file_holds_one_iteration_in_a_loop_whatever_the_iterations(tmp_path, file_format):
+    model = small_classifier("fc", seed=2, width=10).float()
+    sizes = {}
+    for iterations in (3, 60):
+        unrolled = export.unroll(model, iterations=iterations)
+        path = export.save(unrolled, tmp_path / f"{iterations}.{file_format}", file_format, (1, SIDE, SIDE), {})
+        assert not unrolled.looped  # the loop form is for the file only; vmap needs the unrolled one
+        x = images(4, dtype=torch.float32)
+        with torch.no_grad():
+            assert torch.allclose(export.load(path)(x), unrolled(x), atol=1e-5, rtol=1e-5)
+        sizes[iterations] = path.stat().st_size
+    assert abs(sizes[60] - sizes[3]) < 0.02 * sizes[3], sizes

@@ -3,8 +3,8 @@ r"""A trained monDEQ classifier as a fixed-depth network with a proven error bou
 :func:`unroll` turns a classifier into an :class:`UnrolledMonDEQ`: :math:`K` Peaceman-Rachford
 iterations from zero, written with matrix products only (no data-dependent control flow, no
 ``.item()``), so that ``torch.export``, ``torch.onnx.export``, ``torch.compile`` and ``torch.func.vmap``
-take it. :func:`save` writes it as an ONNX or a PT2 (``torch.export``) file that runs without mondeq;
-:func:`load` runs such a file again.
+take it. :func:`save` writes it as an ONNX or a PT2 (``torch.export``) file that runs without mondeq,
+its iterations as one loop of fixed trip count (ONNX ``Loop``); :func:`load` runs such a file again.
 
 **The bound** (docs/math.md, "An unrolled monDEQ's error bound"). With :math:`M = I - W`
 (:math:`M + M^\top \succeq 2mI`), :math:`b = Ux + b_0`, the iteration on the state :math:`u`
@@ -345,6 +345,8 @@ class UnrolledMonDEQ(nn.Module):
     Attributes:
         bound: the :class:`UnrollBound` it carries.
         error_bound: the logit error over the input box given to :func:`unroll` (``None`` without one).
+        looped: run the iterations as one ``torch.while_loop`` (how :func:`save` exports them) rather than
+            unrolled in Python (the default: ``torch.func.vmap`` needs it).
     """
 
     def __init__(
@@ -361,21 +363,36 @@ class UnrolledMonDEQ(nn.Module):
         self.bound = bound
         self.certificate = certificate
         self.error_bound: float | None = None
+        self.looped = False
 
     @property
     def iterations(self) -> int:
         return self.bound.iterations
 
+    def step(self, state: Tensor, scaled: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        r"""One iteration from the state :math:`u_k` and :math:`\alpha b`: :math:`(u_{k+1}, z_{k+1}, v_k)`."""
+        reflected = 2 * self.prox(state) - state
+        z = self.resolvent(reflected + scaled)
+        return 2 * z - reflected, z, reflected
+
     def iterate(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The hidden state after :attr:`iterations` iterations, ``(N, n)`` or ``(N, c, H, W)``, and the reflected
-        state :math:`v` of the last one (module docstring)."""
+        state :math:`v` of the last one (module docstring). With :attr:`looped`, the iterations are one
+        ``torch.while_loop`` (an ONNX ``Loop``: a file the size of one iteration, exported in seconds) instead of
+        :math:`K` copies; ``torch.func.vmap`` needs the copies."""
         scaled = self.bound.alpha * self.injection(x)
         state = torch.zeros_like(scaled)
+        if self.looped:
+            count = torch.zeros((), dtype=torch.int64, device=x.device)
+            _, _, z, reflected = torch.while_loop(
+                lambda i, *_: i < self.bound.iterations,
+                lambda i, state, z, reflected: (i + 1, *self.step(state, scaled)),
+                (count, state, state.clone(), state.clone()),
+            )
+            return z, reflected
         z = reflected = state
         for _ in range(self.bound.iterations):
-            reflected = 2 * self.prox(state) - state
-            z = self.resolvent(reflected + scaled)
-            state = 2 * z - reflected
+            state, z, reflected = self.step(state, scaled)
         return z, reflected
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
@@ -516,22 +533,33 @@ def save(unrolled: UnrolledMonDEQ, path: str | Path, file_format: str, input_sha
     example = torch.zeros(2, *input_shape, dtype=next(iter(unrolled.buffers())).dtype)
     batch = torch.export.Dim("batch")
     text = json.dumps(metadata)
-    if file_format == "pt2":
-        program = torch.export.export(unrolled, (example,), dynamic_shapes=({0: batch},))
-        buffer = io.BytesIO()
-        torch.export.save(program, buffer, extra_files={f"{METADATA_KEY}.json": text})
-        return write_atomic(path, buffer.getvalue())
-    onnx = _needs("onnx", "ONNX export")
-    _needs("onnxscript", "ONNX export")
-    outputs = ["logits"] if unrolled.certificate is None else ["logits", "bound"]
-    with _quiet():
-        program = torch.onnx.export(
-            unrolled, (example,), dynamo=True, input_names=["images"], output_names=outputs,
-            dynamic_shapes=({0: batch},), verbose=False,
-        )  # fmt: skip
+    with _looped(unrolled):
+        if file_format == "pt2":
+            program = torch.export.export(unrolled, (example,), dynamic_shapes=({0: batch},))
+            buffer = io.BytesIO()
+            torch.export.save(program, buffer, extra_files={f"{METADATA_KEY}.json": text})
+            return write_atomic(path, buffer.getvalue())
+        onnx = _needs("onnx", "ONNX export")
+        _needs("onnxscript", "ONNX export")
+        outputs = ["logits"] if unrolled.certificate is None else ["logits", "bound"]
+        with _quiet():
+            program = torch.onnx.export(
+                unrolled, (example,), dynamo=True, input_names=["images"], output_names=outputs,
+                dynamic_shapes=({0: batch},), verbose=False,
+            )  # fmt: skip
     proto = program.model_proto
     onnx.helper.set_model_props(proto, {METADATA_KEY: text})
     return write_atomic(path, proto.SerializeToString())
+
+
+@contextlib.contextmanager
+def _looped(unrolled: UnrolledMonDEQ) -> Iterator[None]:
+    """``unrolled`` with its iterations as one loop while it is exported (a file of one iteration, not K)."""
+    unrolled.looped = True
+    try:
+        yield
+    finally:
+        unrolled.looped = False
 
 
 @contextlib.contextmanager
