@@ -10,6 +10,7 @@ from torch import nn
 from mondeq import FullyConnected, MultiConv, OperatorFromMaps, SingleConv
 from mondeq.models import ModelConfig, MonDEQClassifier
 from mondeq.operators import MonotoneOperator
+from mondeq.train import TrainConfig
 
 #: Operators added for shapes and map kinds beyond the paper's; the heaviest parametrised tests
 #: (every activation x every solver) run them on a representative subset, to keep the suite fast.
@@ -141,18 +142,8 @@ SIDE = 8
 def small_classifier(kind: str, seed: int = 0, width: int = 12, **options) -> MonDEQClassifier:
     """A float64 classifier on 1 x SIDE x SIDE images, 4 classes, solved to 1e-12 (eval mode)."""
     torch.manual_seed(seed)
-    config = ModelConfig(
-        kind=kind,
-        in_channels=1,
-        image_size=SIDE,
-        num_classes=4,
-        width=width,
-        channels=[3],
-        pool=2,
-        tol=1e-12,
-        max_iter=5000,
-        **options,
-    )
+    sizes = {"width": width, "channels": [3], "pool": 2, **options}
+    config = ModelConfig(kind=kind, in_channels=1, image_size=SIDE, num_classes=4, tol=1e-12, max_iter=5000, **sizes)
     return MonDEQClassifier(config).double().eval()
 
 
@@ -160,3 +151,14 @@ def dense(linear, shape) -> torch.Tensor:
     """The matrix of a linear map on tensors of ``shape`` (columns: images of the basis vectors), float64."""
     n = math.prod(shape)
     return torch.stack([linear(e.reshape(1, *shape)).flatten() for e in torch.eye(n, dtype=torch.float64)], dim=1)
+
+
+#: The hidden size of each model kind in the tests' small training runs.
+RUN_SIZES = {"fc": {"width": 12}, "single-conv": {"channels": [4]}, "multi-conv": {"channels": [2, 3, 3]}}
+
+
+def run_config(out, model: str = "fc", model_options: dict | None = None, **options) -> TrainConfig:
+    """A small training run on the Fashion-MNIST-like files, written to ``out``: one epoch of batches of 16,
+    the model's :data:`RUN_SIZES`; ``options`` and ``model_options`` (over the sizes) change any of it."""
+    defaults = dict(dataset="fashion-mnist", model=model, epochs=1, batch_size=16, test_batch_size=16, out=str(out))
+    return TrainConfig(**{**defaults, **options}, model_options={**RUN_SIZES.get(model, {}), **(model_options or {})})

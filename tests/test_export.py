@@ -25,6 +25,8 @@ CASES = {
     "single-conv stride 2": {"stride": 2},
     "single-conv hardtanh": {"activation": "hardtanh", "m": 0.3},
     "single-conv interval": {"interval": True, "m": 0.4, "stride": 2},
+    "multi-conv": {"channels": [2, 3]},
+    "multi-conv all": {"channels": [3, 2], "readout": "all", "activation": "leaky_relu"},
 }
 
 
@@ -104,21 +106,52 @@ def test_the_contraction_constants_are_the_dense_matrices_norms(name):
         assert norm((eye - step * operator) @ other) >= bound.rate * (1 - 1e-6)
 
 
-@pytest.mark.parametrize("side,stride,pool", [(8, 1, 2), (8, 2, 2), (9, 1, 3), (10, 2, 5)])
-def test_the_real_fourier_resolvent_is_the_operator_s_resolvent(side, stride, pool):
+@pytest.mark.parametrize(
+    "kind,channels,side,stride,pool",
+    [
+        ("single-conv", [3], 8, 1, 2),
+        ("single-conv", [3], 8, 2, 2),
+        ("single-conv", [3], 9, 1, 3),
+        ("single-conv", [3], 10, 2, 5),
+        ("multi-conv", [2, 3], 8, 1, 1),
+        ("multi-conv", [2, 3], 12, 2, 1),  # an odd last tier (3 x 3)
+        ("multi-conv", [2, 2, 3], 12, 1, 1),
+        ("multi-conv", [2, 3, 2], 20, 1, 1),  # 20, 10, 5
+    ],
+)
+def test_the_real_fourier_resolvent_is_the_operator_s_resolvent(kind, channels, side, stride, pool):
     torch.manual_seed(side + stride)
-    config = ModelConfig(
-        kind="single-conv", in_channels=2, image_size=side, num_classes=3, channels=[3], pool=pool, stride=stride
-    )
+    config = ModelConfig(kind=kind, in_channels=2, image_size=side, num_classes=3, channels=channels, pool=pool, stride=stride)
     model = MonDEQClassifier(config).double().eval()
     unrolled = export.unroll(model, iterations=2)
     op = model.layer.linear
     resolvent = op.resolvent(unrolled.bound.alpha)
     y = torch.randn(4, op.features, dtype=F64)
     expected = resolvent.solve(y)
-    assert torch.allclose(unrolled.resolvent(op.unflatten(y)).flatten(1), expected, atol=1e-12, rtol=0)
+    assert torch.allclose(unrolled.resolvent(y), expected, atol=1e-12, rtol=0)
     injected = torch.randn(4, 2, side, side, dtype=F64)
-    assert torch.allclose(unrolled.injection(injected).flatten(1), op.inject(injected), atol=1e-12, rtol=0)
+    assert torch.allclose(unrolled.injection(injected), op.inject(injected), atol=1e-12, rtol=0)
+    z = torch.randn(4, op.features, dtype=F64)
+    assert torch.allclose(unrolled.readout(z), model.readout(model.pool(op.unflatten(z))), atol=1e-12, rtol=0)
+
+
+def test_the_blocks_of_a_multi_tier_convolution_have_its_singular_values():
+    torch.manual_seed(3)
+    config = ModelConfig(kind="multi-conv", in_channels=1, image_size=12, num_classes=3, channels=[2, 2, 3], m=0.2)
+    op = MonDEQClassifier(config).double().layer.linear
+    with torch.no_grad():
+        for p in op.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        values = torch.linalg.svdvals(op.to_dense())
+        blocks = export.operator_blocks(op)
+    # the blocks of the real FFT's columns q2 <= w/2: those strictly inside stand for their conjugates too
+    width = op.sizes[-1][1]
+    q2 = torch.arange(blocks.shape[0]) % (width // 2 + 1)
+    twice = (q2 > 0) & (2 * q2 != width)
+    per_block = torch.linalg.svdvals(blocks)
+    spectrum = torch.cat([per_block.flatten(), per_block[twice].flatten()]).sort().values
+    assert spectrum.shape == values.shape
+    assert torch.allclose(spectrum, values.sort().values, atol=1e-12)
 
 
 def test_the_start_bound_holds_at_the_fixed_point():
@@ -208,8 +241,6 @@ def test_bad_input_is_answered_in_one_line(tmp_path):
         export.unroll(model, iterations=3, error=0.1, input_range=box)
     with pytest.raises(ConfigError, match="input range"):
         export.unroll(model, error=0.1)
-    with pytest.raises(ConfigError, match="fc and single-conv"):
-        export.unroll(small_classifier("multi-conv", width=10), iterations=3)
     with pytest.raises(ConfigError, match=r"sigma\(0\) = 0"):
         export.unroll(small_classifier("fc", activation="sigmoid"), iterations=3)
     with pytest.raises(ConfigError, match="preset monDEQ classifier"):

@@ -49,12 +49,13 @@ from torch import Tensor, nn
 from .activations import ProximalActivation
 from .errors import CheckpointError, ConfigError, first_line
 from .files import check_output_file, write_atomic
+from .models.kinds import pool_tiers
+from .operators.convolutional import symbol
 from .operators.fully_connected import DenseOperator
 from .robust.certificates import FLOAT64_SLACK, readout_norm
 from .validation import POSITIVE, POSITIVE_INT
 
 __all__ = [
-    "EXPORTED_KINDS",
     "FORMATS",
     "MAX_ITERATIONS",
     "Exported",
@@ -70,8 +71,6 @@ __all__ = [
 
 #: File formats of :func:`save`: ONNX (onnxruntime and other runtimes) and PT2 (``torch.export.load``).
 FORMATS = ("onnx", "pt2")
-#: The model kinds :func:`unroll` takes: a resolvent that is one matrix, or one per frequency.
-EXPORTED_KINDS = ("fc", "single-conv")
 #: The most iterations :func:`unroll` builds; a bound that needs more is refused.
 MAX_ITERATIONS = 1000
 #: Metadata key of an exported file (ONNX ``metadata_props``, PT2 extra file ``mondeq.json``).
@@ -138,25 +137,85 @@ class RuntimeCertificate:
 
 
 # -- the operator's blocks and the contraction --------------------------------------------------
-def _hidden_shape(operator: nn.Module) -> tuple[int, ...]:
-    return tuple(operator.unflatten(torch.zeros(1, operator.features, dtype=torch.float64)).shape[1:])
+def tier_shapes(operator: nn.Module) -> list[tuple[int, ...]]:
+    """The ``(c, H, W)`` of each tier of a convolutional operator's hidden state (one for a single convolution)."""
+    z = operator.unflatten(torch.zeros(1, operator.features, dtype=torch.float64))
+    return [tuple(t.shape[1:]) for t in (z if isinstance(z, tuple) else (z,))]
+
+
+def alias_frequencies(sizes: list[tuple[int, int]]) -> list[Tensor]:
+    r"""For tiers of sizes :math:`(H_i, W_i) = 2^{L-i} (h, w)`, the frequencies :math:`k = q + (h, w) p` of tier
+    :math:`i` that alias to each frequency :math:`q` of the last tier, ``(Q, 4^{L-i}, 2)``: :math:`q` row-major
+    over :math:`0 \le q_1 < h`, :math:`0 \le q_2 \le w/2` (the others are conjugates), :math:`p` row-major."""
+    h, w = sizes[-1]
+    q1, q2 = torch.meshgrid(torch.arange(h), torch.arange(w // 2 + 1), indexing="ij")
+    out = []
+    for height, _ in sizes:
+        factor = height // h
+        p1, p2 = torch.meshgrid(torch.arange(factor), torch.arange(factor), indexing="ij")
+        k1 = q1.reshape(-1, 1) + h * p1.reshape(1, -1)
+        k2 = q2.reshape(-1, 1) + w * p2.reshape(1, -1)
+        out.append(torch.stack([k1, k2], dim=-1))
+    return out
+
+
+def _block_diagonal(blocks: Tensor) -> Tensor:
+    """``(Q, s, a, b)`` to ``(Q, s a, s b)`` block-diagonal matrices."""
+    count, slots, rows, cols = blocks.shape
+    out = blocks.new_zeros(count, slots, rows, slots, cols)
+    index = torch.arange(slots)
+    out[:, index, :, index, :] = blocks.permute(1, 0, 2, 3)
+    return out.reshape(count, slots * rows, slots * cols)
+
+
+def _tiered_blocks(operator: nn.Module, weights: Any) -> Tensor:
+    r""":math:`W` of a multi-tier convolution in the unitary Fourier basis of every tier: block-diagonal over the last
+    tier's frequencies :math:`q` (within a tier a convolution keeps the frequency; the stride-2 convolution between
+    tiers sums the four that alias), each block over the frequencies of :func:`alias_frequencies` (tiers, then
+    :math:`p`, then channels). :math:`W = (1 - m) I - A^H A + S`: :math:`A` has the within-tier symbols on its
+    diagonal and :math:`\tfrac12 \hat D_i(k)` from frequency :math:`k` of tier :math:`i` to :math:`k \bmod (H_{i+1},
+    W_{i+1})` of tier :math:`i + 1`."""
+    shapes = tier_shapes(operator)
+    sizes = [shape[1:] for shape in shapes]
+    frequencies = alias_frequencies(sizes)
+    counts = [f.shape[1] * shape[0] for f, shape in zip(frequencies, shapes)]
+    offsets = [sum(counts[:i]) for i in range(len(counts))]
+    n, q = sum(counts), frequencies[0].shape[0]
+    a = torch.zeros(q, n, n, dtype=torch.complex128)
+    skew = torch.zeros_like(a)
+    for i, (tier, size, k) in enumerate(zip(weights.tiers, sizes, frequencies)):
+        span = slice(offsets[i], offsets[i] + counts[i])
+        a[:, span, span] = _block_diagonal(symbol(tier.A, size)[k[..., 0], k[..., 1]])
+        skew[:, span, span] = _block_diagonal(symbol(tier.S, size)[k[..., 0], k[..., 1]])
+        if tier.down is None:
+            continue
+        down = 0.5 * symbol(tier.down, size)[k[..., 0], k[..., 1]]  # (Q, slots, c_next, c)
+        c, c_next = shapes[i][0], shapes[i + 1][0]
+        factor = size[0] // sizes[-1][0]
+        half = factor // 2
+        for slot in range(factor * factor):  # p = (p1, p2) aliases to p mod half on the next tier
+            p1, p2 = divmod(slot, factor)
+            rows = offsets[i + 1] + ((p1 % half) * half + p2 % half) * c_next
+            cols = offsets[i] + slot * c
+            a[:, rows : rows + c_next, cols : cols + c] = down[:, slot]
+    eye = torch.eye(n, dtype=a.dtype)
+    return (1 - operator.m) * eye - a.mH @ a + skew
 
 
 def operator_blocks(operator: nn.Module) -> Tensor:
-    r""":math:`W` as a batch of blocks with its singular values: ``(1, n, n)`` for a dense operator, the
-    per-frequency symbol ``(H, W/2+1, c, c)`` of a single circular convolution (the other frequencies are
-    their conjugates)."""
+    r""":math:`W` as a batch of blocks with its singular values: ``(1, n, n)`` for a dense operator; for a
+    convolution the blocks of :func:`_tiered_blocks` ``(Q, n_q, n_q)`` (a single convolution: its per-frequency
+    symbol over the frequencies of the real FFT, the others being their conjugates)."""
     with torch.no_grad():
         weights = operator.weights()
-    if isinstance(operator, DenseOperator):
-        return weights[None]
-    fourier = getattr(weights, "fourier", None)
-    if fourier is None or len(_hidden_shape(operator)) != 3:
-        raise ConfigError(
-            f"export supports the fc and single-conv models (2-D images); the {type(operator).__name__} operator's "
-            "resolvent is not a per-frequency matrix"
-        )
-    return fourier
+        if isinstance(operator, DenseOperator):
+            return weights[None]
+        shapes = tier_shapes(operator)
+        if any(len(shape) != 3 for shape in shapes):
+            raise ConfigError(f"export supports convolutions of 2-D images, not the {type(operator).__name__}'s {shapes[0][1:]}")
+        if weights.fourier is not None:
+            return weights.fourier.reshape(-1, *weights.fourier.shape[-2:])
+        return _tiered_blocks(operator, weights)
 
 
 def largest_norm(matrices: Tensor) -> float:
@@ -236,16 +295,18 @@ class _DenseInjection(nn.Module):
 
 
 class _ConvInjection(nn.Module):
-    """:math:`Ux + b_0` of a convolutional operator: a strided circular convolution."""
+    """:math:`Ux + b_0` of a convolutional operator: a strided circular convolution into the first tier, flattened,
+    and zeros for the other tiers (``rest`` entries)."""
 
-    def __init__(self, weight: Tensor, bias: Tensor, stride: int) -> None:
+    def __init__(self, weight: Tensor, bias: Tensor, stride: int, rest: int) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
-        self.stride = stride
+        self.stride, self.rest = stride, rest
 
     def forward(self, x: Tensor) -> Tensor:
-        return _circular_conv(x, self.weight, self.bias, self.stride)
+        first = _circular_conv(x, self.weight, self.bias, self.stride).flatten(1)
+        return F.pad(first, (0, self.rest)) if self.rest else first
 
 
 class _DenseResolvent(nn.Module):
@@ -259,21 +320,14 @@ class _DenseResolvent(nn.Module):
         return y @ self.inverse_t
 
 
-class _FourierResolvent(nn.Module):
-    r""":math:`(I + \alpha M)^{-1}` of a circular convolution on ``(N, c, H, W)`` images in real arithmetic.
+class _RealDFT(nn.Module):
+    r"""The unitary 2-D DFT of real ``(N, c, H, W)`` images onto the :math:`Q = W/2 + 1` columns of the real FFT, as
+    products with cosine and sine matrices (along the width, then the height), and its inverse (the conjugate half of
+    the spectrum weighted in: :math:`a_q = 2` but for the constant and Nyquist columns). Real arithmetic only."""
 
-    The unitary real 2-D DFT as products with cosine and sine matrices (along the width onto the
-    :math:`Q = W/2 + 1` frequencies of the real FFT, then along the height), one real
-    :math:`2c \times 2c` matrix :math:`\begin{pmatrix} \Re R & -\Im R \\ \Im R & \Re R \end{pmatrix}` per
-    frequency, and the inverse DFT (the conjugate half of the spectrum weighted in: :math:`a_q = 2` but for
-    the constant and Nyquist columns). No complex numbers: ONNX runtimes and ``torch.export`` take it as is.
-    """
-
-    def __init__(self, inverse: Tensor, size: tuple[int, int], dtype: torch.dtype) -> None:
+    def __init__(self, height: int, width: int, dtype: torch.dtype) -> None:
         super().__init__()
-        height, width = size
-        self.c, self.height, self.width = inverse.shape[-1], height, width
-        self.q = width // 2 + 1
+        self.height, self.width, self.q = height, width, width // 2 + 1
         scale = 1 / math.sqrt(height * width)
         w, q, h = (torch.arange(n, dtype=torch.float64) for n in (width, self.q, height))
         across = 2 * math.pi * torch.outer(w, q) / width  # (W, Q)
@@ -282,26 +336,96 @@ class _FourierResolvent(nn.Module):
         weight[0] = 1.0
         if width % 2 == 0:
             weight[-1] = 1.0
-        real, imag = inverse.real, inverse.imag
-        blocks = torch.cat([torch.cat([real, -imag], dim=-1), torch.cat([imag, real], dim=-1)], dim=-2)
         self.register_buffer("to_rows", (torch.cat([across.cos(), -across.sin()], dim=1) * scale).to(dtype))
         self.register_buffer("columns", torch.cat([down.cos(), down.sin()], dim=0).to(dtype))
-        self.register_buffer("blocks", blocks.reshape(height * self.q, 2 * self.c, 2 * self.c).to(dtype))
         self.register_buffer(
             "from_rows", (torch.cat([(weight * across.cos()).T, -(weight * across.sin()).T], dim=0) * scale).to(dtype)
         )
 
-    def forward(self, y: Tensor) -> Tensor:
-        h, q, c = self.height, self.q, self.c
-        rows = self.columns @ (y @ self.to_rows)  # (N, c, 2H, 2Q): [cos; sin] x [Re | Im] of the width DFT
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """The real and imaginary parts of the spectrum, each ``(N, c, H, Q)``."""
+        h, q = self.height, self.q
+        rows = self.columns @ (image @ self.to_rows)  # (N, c, 2H, 2Q): [cos; sin] x [Re | Im] of the width DFT
         cos_part, sin_part = rows[:, :, :h], rows[:, :, h:]
-        spectrum = torch.cat([cos_part[..., :q] + sin_part[..., q:], cos_part[..., q:] - sin_part[..., :q]], dim=1)
-        mapped = self.blocks @ spectrum.flatten(2).permute(2, 1, 0)  # (HQ, 2c, N)
-        mapped = mapped.permute(2, 1, 0).unflatten(2, (h, q))  # (N, 2c, H, Q)
-        rows = self.columns @ torch.cat([mapped[:, :c], mapped[:, c:]], dim=-1)
+        return cos_part[..., :q] + sin_part[..., q:], cos_part[..., q:] - sin_part[..., :q]
+
+    def inverse(self, real: Tensor, imag: Tensor) -> Tensor:
+        """The real image ``(N, c, H, W)`` of a spectrum of a real image given on the columns of the real FFT."""
+        h, q = self.height, self.q
+        rows = self.columns @ torch.cat([real, imag], dim=-1)
         cos_part, sin_part = rows[:, :, :h], rows[:, :, h:]
         back = torch.cat([cos_part[..., :q] - sin_part[..., q:], cos_part[..., q:] + sin_part[..., :q]], dim=-1)
         return back @ self.from_rows
+
+
+def _spectrum_index(height: int, width: int, k: Tensor) -> tuple[Tensor, Tensor]:
+    """Where frequencies ``k`` ``(..., 2)`` of a real ``height x width`` image lie in its real-FFT spectrum
+    (flattened ``H x Q``), and the sign of their imaginary part (-1: the conjugate of the frequency stored)."""
+    q = width // 2 + 1
+    stored = k[..., 1] < q
+    rows = torch.where(stored, k[..., 0], (-k[..., 0]) % height)
+    cols = torch.where(stored, k[..., 1], (-k[..., 1]) % width)
+    return rows * q + cols, torch.where(stored, 1.0, -1.0).to(torch.float64)
+
+
+class _FourierResolvent(nn.Module):
+    r""":math:`(I + \alpha M)^{-1}` of a (multi-tier) circular convolution on flat hidden states ``(N, n)``, in real
+    arithmetic: each tier's real DFT (:class:`_RealDFT`), its frequencies gathered into the vectors of the last
+    tier's frequencies :math:`q` (:func:`alias_frequencies`; those outside the real FFT's columns as conjugates), one
+    real matrix :math:`\begin{pmatrix} \Re R_q & -\Im R_q \\ \Im R_q & \Re R_q \end{pmatrix}` per :math:`q`, and
+    back. No complex numbers: ONNX runtimes and ``torch.export`` take it as is."""
+
+    def __init__(self, inverse: Tensor, shapes: list[tuple[int, ...]], dtype: torch.dtype) -> None:
+        super().__init__()
+        sizes = [shape[1:] for shape in shapes]
+        self.shapes = shapes
+        self.transforms = nn.ModuleList([_RealDFT(*size, dtype) for size in sizes])
+        real, imag = inverse.real, inverse.imag
+        blocks = torch.cat([torch.cat([real, -imag], dim=-1), torch.cat([imag, real], dim=-1)], dim=-2)
+        self.register_buffer("blocks", blocks.to(dtype))
+        self.n = inverse.shape[-1]
+        h, w = sizes[-1]
+        #: Entries of each tier in a block: its aliasing frequencies times its channels.
+        self.counts = [(height // h) ** 2 * shape[0] for (height, _), shape in zip(sizes, shapes)]
+        for i, ((height, width), k) in enumerate(zip(sizes, alias_frequencies(sizes))):
+            gather, sign = _spectrum_index(height, width, k)
+            self.register_buffer(f"gather{i}", gather.flatten())
+            self.register_buffer(f"gather_sign{i}", sign[..., None, None].to(dtype))  # (Q, slots, 1, 1)
+            # each stored frequency of the tier from the block of its q, or its conjugate's
+            rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width // 2 + 1), indexing="ij")
+            conjugate = cols % w > w // 2
+            rows = torch.where(conjugate, (-rows) % height, rows)
+            cols = torch.where(conjugate, (-cols) % width, cols)
+            factor = height // h
+            block = (rows % h) * (w // 2 + 1) + cols % w
+            slot = (rows // h) * factor + cols // w
+            self.register_buffer(f"scatter{i}", (block * factor**2 + slot).flatten())
+            self.register_buffer(f"scatter_sign{i}", torch.where(conjugate, -1.0, 1.0).flatten()[:, None, None].to(dtype))
+
+    def forward(self, y: Tensor) -> Tensor:
+        sections = [math.prod(shape) for shape in self.shapes]
+        real_parts, imag_parts = [], []
+        for i, (tier, shape, transform) in enumerate(zip(y.split(sections, dim=1), self.shapes, self.transforms)):
+            gather, sign = getattr(self, f"gather{i}"), getattr(self, f"gather_sign{i}")
+            real, imag = (
+                spectrum.flatten(2)[..., gather].unflatten(2, sign.shape[:2]).permute(2, 3, 1, 0)  # (Q, slots, c, N)
+                for spectrum in transform(tier.reshape(-1, *shape))
+            )
+            real_parts.append(real.flatten(1, 2))
+            imag_parts.append((imag * sign).flatten(1, 2))
+        mapped = self.blocks @ torch.cat(real_parts + imag_parts, dim=1)  # (Q, 2n, N)
+        out, offset = [], 0
+        for i, ((c, height, _), transform) in enumerate(zip(self.shapes, self.transforms)):
+            count = self.counts[i]
+            scatter, sign = getattr(self, f"scatter{i}"), getattr(self, f"scatter_sign{i}")
+            real, imag = (
+                mapped[:, start : start + count].reshape(-1, c, mapped.shape[-1])[scatter]  # (H Q_i, c, N)
+                for start in (offset, self.n + offset)
+            )
+            real, imag = (part.permute(2, 1, 0).unflatten(2, (height, transform.q)) for part in (real, imag * sign))
+            out.append(transform.inverse(real, imag).flatten(1))
+            offset += count
+        return torch.cat(out, dim=1)
 
 
 class _Prox(nn.Module):
@@ -317,17 +441,22 @@ class _Prox(nn.Module):
 
 
 class _Readout(nn.Module):
-    """Average pooling (``pool`` > 1) of the hidden image, flattening, and the linear readout."""
+    """The classifier's pooling of the flat hidden state and its linear readout: none (fc), a ``pool x pool`` average
+    of the hidden image (single-conv), or :func:`~mondeq.models.kinds.pool_tiers` of the tiers (multi-conv)."""
 
-    def __init__(self, weight: Tensor, bias: Tensor, pool: int) -> None:
+    def __init__(self, weight: Tensor, bias: Tensor, shapes: list[tuple[int, ...]] | None, pool: int, readout: str) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
-        self.pool = pool
+        self.shapes, self.pool, self.readout = shapes, pool, readout
 
     def forward(self, z: Tensor) -> Tensor:
-        if self.pool > 1:
-            z = F.avg_pool2d(z, self.pool)
+        if self.shapes is not None:
+            tiers = [t.reshape(-1, *shape) for t, shape in zip(z.split([math.prod(s) for s in self.shapes], 1), self.shapes)]
+            if len(tiers) > 1:
+                z = pool_tiers(tuple(tiers), self.readout)
+            else:
+                z = F.avg_pool2d(tiers[0], self.pool) if self.pool > 1 else tiers[0]
         return F.linear(z.flatten(1), self.weight, self.bias)
 
 
@@ -376,8 +505,8 @@ class UnrolledMonDEQ(nn.Module):
         return 2 * z - reflected, z, reflected
 
     def iterate(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The hidden state after :attr:`iterations` iterations, ``(N, n)`` or ``(N, c, H, W)``, and the reflected
-        state :math:`v` of the last one (module docstring). With :attr:`looped`, the iterations are one
+        """The hidden state after :attr:`iterations` iterations, flat ``(N, n)`` (the operator's ``flatten``
+        order), and the reflected state :math:`v` of the last one (module docstring). With :attr:`looped`, the iterations are one
         ``torch.while_loop`` (an ONNX ``Loop``: a file the size of one iteration, exported in seconds) instead of
         :math:`K` copies; ``torch.func.vmap`` needs the copies."""
         scaled = self.bound.alpha * self.injection(x)
@@ -430,12 +559,7 @@ def _check_request(model: nn.Module, iterations: int | None, error: float | None
             raise ConfigError("a logit error needs the input range it holds over (input_range=(low, high))")
     config = getattr(model, "config", None)
     if getattr(model, "layer", None) is None or getattr(config, "kind", None) is None:
-        raise ConfigError(f"export takes a preset monDEQ classifier (fc, single-conv), got {type(model).__name__}")
-    if config.kind not in EXPORTED_KINDS:
-        raise ConfigError(
-            f"export supports the {' and '.join(EXPORTED_KINDS)} models, not {config.kind}: its resolvent is not one matrix "
-            "per frequency"
-        )
+        raise ConfigError(f"export takes a preset monDEQ classifier (fc, single-conv, multi-conv), got {type(model).__name__}")
 
 
 def _parts(model: nn.Module, operator: nn.Module, inverse: Tensor) -> tuple[nn.Module, nn.Module, nn.Module]:
@@ -444,11 +568,13 @@ def _parts(model: nn.Module, operator: nn.Module, inverse: Tensor) -> tuple[nn.M
     dtype = next(model.parameters()).dtype
     with torch.no_grad():
         weight, bias = (t.detach().to(dtype).clone() for t in (operator.U.weight, operator.U.bias))
-        readout_weights = model.readout.weight.detach().clone(), model.readout.bias.detach().clone()
+        readout = (model.readout.weight.detach().clone(), model.readout.bias.detach().clone())
         if isinstance(operator, DenseOperator):
-            return _DenseInjection(weight, bias), _DenseResolvent(inverse[0].to(dtype)), _Readout(*readout_weights, 1)
-        resolvent = _FourierResolvent(inverse, _hidden_shape(operator)[1:], dtype)
-        return _ConvInjection(weight, bias, operator.stride), resolvent, _Readout(*readout_weights, model.config.pool)
+            return _DenseInjection(weight, bias), _DenseResolvent(inverse[0].to(dtype)), _Readout(*readout, None, 1, "")
+        shapes = tier_shapes(operator)
+        injection = _ConvInjection(weight, bias, operator.stride, operator.features - math.prod(shapes[0]))
+        resolvent = _FourierResolvent(inverse, shapes, dtype)
+        return injection, resolvent, _Readout(*readout, shapes, model.config.pool, model.config.readout)
 
 
 def unroll(
@@ -460,7 +586,7 @@ def unroll(
     max_iterations: int = MAX_ITERATIONS,
     certify: bool = False,
 ) -> UnrolledMonDEQ:
-    r"""``model`` (a preset fc or single-conv :class:`~mondeq.models.MonDEQClassifier`) as an :class:`UnrolledMonDEQ`.
+    r"""``model`` (a preset fc, single-conv or multi-conv :class:`~mondeq.models.MonDEQClassifier`) as an :class:`UnrolledMonDEQ`.
 
     Args:
         iterations: :math:`K`, given.

@@ -75,6 +75,8 @@ KINDS: dict[str, ClassifierKind] = {
         ),
         pool=lambda c, z: pool_tiers(z, c.readout),
         sizes={"mnist": (16, 32, 32), "fashion-mnist": (16, 32, 32), "cifar10": (16, 32, 60), "svhn": (16, 32, 60)},
+        # the last tier passes unpooled, the others through averages of norm 1/2^(L-i): the stack has norm 1
+        pool_norm=lambda c: 1.0,
     ),
 }
 MODEL_KINDS = tuple(KINDS)
