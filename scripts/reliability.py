@@ -22,6 +22,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -443,6 +444,12 @@ def fault_injection(root: Path, signals: int, seed: int) -> dict[str, object]:
     return {"counts": counts, "by_kind": by_kind, "exit_codes": exit_codes, "reference_seconds": duration}
 
 
+def _shown_answer(answer: object) -> str:
+    """An answer as the table shows it: the temporary folder as ``{tmp}``, at most 240 characters."""
+    text = re.sub(r"/tmp/mondeq-reliability-[^/\s]+/inputs", "{tmp}", str(answer)).replace("|", "/")
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
 def write_report(out: Path, faults: dict, rows: list[dict], commit: str) -> None:
     c = faults["counts"]
     kinds = ", ".join(f"{k} {n}" for k, n in faults["by_kind"].items())
@@ -450,8 +457,7 @@ def write_report(out: Path, faults: dict, rows: list[dict], commit: str) -> None
         f"{kind}: " + ", ".join(f"{code} ×{n}" for code, n in sorted(seen.items())) for kind, seen in faults["exit_codes"].items()
     )
     table = "\n".join(
-        f"| {r['what']} | `{r['command']}` | {r['code']} | {str(r['answer']).replace('|', '/')} | "
-        f"{'yes' if r['ok'] else '**no**'} |"
+        f"| {r['what']} | `{r['command']}` | {r['code']} | {_shown_answer(r['answer'])} | {'yes' if r['ok'] else '**no**'} |"
         for r in rows
     )
     header = "| signals | states inspected | resumable | fresh (nothing saved yet) | unresumable | finished runs | identical |"

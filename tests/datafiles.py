@@ -7,12 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
-from mondeq.data import write_synthetic_mnist
+from mondeq.data import ImageDataset, load_dataset, write_synthetic_mnist
 
 
 def write_mnist_like(folder: Path, train: int = 64, test: int = 32, seed: int = 0) -> Path:
     """IDX .gz files as distributed for MNIST / Fashion-MNIST; images correlate with labels."""
     return write_synthetic_mnist(folder, train, test, seed)
+
+
+def fashion_like(folder: Path, train: int, test: int) -> tuple[ImageDataset, ImageDataset, Path]:
+    """The train and test sets of Fashion-MNIST-like files of ``train`` and ``test`` images written to
+    ``folder``, and the folder."""
+    folder = write_mnist_like(folder, train=train, test=test)
+    return load_dataset("fashion-mnist", "train", folder), load_dataset("fashion-mnist", "test", folder), folder
 
 
 def write_cifar_like(folder: Path, per_batch: int = 20, seed: int = 0) -> Path:

@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
-from datafiles import write_mnist_like
+from datafiles import fashion_like
+from helpers import run_config
 from mondeq.checkpoint import load_checkpoint
 from mondeq.cli import main
-from mondeq.data import Augmentation, Batches, erase_batch, load_dataset, translate_batch
+from mondeq.data import Augmentation, Batches, erase_batch, translate_batch
 from mondeq.errors import ConfigError
 from mondeq.models import build_model, load_model, preset_config
 from mondeq.models.spectral import linear_norm
@@ -22,14 +23,12 @@ from mondeq.train.step import training_tolerance
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = write_mnist_like(tmp_path_factory.mktemp("fashion"), train=96, test=40)
-    return load_dataset("fashion-mnist", "train", folder), load_dataset("fashion-mnist", "test", folder), folder
+    return fashion_like(tmp_path_factory.mktemp("fashion"), train=96, test=40)
 
 
 def make_config(out, **kw):
-    options = dict(dataset="fashion-mnist", model="fc", epochs=2, batch_size=16, test_batch_size=20, lr=3e-3, out=str(out))
-    options.update(kw)
-    return TrainConfig(**options, model_options={"width": 12, "tol": 1e-4, "max_iter": 100})
+    options = {"epochs": 2, "test_batch_size": 20, "lr": 3e-3, **kw}
+    return run_config(out, model_options={"tol": 1e-4, "max_iter": 100}, **options)
 
 
 # -- weight averaging ------------------------------------------------------------------------

@@ -10,36 +10,25 @@ import threading
 import pytest
 import torch
 
-from datafiles import write_mnist_like
+from datafiles import fashion_like
+from helpers import run_config
 from mondeq.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
-from mondeq.data import load_dataset
 from mondeq.errors import CheckpointError, OutputError, TrainingInterrupted
 from mondeq.files import output_dir, write_atomic
-from mondeq.train import TrainConfig, Trainer
+from mondeq.train import Trainer
 
 TIMING = {"forward_seconds", "backward_seconds", "epoch_seconds", "elapsed_seconds"}
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = write_mnist_like(tmp_path_factory.mktemp("fashion"), train=80, test=24)
-    return load_dataset("fashion-mnist", "train", folder), load_dataset("fashion-mnist", "test", folder)
+    return fashion_like(tmp_path_factory.mktemp("fashion"), train=80, test=24)[:2]
 
 
 def config(out, model="fc", **kw):
-    options = dict(
-        dataset="fashion-mnist",
-        model=model,
-        epochs=2,
-        batch_size=16,
-        test_batch_size=8,
-        lr=3e-3,
-        out=str(out),
-        model_options={"width": 10} if model == "fc" else {"channels": [3]},
-    )
-    options.update(kw)
-    options["model_options"] = {**options["model_options"], "tol": 1e-4, "max_iter": 100}
-    return TrainConfig(**options)
+    sizes = {"width": 10} if model == "fc" else {"channels": [3]}
+    options = {**sizes, **kw.pop("model_options", {}), "tol": 1e-4, "max_iter": 100}
+    return run_config(out, model, model_options=options, **{"epochs": 2, "test_batch_size": 8, "lr": 3e-3, **kw})
 
 
 def without_timing(history):

@@ -8,15 +8,14 @@ import math
 import pytest
 import torch
 
-from datafiles import write_mnist_like
-from helpers import OPERATOR_NAMES, dense_equilibrium, make_input, make_operator
+from datafiles import fashion_like
+from helpers import OPERATOR_NAMES, dense_equilibrium, make_input, make_operator, run_config
 from mondeq import FullyConnected, MonDEQ, get_activation
 from mondeq.checkpoint import load_checkpoint
-from mondeq.data import load_dataset
 from mondeq.errors import ConfigError
 from mondeq.gradients import GRADIENTS, JacobianFree, Phantom, get_gradient
 from mondeq.reuse import FixedPointStore
-from mondeq.train import TrainConfig, Trainer
+from mondeq.train import Trainer
 
 
 def solve_twice(op, solver, tol, store_dtype=torch.float64, activation="relu"):
@@ -170,16 +169,12 @@ def test_gradient_options_are_checked():
 # -- training ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = write_mnist_like(tmp_path_factory.mktemp("fashion"), train=96, test=32)
-    return load_dataset("fashion-mnist", "train", folder), load_dataset("fashion-mnist", "test", folder)
+    return fashion_like(tmp_path_factory.mktemp("fashion"), train=96, test=32)[:2]
 
 
-def config(out, model="single-conv", **kw):
-    sizes = {"width": 12} if model == "fc" else {"channels": [4]}
-    options = dict(dataset="fashion-mnist", model=model, epochs=3, batch_size=16, test_batch_size=32, lr=5e-3, out=str(out))
-    options.update(kw)
-    options["model_options"] = {**sizes, "tol": 1e-3, **options.get("model_options", {})}
-    return TrainConfig(**options)
+def config(out, model="single-conv", model_options=None, **kw):
+    options = {"tol": 1e-3, **(model_options or {})}
+    return run_config(out, model, model_options=options, **{"epochs": 3, "test_batch_size": 32, "lr": 5e-3, **kw})
 
 
 @pytest.mark.parametrize(

@@ -15,15 +15,21 @@ import pytest
 import torch
 
 from datafiles import write_mnist_like
+from helpers import run_config
 from mondeq import MonDEQ
-from mondeq.checkpoint import RUN_SCHEMA, load_checkpoint, validate_meta
+from mondeq.checkpoint import FORMAT_SCHEMA, load_checkpoint
 from mondeq.cli import main
 from mondeq.data import load_dataset
+from mondeq.data.dataset import DATA_SCHEMA
 from mondeq.errors import CheckpointError, ConfigError, DivergenceError
 from mondeq.files import RunLock
 from mondeq.models import load_model
 from mondeq.operators import FullyConnected
 from mondeq.train import RECIPES, STALL_STEPS, TrainConfig, Trainer
+from mondeq.train.budget import TimeBudget
+from mondeq.train.metrics import MetricsLog, RunningTotals
+from mondeq.train.run_state import POSITION_SCHEMA
+from mondeq.validation import check_entries
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +42,8 @@ def data(folder):
     return load_dataset("fashion-mnist", "train", folder), load_dataset("fashion-mnist", "test", folder)
 
 
-def config(out, **kw):
-    options = dict(dataset="fashion-mnist", model="fc", epochs=1, batch_size=16, test_batch_size=16, out=str(out))
-    options.update(kw)
-    sizes = {"width": 8} if options["model"] == "fc" else {}
-    options["model_options"] = {**sizes, **options.get("model_options", {})}
-    return TrainConfig(**options)
+#: One epoch of the fc model (helpers.run_config).
+config = run_config
 
 
 def run_files(run):
@@ -274,7 +276,11 @@ def test_a_recipe_keeps_only_the_model_options_of_the_model_asked_for():
     assert recipe.options({})["model_options"]["pool"] == 2
 
 
-# -- every checkpoint entry against the schema ---------------------------------------------------
+# -- every checkpoint entry against the schema of the part that owns it ----------------------------
+#: Each entry of a run's checkpoint, checked by the part that writes it (the format checks its own).
+SCHEMAS = {**POSITION_SCHEMA, **TimeBudget.SCHEMA, **RunningTotals.SCHEMA, **MetricsLog.SCHEMA, **DATA_SCHEMA, **FORMAT_SCHEMA}
+#: The entries the format writes and reads itself.
+FORMAT_ENTRIES = {"format", "tensors", "tensors_sha256", "optimizer"}
 BAD_ENTRIES = [
     ("epoch", [-1, 10**18, "one", 1.5, True, None]),
     ("batch", [-1, 10**10, "3", 2.5]),
@@ -288,11 +294,14 @@ BAD_ENTRIES = [
     (
         "data",
         [
-            {"channels": 1, "image_size": 28, "classes": ["a", "b"], "mean": [0.5], "std": [0]},
-            {"channels": 1, "image_size": 28, "classes": [], "mean": [0.5], "std": [0.5]},
-            {"channels": 1, "image_size": 0, "classes": ["a", "b"], "mean": [0.5], "std": [0.5]},
-            {"channels": 2, "image_size": 28, "classes": ["a", "b"], "mean": [0.5] * 2, "std": [0.5] * 2},
-            {"channels": 3, "image_size": 28, "classes": ["a", "b"], "mean": [0.5], "std": [0.5]},
+            {"name": "d", "channels": 1, "image_size": 28, "classes": ["a", "b"], "mean": [0.5], "std": [0]},
+            {"name": "d", "channels": 1, "image_size": 28, "classes": [], "mean": [0.5], "std": [0.5]},
+            {"name": "d", "channels": 1, "image_size": 0, "classes": ["a", "b"], "mean": [0.5], "std": [0.5]},
+            {"name": "d", "channels": 2, "image_size": 28, "classes": ["a", "b"], "mean": [0.5] * 2, "std": [0.5] * 2},
+            {"name": "d", "channels": 3, "image_size": 28, "classes": ["a", "b"], "mean": [0.5], "std": [0.5]},
+            {"name": 3, "channels": 1, "image_size": 28, "classes": ["a", "b"], "mean": [0.5], "std": [0.5]},
+            {"name": "d", "channels": 1, "image_size": 28, "classes": ["a", "b"], "mean": [0.5], "std": [0.5], "x": 1},
+            {"channels": 1, "image_size": 28, "classes": ["a", "b"], "mean": [0.5], "std": [0.5]},
             "fashion-mnist",
         ],
     ),
@@ -303,27 +312,43 @@ BAD_ENTRIES = [
 ]
 
 
-def test_the_schema_names_every_entry():
-    assert {key for key, _ in BAD_ENTRIES} == set(RUN_SCHEMA)
+def test_the_schemas_name_every_entry():
+    assert {key for key, _ in BAD_ENTRIES} == set(SCHEMAS)
 
 
 @pytest.mark.parametrize("key, values", BAD_ENTRIES, ids=[key for key, _ in BAD_ENTRIES])
 def test_each_checkpoint_entry_is_checked(key, values):
     for value in values:
         with pytest.raises(CheckpointError, match=f"checkpoint: entry '{key}' must be"):
-            validate_meta({key: value})
+            check_entries({key: value}, SCHEMAS)
 
 
-def test_a_checkpoint_of_a_real_run_passes_the_schema_and_edits_are_refused(tmp_path, data):
+def test_a_checkpoint_of_a_real_run_passes_the_schemas_and_edits_are_refused_where_read(tmp_path, data):
     run = tmp_path / "run"
     Trainer(config(run, epochs=2, eval_every=0, time_budget=None), *data, progress=False).fit()
     meta, _, _ = load_checkpoint(run)
-    assert validate_meta(meta) is meta
+    assert set(meta) <= set(SCHEMAS) | FORMAT_ENTRIES
+    check_entries(meta, SCHEMAS)
+    budget, totals, log = TimeBudget(None, time.monotonic), RunningTotals(), MetricsLog(tmp_path, False)
+    for part in (budget, totals, log):  # each part takes back what it wrote
+        part.load_state_dict(meta)
+        assert part.state_dict().items() <= meta.items()
+
+    def resume_edited(**entries):
+        (run / "checkpoint.json").write_text(json.dumps({**meta, **entries}))
+        Trainer.resume_run(run, {"epochs": 3}, progress=False, train_set=data[0], test_set=data[1])
+
     with pytest.raises(CheckpointError, match="entry 'epoch' is 3, beyond the run's 2 epochs"):
-        validate_meta({**meta, "epoch": 3})
-    edited = {**meta, "running": {**meta["running"], "examples": -5}}
-    (run / "checkpoint.json").write_text(json.dumps(edited))
+        resume_edited(epoch=3)
     with pytest.raises(CheckpointError, match="entry 'running'"):
+        resume_edited(running={**meta["running"], "examples": -5})
+    with pytest.raises(CheckpointError, match="entry 'elapsed'"):
+        resume_edited(elapsed=-1)
+    with pytest.raises(CheckpointError, match="entry 'history'"):
+        resume_edited(history=[{"epoch": "one"}])
+    assert load_model(run)[0] is not None  # reading the model needs none of them
+    (run / "checkpoint.json").write_text(json.dumps({**meta, "data": {**meta["data"], "std": [0.0]}}))
+    with pytest.raises(CheckpointError, match="entry 'data'"):
         load_model(run)
 
 

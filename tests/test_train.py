@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from datafiles import write_mnist_like
+from datafiles import fashion_like
+from helpers import run_config
 from mondeq.checkpoint import checkpoint_paths, load_checkpoint
-from mondeq.data import load_dataset
 from mondeq.errors import CheckpointError
 from mondeq.models import ModelConfig, load_model
 from mondeq.train import TrainConfig, Trainer, learning_rate
@@ -15,23 +15,12 @@ from mondeq.train import TrainConfig, Trainer, learning_rate
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    folder = write_mnist_like(tmp_path_factory.mktemp("fashion"), train=96, test=40)
-    return load_dataset("fashion-mnist", "train", folder), load_dataset("fashion-mnist", "test", folder)
+    return fashion_like(tmp_path_factory.mktemp("fashion"), train=96, test=40)[:2]
 
 
 def make_config(out, model="single-conv", **kw):
-    options = dict(
-        dataset="fashion-mnist",
-        model=model,
-        epochs=2,
-        batch_size=16,
-        test_batch_size=20,
-        lr=3e-3,
-        out=str(out),
-    )
-    options.update(kw)
-    sizes = {"fc": {"width": 12}, "single-conv": {"channels": [4]}, "multi-conv": {"channels": [2, 3, 3]}}[model]
-    return TrainConfig(**options, model_options={**sizes, "tol": 1e-4, "max_iter": 100})
+    options = {"epochs": 2, "test_batch_size": 20, "lr": 3e-3, **kw}
+    return run_config(out, model, model_options={"tol": 1e-4, "max_iter": 100}, **options)
 
 
 REGULARISED = {"weight_decay": 0.1, "label_smoothing": 0.1}  # AdamW's two parameter groups round-trip too
@@ -360,7 +349,7 @@ def test_multi_conv_reads_out_every_tier_pooled_to_the_coarsest():
 
 
 def test_run_position_says_where_a_run_stopped():
-    from mondeq.models import run_position
+    from mondeq.train.run_state import run_position
 
     assert run_position({"epoch": 3, "batch": 0, "history": [{"epoch": 3}]}) is None
     interrupted = run_position({"epoch": 3, "batch": 40, "history": [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}]})

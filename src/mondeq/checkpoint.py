@@ -19,7 +19,6 @@ import os
 import re
 import stat
 import struct
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +30,16 @@ from safetensors.torch import save as serialize_tensors
 
 from .errors import CheckpointError
 from .files import fsync_dir, remove_stray_temporaries, write_atomic
-from .validation import COUNT, FINITE, NON_NEGATIVE, POSITIVE, POSITIVE_INT, Number
+from .validation import COUNT, Schema, check_entries
 
 __all__ = [
-    "RUN_SCHEMA",
+    "FORMAT_SCHEMA",
     "WEIGHTS",
     "checkpoint_paths",
     "weights_taken",
     "load_attachment",
     "load_checkpoint",
     "save_checkpoint",
-    "validate_meta",
 ]
 
 FORMAT_VERSION = 1
@@ -266,89 +264,23 @@ def _read_tensors_file_header(path: Path) -> int:
     return size
 
 
-# -- the schema of a run checkpoint's entries ---------------------------------------------------
-#: An image side a data set may declare.
-IMAGE_SIZE = Number(integer=True, low=1, high=4096, high_open=False)
-
-
-def _nullable(numbers: Number) -> Callable[[object], bool]:
-    return lambda value: value is None or numbers.accepts(value)
-
-
-def _row(value: object) -> bool:
-    return (
-        isinstance(value, dict)
-        and NON_NEGATIVE.accepts(value.get("epoch"))
-        and all(isinstance(k, str) and (v is None or FINITE.accepts(v)) for k, v in value.items())
-    )
-
-
-def _data(value: object) -> bool:
-    if not isinstance(value, dict):
-        return False
-    channels = value.get("channels")
-    per_channel = lambda key, numbers: (  # noqa: E731
-        isinstance(value.get(key), list) and len(value[key]) == channels and all(numbers.accepts(v) for v in value[key])
-    )
-    classes = value.get("classes")
-    return (
-        channels in (1, 3)
-        and IMAGE_SIZE.accepts(value.get("image_size"))
-        and isinstance(classes, list)
-        and len(classes) >= 2
-        and all(isinstance(c, str) for c in classes)
-        and per_channel("mean", FINITE)
-        and per_channel("std", POSITIVE)
-    )
-
-
-#: What each entry of a run checkpoint must be, when present: a test, and the words of the error.
-RUN_SCHEMA: dict[str, tuple[Callable[[object], bool], str]] = {
-    "epoch": (Number(integer=True, low=0, high=10**7, high_open=False).accepts, "an integer in 0..10**7"),
-    "batch": (Number(integer=True, low=0, high=10**9, high_open=False).accepts, "an integer in 0..10**9"),
-    "world_size": (Number(integer=True, low=1, high=10**6, high_open=False).accepts, "an integer >= 1"),
-    "alpha": (POSITIVE.accepts, "a finite number > 0"),
-    "elapsed": (NON_NEGATIVE.accepts, "a finite number >= 0"),
-    "budget_spent": (_nullable(POSITIVE), "null or a finite number > 0"),
-    "evaluation_seconds": (_nullable(NON_NEGATIVE), "null or a finite number >= 0"),
-    "running": (
-        lambda v: (
-            (isinstance(v, dict) and all(isinstance(k, str) and NON_NEGATIVE.accepts(x) for k, x in v.items()))
-            or (isinstance(v, list) and all(NON_NEGATIVE.accepts(x) for x in v))
-        ),
-        "named finite numbers >= 0",
-    ),
-    "history": (lambda v: isinstance(v, list) and all(_row(r) for r in v), "a list of rows of numbers with an epoch"),
-    "data": (_data, "a data set description: channels 1 or 3, an image size, 2+ class names, a mean and a std > 0 per channel"),
+# -- the entries of the format ------------------------------------------------------------------
+#: What the entries every reader of a checkpoint relies on must be. The others belong to what wrote them
+#: and are checked by it where they are read (the training run's position, totals, history and budget:
+#: :mod:`mondeq.train`; the data set: :class:`~mondeq.data.DatasetInfo`).
+FORMAT_SCHEMA: Schema = {
     "model": (lambda v: isinstance(v, dict), "an object"),
+    "train": (lambda v: isinstance(v, dict), "an object"),
     "attachments": (
         lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(f, str) for k, f in v.items()),
         "an object of file names",
     ),
-    "train": (lambda v: isinstance(v, dict), "an object"),
+    # which of the two weight groups load_checkpoint returns depends on it
     "average": (
         lambda v: isinstance(v, dict) and isinstance(v.get("spec"), str) and COUNT.accepts(v.get("updates")),
         "an object with the average's spec and its number of updates",
     ),
 }
-
-
-def validate_meta(meta: dict[str, Any], where: str = "checkpoint") -> dict[str, Any]:
-    """``meta``, after checking each entry of :data:`RUN_SCHEMA` it holds (a hand-edited or damaged
-    checkpoint is a :class:`CheckpointError` naming the entry, not a failure later); ``epoch`` is
-    also bounded by the run's ``train.epochs``."""
-    for key, (valid, expected) in RUN_SCHEMA.items():
-        if key in meta and not valid(meta[key]):
-            raise CheckpointError(f"{where}: entry {key!r} must be {expected}, got {_short(meta[key])}")
-    epochs = meta.get("train", {}).get("epochs")
-    if "epoch" in meta and POSITIVE_INT.accepts(epochs) and meta["epoch"] > epochs:
-        raise CheckpointError(f"{where}: entry 'epoch' is {meta['epoch']}, beyond the run's {epochs} epochs")
-    return meta
-
-
-def _short(value: object) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 #: Which weights :func:`load_checkpoint` returns: the trained ones, or their average when the checkpoint
@@ -360,7 +292,8 @@ def weights_taken(meta: dict[str, Any], weights: str) -> str:
     """The weights :func:`load_checkpoint` returns when asked for ``weights`` from the checkpoint whose
     JSON is ``meta``: ``"average"`` when asked for and it holds an average of at least one step
     (``--average``), else ``"model"``."""
-    averaged = isinstance(meta.get("average"), dict) and meta["average"].get("updates", 0) > 0
+    average = meta.get("average")
+    averaged = isinstance(average, dict) and COUNT.accepts(average.get("updates")) and average["updates"] > 0
     return "average" if weights == "average" and averaged else "model"
 
 
@@ -379,7 +312,7 @@ def load_checkpoint(
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     json_path = _json_path(path)
     meta, tensors_path, payload = _read_consistent(json_path)
-    validate_meta(meta, where=f"checkpoint {json_path}")
+    check_entries(meta, FORMAT_SCHEMA, where=f"checkpoint {json_path}")
     try:
         tensors = load_tensors(payload)
     except (SafetensorError, OSError, ValueError) as error:

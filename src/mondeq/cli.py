@@ -289,15 +289,16 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
 
 def eval_command(args: argparse.Namespace) -> int:
     from .checkpoint import weights_taken
-    from .models import load_model, model_label, run_position, test_set_of
+    from .models import load_model, model_label, test_set_of
     from .train import evaluate
+    from .train.run_state import run_position
 
     device = _set_up(args)
     model, meta = load_model(args.checkpoint, device, args.weights)
     _say_weights("eval", meta, args.weights)
     overrides = {"solver": args.solver, "tol": args.tol, "max_iter": args.max_iter}
     model.layer.configure(**{k: v for k, v in overrides.items() if v is not None})
-    position = run_position(meta)
+    position = run_position(meta, f"checkpoint {args.checkpoint}")
     if position:
         print(f"mondeq eval: note: {position}", file=sys.stderr)
     result = evaluate(model, test_set_of(meta, args.data_dir, args.limit), args.batch_size, device)
@@ -394,7 +395,7 @@ EXPORTED_SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
 EXPORT_HELP = """Write a trained model as a fixed-depth network (K Peaceman-Rachford iterations) that runs
 without mondeq: ONNX (onnxruntime; needs pip install 'mondeq[export]') or PT2 (torch.export.load).
 K is the fewest iterations that prove --error for every image, or --iterations; the proven bound is
-printed and stored in the file. fc and single-conv models."""
+printed and stored in the file. Every preset model (fc, single-conv, multi-conv)."""
 #: The logit error ``mondeq export`` proves unless told otherwise.
 DEFAULT_EXPORT_ERROR = 0.01
 

@@ -164,7 +164,8 @@ def plot_run(
     a run stopped before its first epoch ended has no curves yet; which weights were solved)."""
     from .data import Batches
     from .files import output_dir
-    from .models import equilibrium_input, load_model, model_label, run_position, test_set_of, weights_used
+    from .models import equilibrium_input, load_model, model_label, test_set_of, weights_used
+    from .train.run_state import run_position
 
     run = Path(run)
     model, meta = load_model(run, device, weights)  # before anything is written: a missing run leaves nothing behind
@@ -174,7 +175,7 @@ def plot_run(
         raise ConfigError(f"--compare: no metrics.csv in {', '.join(missing)} (not a run folder, or no epoch ended yet)")
     folder = output_dir(Path(out) if out else run / "plots")
     written, notes = [], [note for note in [weights_used(meta, weights)] if note]
-    position = run_position(meta)
+    position = run_position(meta, f"checkpoint {run}")
     if position:
         notes.append(position)
     if (run / "metrics.csv").is_file():

@@ -4,17 +4,19 @@ A :class:`Number` says which numbers an option takes (integer or real, its bound
 once, for the library's errors (:meth:`Number.check`) and the command line's (:meth:`Number.parse`).
 :func:`option` marks a dataclass field as a user option (``TrainConfig``, ``ModelConfig``): its help,
 the kind of value, argparse extras; the ``mondeq train`` flags and the validation follow from it.
+A :data:`Schema` says what each entry of a component's stored state must be (:func:`check_entries`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, fields
 from typing import Any
 
-from .errors import ConfigError, ConfigTypeError
+from .errors import CheckpointError, ConfigError, ConfigTypeError
 
 __all__ = [
     "COUNT",
@@ -28,7 +30,10 @@ __all__ = [
     "SEED",
     "TOLERANCE",
     "UNIT_INTERVAL",
+    "Schema",
+    "check_entries",
     "check_options",
+    "nullable",
     "option",
     "options_of",
 ]
@@ -191,3 +196,22 @@ def _check_option(name: str, value: object, meta: Mapping[str, Any]) -> None:
             NUMBERS[kind].check(name, v)
     else:
         NUMBERS[kind].check(name, value)
+
+
+#: What each entry of a stored state (a checkpoint's JSON) must be: a test, and the words of the error.
+Schema = dict[str, tuple[Callable[[object], bool], str]]
+
+
+def nullable(numbers: Number) -> Callable[[object], bool]:
+    """The test of an entry that is ``None`` or one of ``numbers``."""
+    return lambda value: value is None or numbers.accepts(value)
+
+
+def check_entries(state: Mapping[str, Any], schema: Schema, where: str = "checkpoint") -> None:
+    """Raise :class:`~mondeq.errors.CheckpointError` naming the first entry of ``state`` that ``schema``
+    refuses (entries it does not hold are not checked here)."""
+    for key, (valid, expected) in schema.items():
+        if key in state and not valid(state[key]):
+            text = json.dumps(state[key]) if not isinstance(state[key], str) else repr(state[key])
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise CheckpointError(f"{where}: entry {key!r} must be {expected}, got {shown}")

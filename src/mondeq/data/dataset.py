@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ..validation import POSITIVE_INT
+from ..validation import FINITE, POSITIVE, POSITIVE_INT, Number, Schema
 from .augment import NO_AUGMENTATION, Augmentation
 
-__all__ = ["Batches", "DatasetInfo", "ImageDataset", "default_data_dir"]
+__all__ = ["DATA_SCHEMA", "Batches", "DatasetInfo", "ImageDataset", "default_data_dir"]
+
+#: An image side a data set may declare.
+IMAGE_SIZE = Number(integer=True, low=1, high=4096, high_open=False)
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
+    """What a model needs to know of its data set (stored in checkpoints and exported files): its name,
+    channels, image side, class names, the per-channel normalisation, and whether training augments it."""
+
     name: str
     channels: int
     image_size: int
@@ -26,11 +32,40 @@ class DatasetInfo:
     std: tuple[float, ...]
     augment: bool = False  # whether training uses crop + flip augmentation by default
 
+    #: How :meth:`from_dict` words what it accepts.
+    DESCRIBED = "a data set description: a name, channels 1 or 3, an image size, 2+ class names, a mean and a std > 0 per channel"
+
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
+    def accepts(cls, data: object) -> bool:
+        """Whether ``data`` is what :meth:`to_dict` writes (a hand-edited or damaged one is not)."""
+        if not isinstance(data, dict) or not {"name", "channels", "image_size", "classes", "mean", "std"} <= set(data):
+            return False
+        if set(data) - {f.name for f in fields(cls)} or not isinstance(data.get("augment", False), bool):
+            return False
+        channels, classes = data["channels"], data["classes"]
+
+        def per_channel(key: str, numbers: Number) -> bool:
+            return isinstance(data[key], list) and len(data[key]) == channels and all(numbers.accepts(v) for v in data[key])
+
+        return (
+            isinstance(data["name"], str)
+            and channels in (1, 3)
+            and IMAGE_SIZE.accepts(data["image_size"])
+            and isinstance(classes, list)
+            and len(classes) >= 2
+            and all(isinstance(c, str) for c in classes)
+            and per_channel("mean", FINITE)
+            and per_channel("std", POSITIVE)
+        )
+
+    @classmethod
     def from_dict(cls, data: dict) -> DatasetInfo:
+        """The description :meth:`to_dict` wrote; ``ValueError`` (:attr:`DESCRIBED`) for anything else."""
+        if not cls.accepts(data):
+            raise ValueError(f"expected {cls.DESCRIBED}, got {str(data)[:80]}")
         return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
 
     def normalize(self, images: Tensor) -> Tensor:
@@ -38,6 +73,10 @@ class DatasetInfo:
         mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
         return (images.float() / 255.0 - mean) / std
+
+
+#: The checkpoint entry of a run's data set description.
+DATA_SCHEMA: Schema = {"data": (DatasetInfo.accepts, DatasetInfo.DESCRIBED)}
 
 
 def default_data_dir() -> Path:

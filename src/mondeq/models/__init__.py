@@ -23,7 +23,7 @@ from .classifier import MonDEQClassifier
 from .config import READOUTS, ModelConfig, model_config_from_dict, model_options, option_applies, preset_config
 from .entry_point import EntryPointConfig, EntryPointModel, is_entry_point, load_entry_point
 from .kinds import KINDS, MODEL_KINDS, ClassifierKind, pool_tiers
-from .loading import build_model, equilibrium_input, load_model, model_label, run_position, test_set_of, weights_used
+from .loading import build_model, equilibrium_input, load_model, model_label, test_set_of, weights_used
 from .spectral import ConvNormBound, NormBound, SpectralBound, linear_norm, strided_conv_norm
 
 __all__ = [
@@ -51,7 +51,6 @@ __all__ = [
     "option_applies",
     "pool_tiers",
     "preset_config",
-    "run_position",
     "test_set_of",
     "weights_used",
 ]

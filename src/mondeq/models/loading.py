@@ -9,13 +9,15 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import load_checkpoint, require, weights_taken
+from ..data.dataset import DATA_SCHEMA
 from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, first_line
+from ..validation import POSITIVE, check_entries
 from .classifier import MonDEQClassifier
 from .config import ModelConfig, model_config_from_dict
 from .entry_point import EntryPointConfig, EntryPointModel
 
-__all__ = ["build_model", "equilibrium_input", "load_model", "model_label", "run_position", "test_set_of", "weights_used"]
+__all__ = ["build_model", "equilibrium_input", "load_model", "model_label", "test_set_of", "weights_used"]
 
 
 def model_label(config: dict) -> str:
@@ -66,6 +68,7 @@ def load_model(
     (``--average``; :func:`weights_used` says which were taken), ``"model"`` the trained ones."""
     meta, state, _ = load_checkpoint(path, weights=weights)
     require(meta, "model", "train", where=f"checkpoint {path}")
+    check_entries(meta, {**DATA_SCHEMA, "alpha": (POSITIVE.accepts, "a finite number > 0")}, where=f"checkpoint {path}")
     try:
         model = build_model(model_config_from_dict(meta["model"]))
         model.load_state_dict(state)
@@ -96,24 +99,3 @@ def test_set_of(meta: dict[str, Any], data_dir: str | None = None, limit: int | 
 
     train = meta["train"]
     return load_dataset(train["dataset"], "test", data_dir or train.get("data_dir")).subset(limit)
-
-
-def run_position(meta: dict[str, Any]) -> str | None:
-    """A note when a checkpoint was saved inside an epoch (its weights are mid-epoch); ``None`` at an
-    epoch's end. A run stopped by its time budget recorded that partial epoch in ``metrics.csv``;
-    one stopped otherwise (a signal, ``kill``) has ``metrics.csv`` end at the last finished epoch."""
-    epoch, batch = meta.get("epoch", 0), meta.get("batch", 0)
-    if not batch:
-        return None
-    history = meta.get("history", [])
-    if history and not float(history[-1]["epoch"]).is_integer():
-        return (
-            f"the run ended inside epoch {epoch + 1}, after batch {batch}, when its time budget was spent; metrics.csv "
-            f"ends with that partial epoch ({float(history[-1]['epoch']):g}); `mondeq train --resume` with a larger "
-            "--time-budget continues it"
-        )
-    finished = len([row for row in history if float(row["epoch"]).is_integer()])
-    return (
-        f"the run stopped inside epoch {epoch + 1}, after batch {batch}: its weights are mid-epoch, "
-        f"and metrics.csv holds the {finished} finished epoch(s); `mondeq train --resume` continues it"
-    )

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import distributed
+from ..validation import NON_NEGATIVE, POSITIVE, Schema, check_entries, nullable
 
 __all__ = ["TimeBudget"]
 
@@ -59,11 +60,20 @@ class TimeBudget:
         """Record that the run ran out of its budget."""
         self.spent = self.minutes
 
-    def state(self) -> dict[str, Any]:
-        """The checkpoint entries of the budget."""
+    #: What its checkpoint entries must be.
+    SCHEMA: Schema = {
+        "elapsed": (NON_NEGATIVE.accepts, "a finite number >= 0"),
+        "budget_spent": (nullable(POSITIVE), "null or a finite number > 0"),
+        "evaluation_seconds": (nullable(NON_NEGATIVE), "null or a finite number >= 0"),
+    }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Its checkpoint entries: the seconds spent, the budget last run out of, the last evaluation's seconds."""
         return {"elapsed": self.seconds(), "budget_spent": self.spent, "evaluation_seconds": self.evaluation_seconds}
 
-    def load(self, meta: dict[str, Any]) -> None:
-        self.elapsed = float(meta.get("elapsed", 0.0))
-        self.spent = meta.get("budget_spent")
-        self.evaluation_seconds = meta.get("evaluation_seconds")
+    def load_state_dict(self, state: dict[str, Any], where: str = "checkpoint") -> None:
+        """Take :meth:`state_dict`'s entries from ``state`` (absent ones: a fresh budget's), checked by :attr:`SCHEMA`."""
+        check_entries(state, self.SCHEMA, where)
+        self.elapsed = float(state.get("elapsed", 0.0))
+        self.spent = state.get("budget_spent")
+        self.evaluation_seconds = state.get("evaluation_seconds")

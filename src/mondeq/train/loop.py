@@ -118,7 +118,6 @@ class Trainer:
             self.model.layer.fixed_points = self.fixed_points
         self.epoch, self.batch = 0, 0
         self.running = RunningTotals()
-        self.history: list[dict[str, Any]] = []
         self.wrapped = distributed.wrap(self.model)
         self.budget = TimeBudget(config.time_budget, lambda: self.clock())
         self.log = MetricsLog(self.out, progress)
@@ -138,7 +137,11 @@ class Trainer:
         run = Path(run)
         config, checkpoint = run_state.config_to_resume(run, options)
         trainer = cls(config, progress=progress, on_existing="resume", **datasets)
-        trainer.resume(run, checkpoint)
+        try:
+            trainer.resume(run, checkpoint)
+        except BaseException:  # a checkpoint it cannot continue: the folder is free again at once
+            trainer.folder.release(failed=True)
+            raise
         return trainer
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -166,8 +169,13 @@ class Trainer:
         self.load_state(path, checkpoint or load_checkpoint(path))
         self._last_save = self.clock()
 
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The rows of ``metrics.csv`` so far (the metrics log's)."""
+        return self.log.history
+
     def state_entries(self) -> dict[str, Any]:
-        """The JSON entries of a checkpoint of this run at its present position."""
+        """The JSON entries of a checkpoint of this run at its present position, each part's own."""
         return {
             "model": self.model.config.to_dict(),
             "train": asdict(self.config),
@@ -176,27 +184,31 @@ class Trainer:
             "batch": self.batch,
             "world_size": distributed.world_size(),
             "alpha": self.model.layer.alpha,
-            "running": asdict(self.running),
-            "history": self.history,
-            **self.budget.state(),
+            **self.running.state_dict(),
+            **self.log.state_dict(),
+            **self.budget.state_dict(),
             **({"average": self.average.entry()} if self.average is not None else {}),
         }
 
     def load_state(self, path: str | Path, checkpoint: tuple) -> None:
         """Go to the position of ``checkpoint`` (what :func:`~mondeq.checkpoint.load_checkpoint` read from
-        ``path``): weights, optimiser, position, totals, alpha, history, budget, fixed points."""
+        ``path``): weights, optimiser, position, totals, alpha, history, budget, fixed points; each part
+        checks its own entries."""
         meta, state, optimizer_state = checkpoint
-        require(meta, "model", "alpha", "epoch", "batch", "running", "history", where=f"checkpoint {path}")
+        where = f"checkpoint {path}"
+        epoch, batch = run_state.position(meta, where)
         run_state.check_model(meta, self.model.config.to_dict(), path)
+        running = RunningTotals()
+        running.load_state_dict(meta, where)
         try:
             self.model.load_state_dict(state)
             if optimizer_state is not None:
                 self.optimizer.load_state_dict(optimizer_state)
-            running = RunningTotals.from_checkpoint(meta["running"])
-            epoch, batch = int(meta["epoch"]), int(meta["batch"])
             self.model.layer.alpha = meta["alpha"]
         except (RuntimeError, ValueError, TypeError, KeyError) as error:
             raise CheckpointError(f"cannot resume from checkpoint {path}: {first_line(error)}") from error
+        self.log.load_state_dict(meta, where)
+        self.budget.load_state_dict(meta, where)
         self.epoch, self.batch, self.running = epoch, batch, running
         self.folder.saved = (epoch, batch)
         saved_world = meta.get("world_size", 1)
@@ -206,14 +218,12 @@ class Trainer:
         batches = len(self.batches(epoch))
         if self.batch > batches:
             raise CheckpointError(f"checkpoint {path}: batch {batch} is beyond the {batches} batches of an epoch")
-        self.history = meta["history"]
         if self.fixed_points is not None:
             run_state.restore_fixed_points(self.fixed_points, path, self.device, self.log.note)
         if self.average is not None:
-            require(meta, "average", where=f"checkpoint {path}")
+            require(meta, "average", where=where)
             _, averaged, _ = load_checkpoint(path, weights="average")
-            self.average.load(averaged, meta["average"], where=f"checkpoint {path}")
-        self.budget.load(meta)
+            self.average.load(averaged, meta["average"], where=where)
 
     def batches(self, epoch: int | None = None) -> Batches:
         """The batches of ``epoch`` (default: the current one) for this process."""
@@ -259,7 +269,7 @@ class Trainer:
             self.budget.stop()
             self.log.close()
             self.folder.release(failed)
-        return self.history
+        return self.log.history
 
     def _epochs(self, stops: StopRequests) -> None:
         while self.epoch < self.config.epochs:
@@ -407,8 +417,8 @@ class Trainer:
             self.budget.spend()
             self.save()
         if evaluated:
-            self.log.write(self.history)
-            self.log.evaluation_line(self.history[-1])
+            self.log.write()
+            self.log.evaluation_line(self.log.history[-1])
 
     # -- the end of an epoch --------------------------------------------------------------
     def _end_epoch(self, num_batches: int, seconds: float, stops: StopRequests, complete: bool = True) -> dict[str, Any]:
@@ -438,12 +448,12 @@ class Trainer:
             "capped_steps": int(totals.capped_steps),
         }
         if complete:
-            self.history, self.epoch, self.batch = [*self.history, row], self.epoch + 1, 0
+            self.log.history, self.epoch, self.batch = [*self.log.history, row], self.epoch + 1, 0
             self.running = RunningTotals()
         else:
-            self.history = [*self.history, row]
+            self.log.history = [*self.log.history, row]
         self.save()
-        self.log.write(self.history)
+        self.log.write()
         of = f"/{cfg.epochs}" if cfg.time_budget is None else f" (time budget {cfg.time_budget:.4g} min)"
         self.log.epoch_line(row, of, seconds, batches)
         return row
@@ -476,6 +486,6 @@ class Trainer:
         if not self.history or self.history[-1]["test_accuracy"] is not None:
             return False
         evaluation = self._evaluate(stops)
-        last = {**self.history[-1], "test_loss": evaluation.loss, "test_accuracy": evaluation.accuracy}
-        self.history = [*self.history[:-1], last]
+        last = {**self.log.history[-1], "test_loss": evaluation.loss, "test_accuracy": evaluation.accuracy}
+        self.log.history = [*self.log.history[:-1], last]
         return True

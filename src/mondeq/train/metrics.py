@@ -7,12 +7,15 @@ import io
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from .. import distributed
+from ..checkpoint import require
+from ..errors import CheckpointError
 from ..files import output_dir, write_atomic
+from ..validation import FINITE, NON_NEGATIVE, Schema, check_entries
 
 __all__ = ["METRIC_FIELDS", "MetricsLog", "RunningTotals"]
 
@@ -56,29 +59,73 @@ class RunningTotals:
         totals = torch.tensor(list(asdict(self).values()), dtype=torch.float64)
         return RunningTotals(*distributed.all_reduce_sum(totals).tolist())
 
-    @classmethod
-    def from_checkpoint(cls, stored: dict | list) -> RunningTotals:
-        """From a checkpoint's ``running`` entry: named fields (those added later default to 0), or
+    #: What its checkpoint entry must be: named totals (older checkpoints: a list of the first 7).
+    SCHEMA: ClassVar[Schema] = {
+        "running": (
+            lambda v: (
+                (isinstance(v, dict) and all(isinstance(k, str) and NON_NEGATIVE.accepts(x) for k, x in v.items()))
+                or (isinstance(v, list) and all(NON_NEGATIVE.accepts(x) for x in v))
+            ),
+            "named finite numbers >= 0",
+        )
+    }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Its checkpoint entry: ``{"running": {total: value}}``."""
+        return {"running": asdict(self)}
+
+    def load_state_dict(self, state: dict[str, Any], where: str = "checkpoint") -> None:
+        """Take the totals of ``state["running"]`` (:attr:`SCHEMA`): named ones (those added later stay 0), or
         the 7-element list of older checkpoints."""
+        require(state, "running", where=where)
+        check_entries(state, self.SCHEMA, where)
+        stored = state["running"]
+        names = [f.name for f in fields(self)]
         if isinstance(stored, list):
             if len(stored) != 7:
-                raise ValueError(f"running totals have {len(stored)} entries, expected 7")
-            return cls(*map(float, stored))
-        unknown = set(stored) - {f.name for f in fields(cls)}
+                raise CheckpointError(f"{where}: running totals have {len(stored)} entries, expected 7")
+            stored = dict(zip(names, stored))
+        unknown = set(stored) - set(names)
         if unknown:
-            raise ValueError(f"unknown running totals {sorted(unknown)}")
-        return cls(**{k: float(v) for k, v in stored.items()})
+            raise CheckpointError(f"{where}: unknown running totals {sorted(unknown)}")
+        for name in names:
+            setattr(self, name, float(stored.get(name, 0.0)))
+
+
+def _row(value: object) -> bool:
+    return (
+        isinstance(value, dict)
+        and NON_NEGATIVE.accepts(value.get("epoch"))
+        and all(isinstance(k, str) and (v is None or FINITE.accepts(v)) for k, v in value.items())
+    )
 
 
 class MetricsLog:
     """The reports of a run, written by rank 0 only: ``metrics.csv``, TensorBoard scalars (when
     TensorBoard is installed), the epoch lines on stdout, notes and the progress bar on stderr."""
 
+    #: What its checkpoint entry must be.
+    SCHEMA: ClassVar[Schema] = {
+        "history": (lambda v: isinstance(v, list) and all(_row(r) for r in v), "a list of rows of numbers with an epoch")
+    }
+
     def __init__(self, out: Path, progress: bool) -> None:
         self.out = out
         self.main = distributed.is_main()
         self.progress = progress and self.main
+        #: One row per evaluated (or budget-ended) epoch, the rows of ``metrics.csv``.
+        self.history: list[dict[str, Any]] = []
         self._writer: Any = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Its checkpoint entry: ``{"history": rows}``."""
+        return {"history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any], where: str = "checkpoint") -> None:
+        """Take the rows of ``state["history"]`` (:attr:`SCHEMA`)."""
+        require(state, "history", where=where)
+        check_entries(state, self.SCHEMA, where)
+        self.history = list(state["history"])
 
     def open(self) -> None:
         if not self.main:
@@ -94,14 +141,14 @@ class MetricsLog:
             self._writer.close()
             self._writer = None
 
-    def write(self, history: list[dict[str, Any]]) -> None:
-        """Rewrite ``metrics.csv`` from the run's history (atomically)."""
+    def write(self) -> None:
+        """Rewrite ``metrics.csv`` from :attr:`history` (atomically)."""
         if not self.main:
             return
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=METRIC_FIELDS)
         writer.writeheader()
-        writer.writerows(history)
+        writer.writerows(self.history)
         write_atomic(self.out / "metrics.csv", text.getvalue())
 
     def record(self, row: dict[str, Any]) -> None:

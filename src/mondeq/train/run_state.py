@@ -19,12 +19,65 @@ from ..checkpoint import load_attachment, load_checkpoint, require
 from ..errors import CheckpointError, ConfigError, first_line
 from ..models import model_config_from_dict
 from ..reuse import FixedPointStore
+from ..validation import POSITIVE, POSITIVE_INT, Number, Schema, check_entries
 from .config import RESUMABLE_OPTIONS, TrainConfig
+from .metrics import MetricsLog
 
-__all__ = ["FIXED_POINTS", "check_model", "config_to_resume", "restore_fixed_points"]
+__all__ = [
+    "FIXED_POINTS",
+    "POSITION_SCHEMA",
+    "check_model",
+    "config_to_resume",
+    "position",
+    "restore_fixed_points",
+    "run_position",
+]
 
 #: The checkpoint attachment that holds the fixed-point store.
 FIXED_POINTS = "fixed-points"
+
+#: What the entries of a run's position must be: the epochs done, the batches done of the next, the
+#: processes that ran them, and the layer's step size then.
+POSITION_SCHEMA: Schema = {
+    "epoch": (Number(integer=True, low=0, high=10**7, high_open=False).accepts, "an integer in 0..10**7"),
+    "batch": (Number(integer=True, low=0, high=10**9, high_open=False).accepts, "an integer in 0..10**9"),
+    "world_size": (Number(integer=True, low=1, high=10**6, high_open=False).accepts, "an integer >= 1"),
+    "alpha": (POSITIVE.accepts, "a finite number > 0"),
+}
+
+
+def position(meta: dict[str, Any], where: str) -> tuple[int, int]:
+    """``(epoch, batch)`` of a checkpoint, its position entries checked (:data:`POSITION_SCHEMA`), and the
+    epoch within the stored run's epochs."""
+    require(meta, "alpha", "epoch", "batch", where=where)
+    check_entries(meta, POSITION_SCHEMA, where)
+    epochs = meta.get("train", {}).get("epochs")
+    if POSITIVE_INT.accepts(epochs) and meta["epoch"] > epochs:
+        raise CheckpointError(f"{where}: entry 'epoch' is {meta['epoch']}, beyond the run's {epochs} epochs")
+    return int(meta["epoch"]), int(meta["batch"])
+
+
+def run_position(meta: dict[str, Any], where: str = "checkpoint") -> str | None:
+    """A note when a checkpoint was saved inside an epoch (its weights are mid-epoch); ``None`` at an
+    epoch's end. A run stopped by its time budget recorded that partial epoch in ``metrics.csv``;
+    one stopped otherwise (a signal, ``kill``) has ``metrics.csv`` end at the last finished epoch.
+    The entries it reads are checked (a damaged one is a :class:`~mondeq.errors.CheckpointError`)."""
+    check_entries(meta, {**POSITION_SCHEMA, **MetricsLog.SCHEMA}, where)
+    epoch, batch = meta.get("epoch", 0), meta.get("batch", 0)
+    if not batch:
+        return None
+    history = meta.get("history", [])
+    if history and not float(history[-1]["epoch"]).is_integer():
+        return (
+            f"the run ended inside epoch {epoch + 1}, after batch {batch}, when its time budget was spent; metrics.csv "
+            f"ends with that partial epoch ({float(history[-1]['epoch']):g}); `mondeq train --resume` with a larger "
+            "--time-budget continues it"
+        )
+    finished = len([row for row in history if float(row["epoch"]).is_integer()])
+    return (
+        f"the run stopped inside epoch {epoch + 1}, after batch {batch}: its weights are mid-epoch, "
+        f"and metrics.csv holds the {finished} finished epoch(s); `mondeq train --resume` continues it"
+    )
 
 
 def config_to_resume(run: Path, options: dict[str, Any] | None) -> tuple[TrainConfig, tuple]:
