@@ -11,7 +11,7 @@ from mondeq.benchmarks.report import run_all
 GROUPS = {
     "processes": ["memory", "data_parallel", "threads"],
     "in-process": ["solvers", "resolvent", "training_step", "peers", "scaling", "certified", "time_to_accuracy", "evaluation"],
-    "training": ["reuse", "export"],
+    "training": ["reuse", "export", "convergence"],
 }
 
 
@@ -45,6 +45,9 @@ def test_every_benchmark_runs_tiny(tmp_path, group):
             rows["forward", "implicit"]["forward_iterations"] <= cold and rows["both", "implicit"]["forward_iterations"] <= cold
         )
         assert rows["off", "jacobian-free"]["backward_iterations"] == 0 and all(r["step_seconds"] > 0 for r in rows.values())
+        converged = results["convergence"]["models"]  # two epochs each, a probe after each
+        assert len(converged) == 2 and all(len(m["points"]) == 2 and m["epochs"] == 2 for m in converged.values())
+        assert all(0 <= m["train_accuracy"] <= 1 and m["seconds"] > 0 for m in converged.values())
         return
     for title in ("Solver comparison", "Resolvent cost", "Training step", "Peers", "Scaling", "Time to accuracy"):
         assert title in text

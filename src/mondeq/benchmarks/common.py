@@ -180,15 +180,16 @@ def train_for(
     probe: Callable[[nn.Module], float] | None = None,
 ) -> TimedTraining:
     """Train ``model`` on ``loss`` (an :data:`~mondeq.train.step.Objective`) for ``config.time_budget``
-    minutes of training time with the step of ``mondeq train`` (:func:`~mondeq.train.step.train_step`):
-    its optimiser, the learning rate against the fraction of the budget spent and, for a monDEQ, its
-    step-size tuning and fixed-point store (:func:`~mondeq.train.step.reuse_store`).
+    minutes of training time, or without a budget for ``config.epochs`` epochs, with the step of
+    ``mondeq train`` (:func:`~mondeq.train.step.train_step`): its optimiser, the learning rate against the
+    fraction of the run done (of the budget, or of the epochs) and, for a monDEQ, its step-size tuning
+    and fixed-point store (:func:`~mondeq.train.step.reuse_store`).
 
     With ``config.average`` the probe measures the averaged weights (once they average a step).
-    Training time counts the steps only: ``probe(model)``, called at ``marks`` evenly spaced times
-    (the last at the end of the budget), and the batching are not counted.
+    Training time counts the steps only: ``probe(model)``, called at ``marks`` evenly spaced fractions
+    of the run (the last at its end), and the batching are not counted.
     """
-    budget = 60 * config.time_budget
+    budget = None if config.time_budget is None else 60 * config.time_budget
     optimizer = make_optimizer(model, config)
     is_mondeq = isinstance(model, MonDEQClassifier)
     spec = parse_average(config.average)
@@ -197,13 +198,19 @@ def train_for(
     if store is not None:
         model.layer.fixed_points = store
     done = TimedTraining()
-    due = [budget * (k + 1) / marks for k in range(marks)]
+    due = [(k + 1) / marks for k in range(marks)]
+
+    def fraction(epoch: float) -> float:
+        """Of the run done: the budget's share spent, or the epochs' share."""
+        return min(1.0, done.seconds / budget if budget is not None else epoch / config.epochs)
+
     while due:
         augment = config.augmentation(train.info)
         batches = Batches(train, config.batch_size, shuffle=True, augment=augment, seed=config.seed, epoch=done.epochs)
         done.epochs += 1
         for index, (x, y) in enumerate(batches):
             start = time.perf_counter()
+            epoch = done.epochs - 1 + index / len(batches)
             with ignore_convergence_warnings():
                 train_step(
                     model,
@@ -212,16 +219,16 @@ def train_for(
                     x,
                     y,
                     loss,
-                    done.epochs - 1 + index / len(batches),
-                    min(1.0, done.seconds / budget),
+                    epoch,
+                    fraction(epoch),
                     tune=is_mondeq and tunes_alpha(config, index, len(batches)),
                     store=store,
                     examples=batches.indices(index),
                 )
             if average is not None:
-                average.update(model, min(1.0, done.seconds / budget))
+                average.update(model, fraction(epoch + 1 / len(batches)))
             done.seconds += time.perf_counter() - start
-            if done.seconds >= due[0]:
+            if fraction(epoch + 1 / len(batches)) >= due[0] - 1e-9:
                 due.pop(0)
                 if probe is not None:
                     done.points.append((done.seconds, probe(average.evaluated(model) if average is not None else model)))
