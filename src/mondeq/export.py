@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import json
 import logging
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ from torch import Tensor, nn
 from .activations import ProximalActivation
 from .errors import CheckpointError, ConfigError, first_line
 from .files import check_output_file, write_atomic
-from .models.kinds import pool_tiers
+from .models.kinds import KINDS
 from .operators.convolutional import symbol
 from .operators.fully_connected import DenseOperator
 from .robust.certificates import FLOAT64_SLACK, readout_norm
@@ -441,23 +442,20 @@ class _Prox(nn.Module):
 
 
 class _Readout(nn.Module):
-    """The classifier's pooling of the flat hidden state and its linear readout: none (fc), a ``pool x pool`` average
-    of the hidden image (single-conv), or :func:`~mondeq.models.kinds.pool_tiers` of the tiers (multi-conv)."""
+    """The classifier's pooling of the flat hidden state (its kind's own, :data:`~mondeq.models.KINDS`) and its
+    linear readout; ``shapes`` are the tiers' to unflatten a convolution's state into (``None``: dense)."""
 
-    def __init__(self, weight: Tensor, bias: Tensor, shapes: list[tuple[int, ...]] | None, pool: int, readout: str) -> None:
+    def __init__(self, weight: Tensor, bias: Tensor, shapes: list[tuple[int, ...]] | None, pool: Callable[[Any], Tensor]) -> None:
         super().__init__()
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
-        self.shapes, self.pool, self.readout = shapes, pool, readout
+        self.shapes, self.pool = shapes, pool
 
     def forward(self, z: Tensor) -> Tensor:
         if self.shapes is not None:
             tiers = [t.reshape(-1, *shape) for t, shape in zip(z.split([math.prod(s) for s in self.shapes], 1), self.shapes)]
-            if len(tiers) > 1:
-                z = pool_tiers(tuple(tiers), self.readout)
-            else:
-                z = F.avg_pool2d(tiers[0], self.pool) if self.pool > 1 else tiers[0]
-        return F.linear(z.flatten(1), self.weight, self.bias)
+            z = tiers[0] if len(tiers) == 1 else tuple(tiers)
+        return F.linear(self.pool(z).flatten(1), self.weight, self.bias)
 
 
 class UnrolledMonDEQ(nn.Module):
@@ -569,12 +567,13 @@ def _parts(model: nn.Module, operator: nn.Module, inverse: Tensor) -> tuple[nn.M
     with torch.no_grad():
         weight, bias = (t.detach().to(dtype).clone() for t in (operator.U.weight, operator.U.bias))
         readout = (model.readout.weight.detach().clone(), model.readout.bias.detach().clone())
+        pool = functools.partial(KINDS[model.config.kind].pool, model.config)
         if isinstance(operator, DenseOperator):
-            return _DenseInjection(weight, bias), _DenseResolvent(inverse[0].to(dtype)), _Readout(*readout, None, 1, "")
+            return _DenseInjection(weight, bias), _DenseResolvent(inverse[0].to(dtype)), _Readout(*readout, None, pool)
         shapes = tier_shapes(operator)
         injection = _ConvInjection(weight, bias, operator.stride, operator.features - math.prod(shapes[0]))
         resolvent = _FourierResolvent(inverse, shapes, dtype)
-        return injection, resolvent, _Readout(*readout, shapes, model.config.pool, model.config.readout)
+        return injection, resolvent, _Readout(*readout, shapes, pool)
 
 
 def unroll(

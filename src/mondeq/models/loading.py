@@ -12,12 +12,16 @@ from ..checkpoint import load_checkpoint, require, weights_taken
 from ..data.dataset import DATA_SCHEMA
 from ..devices import resolve_device
 from ..errors import CheckpointError, ConfigError, first_line
-from ..validation import POSITIVE, check_entries
+from ..validation import POSITIVE, Schema, check_entries
 from .classifier import MonDEQClassifier
 from .config import ModelConfig, model_config_from_dict
 from .entry_point import EntryPointConfig, EntryPointModel
 
-__all__ = ["build_model", "equilibrium_input", "load_model", "model_label", "test_set_of", "weights_used"]
+__all__ = ["ALPHA_SCHEMA", "build_model", "equilibrium_input", "load_model", "model_label", "test_set_of", "weights_used"]
+
+
+#: The checkpoint entry of the layer's step size (the model's, read by every loader).
+ALPHA_SCHEMA: Schema = {"alpha": (POSITIVE.accepts, "a finite number > 0")}
 
 
 def model_label(config: dict) -> str:
@@ -68,7 +72,7 @@ def load_model(
     (``--average``; :func:`weights_used` says which were taken), ``"model"`` the trained ones."""
     meta, state, _ = load_checkpoint(path, weights=weights)
     require(meta, "model", "train", where=f"checkpoint {path}")
-    check_entries(meta, {**DATA_SCHEMA, "alpha": (POSITIVE.accepts, "a finite number > 0")}, where=f"checkpoint {path}")
+    check_entries(meta, {**DATA_SCHEMA, **ALPHA_SCHEMA}, where=f"checkpoint {path}")
     try:
         model = build_model(model_config_from_dict(meta["model"]))
         model.load_state_dict(state)

@@ -18,8 +18,9 @@ import torch
 from ..checkpoint import load_attachment, load_checkpoint, require
 from ..errors import CheckpointError, ConfigError, first_line
 from ..models import model_config_from_dict
+from ..models.loading import ALPHA_SCHEMA
 from ..reuse import FixedPointStore
-from ..validation import POSITIVE, POSITIVE_INT, Number, Schema, check_entries
+from ..validation import POSITIVE_INT, Number, Schema, check_entries
 from .config import RESUMABLE_OPTIONS, TrainConfig
 from .metrics import MetricsLog
 
@@ -42,7 +43,7 @@ POSITION_SCHEMA: Schema = {
     "epoch": (Number(integer=True, low=0, high=10**7, high_open=False).accepts, "an integer in 0..10**7"),
     "batch": (Number(integer=True, low=0, high=10**9, high_open=False).accepts, "an integer in 0..10**9"),
     "world_size": (Number(integer=True, low=1, high=10**6, high_open=False).accepts, "an integer >= 1"),
-    "alpha": (POSITIVE.accepts, "a finite number > 0"),
+    **ALPHA_SCHEMA,
 }
 
 
