@@ -243,3 +243,55 @@ def test_final_residual_is_explicit_when_stopping_at_max_iter():
     fz = torch.relu(z @ op.to_dense().T + op.inject(x))
     explicit = ((fz - z).norm() / fz.norm()).item()
     assert layer.stats.forward.residual == pytest.approx(explicit, rel=1e-9)
+
+
+def _solve_and_gradients(layer, x):
+    x = x.clone().requires_grad_(True)
+    z = layer(x)
+    z = z if isinstance(z, torch.Tensor) else torch.cat([t.flatten(1) for t in z], 1)
+    (z * torch.linspace(-1, 1, z.numel()).reshape(z.shape)).sum().backward()
+    return z.detach(), x.grad, [p.grad.clone() for p in layer.parameters()], layer.stats
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fc", "single-conv"])
+def test_compiled_iteration_gives_the_eager_equilibrium_and_gradients(name):
+    op = make_operator(name, scale=0.4)
+    x = make_input(op)
+    eager = _solve_and_gradients(MonDEQ(op, tol=1e-9, max_iter=500), x)
+    op.zero_grad()
+    compiled = _solve_and_gradients(MonDEQ(op, tol=1e-9, max_iter=500, compiled=True), x)
+    assert compiled[3].forward.converged and compiled[3].backward.converged
+    torch.testing.assert_close(compiled[0], eager[0], atol=1e-8, rtol=1e-7)
+    torch.testing.assert_close(compiled[1], eager[1], atol=1e-8, rtol=1e-7)
+    for ours, theirs in zip(compiled[2], eager[2]):
+        torch.testing.assert_close(ours, theirs, atol=1e-8, rtol=1e-7)
+    assert abs(compiled[3].forward.iterations - eager[3].forward.iterations) <= 1
+
+
+def test_a_failing_compiler_falls_back_to_the_eager_iteration_with_one_warning(monkeypatch):
+    from mondeq.errors import CompileWarning
+    from mondeq.solvers import compiled
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found\nsecond line")
+
+    monkeypatch.setattr(compiled, "_COMPILED", compiled._Compiled())
+    monkeypatch.setattr(torch, "compile", broken)
+    op = make_operator("fc", scale=0.4)
+    x = make_input(op)
+    with torch.no_grad():
+        expected = MonDEQ(op, tol=1e-9)(x)
+        with pytest.warns(CompileWarning, match="RuntimeError: no C\\+\\+ compiler found$") as caught:
+            z = MonDEQ(op, tol=1e-9, compiled=True)(x)
+            again = MonDEQ(op, tol=1e-9, compiled=True)(x)
+    assert len([w for w in caught if w.category is CompileWarning]) == 1
+    assert torch.equal(z, expected) and torch.equal(again, expected)
+
+
+def test_compiled_option_is_a_bool_for_both_directions():
+    with pytest.raises(TypeError, match="compiled must be a bool, got str"):
+        SolverOptions(compiled="yes")
+    layer = MonDEQ(make_operator("fc", scale=0.4))
+    layer.configure(compiled=True)
+    assert layer.forward_options.compiled and layer.backward_options.compiled

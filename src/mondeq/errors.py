@@ -75,6 +75,10 @@ class StepSizeWarning(UserWarning):
     """Forward-backward's step size exceeded its convergence bound :math:`2m/L^2` and was replaced by :math:`m/L^2`."""
 
 
+class CompileWarning(RuntimeWarning):
+    """:func:`torch.compile` failed for the splitting iteration, which runs eagerly instead (same results)."""
+
+
 class ConvergenceError(MondeqError, RuntimeError):
     """A splitting solver failed to converge and the layer is in strict mode."""
 

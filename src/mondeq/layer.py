@@ -57,6 +57,8 @@ class MonDEQ(nn.Module):
         tol: relative fixed-point residual to stop at. ``backward_tol`` defaults to ``tol``.
         max_iter: iteration cap. ``backward_max_iter`` defaults to ``max_iter``.
         anderson: memory of Anderson acceleration on the splitting iteration (0: off).
+        compiled: run each splitting iteration compiled by :func:`torch.compile`
+            (:mod:`mondeq.solvers.compiled`; eager, with a warning, where compiling fails).
         strict: raise :class:`~mondeq.errors.ConvergenceError` instead of warning when a solve
             does not reach its tolerance.
         gradient: how gradients are computed (:mod:`mondeq.gradients`): ``"implicit"`` (exact,
@@ -74,7 +76,7 @@ class MonDEQ(nn.Module):
 
     Attributes:
         forward_options: :class:`~mondeq.solvers.SolverOptions` of the equilibrium solve.
-        backward_options: those of the implicit backward solve (same solver and ``anderson``).
+        backward_options: those of the implicit backward solve (same solver, ``anderson`` and ``compiled``).
         alpha: the step size, a validated property.
         gradient: the :class:`~mondeq.gradients.Adjoint` in use.
         fixed_points: a :class:`~mondeq.reuse.FixedPointStore` whose selected examples start the
@@ -108,6 +110,7 @@ class MonDEQ(nn.Module):
         backward_tol: float | None = None,
         backward_max_iter: int | None = None,
         anderson: int = 0,
+        compiled: bool = False,
         strict: bool = False,
         gradient: str | Adjoint = "implicit",
     ) -> None:
@@ -126,6 +129,7 @@ class MonDEQ(nn.Module):
             backward_tol=backward_tol,
             backward_max_iter=backward_max_iter,
             anderson=anderson,
+            compiled=compiled,
         )
         self.strict = strict
         self.gradient = get_gradient(gradient)
@@ -135,7 +139,9 @@ class MonDEQ(nn.Module):
     # -- settings -------------------------------------------------------------------------
     #: Solver settings, held in :attr:`forward_options` / :attr:`backward_options`: assigning one as an
     #: attribute (``layer.tol = 1e-6``) would change nothing, so it is refused.
-    SOLVER_SETTINGS = frozenset({"solver", "method", "tol", "max_iter", "anderson", "backward_tol", "backward_max_iter"})
+    SOLVER_SETTINGS = frozenset(
+        {"solver", "method", "tol", "max_iter", "anderson", "compiled", "backward_tol", "backward_max_iter"}
+    )
 
     def __setattr__(self, name: str, value: object) -> None:
         if name in MonDEQ.SOLVER_SETTINGS:
@@ -161,22 +167,26 @@ class MonDEQ(nn.Module):
         tol: float | None = None,
         max_iter: int | None = None,
         anderson: int | None = None,
+        compiled: bool | None = None,
         backward_tol: float | None = None,
         backward_max_iter: int | None = None,
         alpha: float | None = None,
     ) -> None:
         """Change the solver settings for good; arguments left ``None`` keep their value.
 
-        ``solver`` and ``anderson`` apply to both directions, ``tol`` and ``max_iter`` too unless
+        ``solver``, ``anderson`` and ``compiled`` apply to both directions, ``tol`` and ``max_iter`` too unless
         ``backward_tol`` / ``backward_max_iter`` are given. Everything is validated before anything
         changes (``ValueError`` naming the argument).
         """
-        forward = replace(self.forward_options, **_given(solver=solver, tol=tol, max_iter=max_iter, anderson=anderson))
+        forward = replace(
+            self.forward_options, **_given(solver=solver, tol=tol, max_iter=max_iter, anderson=anderson, compiled=compiled)
+        )
         try:
             backward = replace(
                 self.backward_options,
                 solver=forward.solver,
                 anderson=forward.anderson,
+                compiled=forward.compiled,
                 **_given(
                     tol=tol if backward_tol is None else backward_tol,
                     max_iter=max_iter if backward_max_iter is None else backward_max_iter,
@@ -311,7 +321,7 @@ class MonDEQ(nn.Module):
         state = None
         if warm is not None:
             state = torch.where(warm.rows[:, None], method.warm_state(problem, warm.pre), method.init(problem, zero))
-        result = solve(method, problem, zero, options.tol, options.max_iter, accelerator, state=state)
+        result = solve(method, problem, zero, options.tol, options.max_iter, accelerator, state=state, compiled=options.compiled)
         return result.z, SolveRecord.of(result, None if resolvent is None else resolvent.inner)
 
     def _check(self, record: SolveRecord, direction: str, options: SolverOptions) -> None:

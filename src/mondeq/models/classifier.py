@@ -46,6 +46,7 @@ class MonDEQClassifier(nn.Module):
             tol=c.tol,
             max_iter=c.max_iter,
             anderson=c.anderson,
+            compiled=c.compiled,
             gradient=c.adjoint(),
         )
         with torch.no_grad():  # the readout's width follows from the pooling

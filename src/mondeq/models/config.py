@@ -84,6 +84,12 @@ class ModelConfig:
     )
     max_iter: int = field(default=300, metadata=option("solver iteration cap (preset 300)", "positive_int"))
     anderson: int = field(default=0, metadata=option("Anderson acceleration memory (0: off)", "count"))
+    compiled: bool = field(
+        default=False,
+        metadata=option(
+            "compile each splitting iteration with torch.compile (paid once per process; eager where it fails)", "flag"
+        ),
+    )
     gradient: str = field(
         default="implicit",
         metadata=option(

@@ -19,11 +19,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+
+from .compiled import iteration
 
 __all__ = ["SplittingProblem", "SplittingMethod", "SolverResult", "Status", "WarmStart", "solve"]
 
@@ -48,6 +49,7 @@ class SplittingProblem:
         prox: :math:`\operatorname{prox}_{\alpha f}`.
         alpha: the step size :math:`\alpha > 0`.
         resolvent: :math:`y \mapsto (I + \alpha(I - W))^{-1} y`, for methods that need it.
+        scaled_injection: :math:`\alpha b`, computed on construction.
     """
 
     multiply: Callable[[Tensor], Tensor]
@@ -56,11 +58,11 @@ class SplittingProblem:
     prox: Callable[[Tensor], Tensor]
     alpha: float
     resolvent: Callable[[Tensor], Tensor] | None = None
+    scaled_injection: Tensor = field(init=False, repr=False)
 
-    @cached_property
-    def scaled_injection(self) -> Tensor:
-        r""":math:`\alpha b`, computed once per solve."""
-        return self.alpha * self.injection
+    def __post_init__(self) -> None:
+        # alpha b, computed once per solve (a plain attribute: a compiled iteration reads it without a lock)
+        self.scaled_injection = self.alpha * self.injection
 
 
 class Status(enum.Enum):
@@ -122,11 +124,15 @@ class SplittingMethod:
 
 
 def relative_residual(z: Tensor, fz: Tensor) -> float:
-    """``||fz - z|| / ||fz||`` (0 when both vanish), divided on the host: two tensor operations, so
-    that small problems, where each operation's dispatch costs more than its arithmetic, stay cheap."""
-    # torch.linalg.vector_norm, not Tensor.norm: the latter's Python wrapper costs more than the norm here
-    distance, norm = float(torch.dist(fz, z)), float(torch.linalg.vector_norm(fz))
-    return distance / (norm + torch.finfo(z.dtype).tiny) if distance else 0.0
+    """``||fz - z|| / ||fz||`` (0 when both vanish)."""
+    return residual_ratio(torch.dist(fz, z), torch.linalg.vector_norm(fz))
+
+
+def residual_ratio(distance: Tensor, norm: Tensor) -> float:
+    """``distance / norm`` divided on the host (0 when ``distance`` is): the norms as tensors, so that small
+    problems, where each operation's dispatch costs more than its arithmetic, stay cheap."""
+    distance_, norm_ = float(distance), float(norm)
+    return distance_ / (norm_ + torch.finfo(norm.dtype).tiny) if distance_ else 0.0
 
 
 def solve(
@@ -137,13 +143,16 @@ def solve(
     max_iter: int,
     accelerator: Callable[[Tensor, Tensor], Tensor] | None = None,
     state: Tensor | None = None,
+    compiled: bool = False,
 ) -> SolverResult:
     """Iterate ``method`` from ``z0`` until the relative residual is ``<= tol`` or ``max_iter`` steps.
 
     ``accelerator(state, mapped_state)``, when given (e.g. :class:`~mondeq.solvers.Anderson`),
     replaces each new state by an extrapolated one. ``state``, when given, is the initial state
     itself (a warm start, :meth:`SplittingMethod.warm_state`) instead of ``method.init(problem, z0)``.
+    ``compiled`` runs each iteration through :func:`torch.compile` (:mod:`mondeq.solvers.compiled`).
     """
+
     if method.needs_resolvent and problem.resolvent is None:
         raise ValueError(f"splitting method {method.name!r} needs the operator's resolvent")
     start = time.perf_counter()
@@ -152,10 +161,11 @@ def solve(
     times: list[float] = []
     status = Status.MAX_ITER
     iterations = 0
+    step = iteration(compiled)
     while True:
-        mapped, z, pre = method.step(problem, state)
+        mapped, z, pre, distance, norm = step(method, problem, state)
         iterations += 1
-        residual = relative_residual(z, problem.activation(pre))
+        residual = residual_ratio(distance, norm)
         if not method.exact_pre and (residual <= tol or iterations >= max_iter):
             # Confirm with an explicit multiplication: the derived pre-activation carries a
             # rounding error of about eps / alpha, which must neither fake nor hide convergence.

@@ -25,12 +25,15 @@ class SolverOptions:
         tol: the relative fixed-point residual to stop at, in (0, 1).
         max_iter: the iteration cap, an integer >= 1.
         anderson: memory of Anderson acceleration, an integer >= 0 (0: off).
+        compiled: run each iteration compiled by :func:`torch.compile` (:mod:`~mondeq.solvers.compiled`;
+            eager when compiling fails).
     """
 
     solver: str = "pr"
     tol: float = tolerances.LAYER
     max_iter: int = 100
     anderson: int = 0
+    compiled: bool = False
 
     def __post_init__(self) -> None:
         method = get_solver(self.solver)
@@ -40,6 +43,8 @@ class SolverOptions:
         object.__setattr__(self, "tol", TOLERANCE.check("tol", self.tol))
         object.__setattr__(self, "max_iter", POSITIVE_INT.check("max_iter", self.max_iter))
         object.__setattr__(self, "anderson", COUNT.check("anderson", self.anderson))
+        if not isinstance(self.compiled, bool):
+            raise TypeError(f"compiled must be a bool, got {type(self.compiled).__name__}")
 
     @property
     def splitting(self) -> SplittingMethod:
