@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the same names, for type checkers and documentation tools
     from .activations import HardTanh, LeakyReLU, ProximalActivation, ReLU, Sigmoid, Softplus, Tanh, get_activation
     from .errors import (
+        CompileWarning,
         ConfigError,
         ConvergenceError,
         ConvergenceWarning,
@@ -38,6 +39,7 @@ except _metadata.PackageNotFoundError:  # a source tree on sys.path that was nev
 _MODULES = {
     "activations": ("HardTanh", "LeakyReLU", "ProximalActivation", "ReLU", "Sigmoid", "Softplus", "Tanh", "get_activation"),
     "errors": (
+        "CompileWarning",
         "ConfigError",
         "ConvergenceError",
         "ConvergenceWarning",
@@ -66,6 +68,7 @@ _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
     "Anderson",
+    "CompileWarning",
     "ConfigError",
     "ConvergenceError",
     "ConvergenceWarning",

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 __all__ = [
     "CheckpointError",
+    "CompileWarning",
     "ConfigError",
     "ConfigTypeError",
     "DataError",

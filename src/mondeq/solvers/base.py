@@ -152,7 +152,6 @@ def solve(
     itself (a warm start, :meth:`SplittingMethod.warm_state`) instead of ``method.init(problem, z0)``.
     ``compiled`` runs each iteration through :func:`torch.compile` (:mod:`mondeq.solvers.compiled`).
     """
-
     if method.needs_resolvent and problem.resolvent is None:
         raise ValueError(f"splitting method {method.name!r} needs the operator's resolvent")
     start = time.perf_counter()
