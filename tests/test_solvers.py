@@ -271,12 +271,13 @@ def test_compiled_iteration_gives_the_eager_equilibrium_and_gradients(name):
 
 def test_a_failing_compiler_falls_back_to_the_eager_iteration_with_one_warning(monkeypatch):
     from mondeq.errors import CompileWarning
-    from mondeq.solvers import compiled
+    from mondeq.solvers import base
+    from mondeq.solvers.compiled import Compiled
 
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler found\nsecond line")
 
-    monkeypatch.setattr(compiled, "_COMPILED", compiled._Compiled())
+    monkeypatch.setattr(base, "COMPILED_ITERATE", Compiled(base.iterate, "the splitting iteration"))
     monkeypatch.setattr(torch, "compile", broken)
     op = make_operator("fc", scale=0.4)
     x = make_input(op)

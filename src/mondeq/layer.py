@@ -57,8 +57,8 @@ class MonDEQ(nn.Module):
         tol: relative fixed-point residual to stop at. ``backward_tol`` defaults to ``tol``.
         max_iter: iteration cap. ``backward_max_iter`` defaults to ``max_iter``.
         anderson: memory of Anderson acceleration on the splitting iteration (0: off).
-        compiled: run each splitting iteration compiled by :func:`torch.compile`
-            (:mod:`mondeq.solvers.compiled`; eager, with a warning, where compiling fails).
+        compiled: run each splitting iteration compiled by :func:`torch.compile` (eager, with a
+            :class:`~mondeq.errors.CompileWarning`, where compiling fails).
         strict: raise :class:`~mondeq.errors.ConvergenceError` instead of warning when a solve
             does not reach its tolerance.
         gradient: how gradients are computed (:mod:`mondeq.gradients`): ``"implicit"`` (exact,

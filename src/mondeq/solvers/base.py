@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .compiled import iteration
+from .compiled import Compiled
 
 __all__ = ["SplittingProblem", "SplittingMethod", "SolverResult", "Status", "WarmStart", "solve"]
 
@@ -135,6 +135,19 @@ def residual_ratio(distance: Tensor, norm: Tensor) -> float:
     return distance_ / (norm_ + torch.finfo(norm.dtype).tiny) if distance_ else 0.0
 
 
+def iterate(method: SplittingMethod, problem: SplittingProblem, state: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    r"""One step of ``method`` from the state :math:`u_k` and the norms of its estimate's residual:
+    :math:`(T(u_k), z_k, p_k, \|\sigma(p_k) - z_k\|, \|\sigma(p_k)\|)` with :math:`p_k = W z_k + b`, the norms
+    as 0-dimensional tensors (read on the host by the caller, once)."""
+    mapped, z, pre = method.step(problem, state)
+    fixed = problem.activation(pre)
+    return mapped, z, pre, torch.dist(fixed, z), torch.linalg.vector_norm(fixed)
+
+
+#: :func:`iterate` compiled, one per process (``solve(..., compiled=True)``).
+COMPILED_ITERATE = Compiled(iterate, "the splitting iteration")
+
+
 def solve(
     method: SplittingMethod,
     problem: SplittingProblem,
@@ -150,7 +163,7 @@ def solve(
     ``accelerator(state, mapped_state)``, when given (e.g. :class:`~mondeq.solvers.Anderson`),
     replaces each new state by an extrapolated one. ``state``, when given, is the initial state
     itself (a warm start, :meth:`SplittingMethod.warm_state`) instead of ``method.init(problem, z0)``.
-    ``compiled`` runs each iteration through :func:`torch.compile` (:mod:`mondeq.solvers.compiled`).
+    ``compiled`` runs each iteration (:func:`iterate`) through :func:`torch.compile` (:data:`COMPILED_ITERATE`).
     """
     if method.needs_resolvent and problem.resolvent is None:
         raise ValueError(f"splitting method {method.name!r} needs the operator's resolvent")
@@ -160,7 +173,7 @@ def solve(
     times: list[float] = []
     status = Status.MAX_ITER
     iterations = 0
-    step = iteration(compiled)
+    step = COMPILED_ITERATE if compiled else iterate
     while True:
         mapped, z, pre, distance, norm = step(method, problem, state)
         iterations += 1

@@ -25,8 +25,8 @@ class SolverOptions:
         tol: the relative fixed-point residual to stop at, in (0, 1).
         max_iter: the iteration cap, an integer >= 1.
         anderson: memory of Anderson acceleration, an integer >= 0 (0: off).
-        compiled: run each iteration compiled by :func:`torch.compile` (:mod:`~mondeq.solvers.compiled`;
-            eager when compiling fails).
+        compiled: run each iteration compiled by :func:`torch.compile` (eager, with a
+            :class:`~mondeq.errors.CompileWarning`, when compiling fails).
     """
 
     solver: str = "pr"
