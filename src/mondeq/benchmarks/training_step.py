@@ -87,8 +87,8 @@ def paper_era_multiply(op, z: Tensor, transpose: bool = False) -> Tensor:
     operator four products with :math:`A` and :math:`B` (never the matrix :math:`W`), for convolutions the
     kernels applied as convolutions."""
     if isinstance(op, FullyConnected):
-        skew = z @ op.B if transpose else z @ op.B.T
-        return (1 - op.m) * z - (z @ op.A.T) @ op.A + skew - (z @ op.B.T if transpose else z @ op.B)
+        b = op.B.T if transpose else op.B  # W^T = (1 - m) I - A^T A + B^T - B
+        return (1 - op.m) * z - (z @ op.A.T) @ op.A + z @ b.T - z @ b
     weights = op.weights().T if transpose else op.weights()
     return op.apply_convolutions(z, weights.tiers)
 
@@ -160,21 +160,21 @@ def paper_era_forward(model, x: Tensor) -> tuple[Tensor, list[int]]:
     return model.readout(model.pool(out)), iterations
 
 
-def _compiled_ratio(model, eager_step, repeat: int, tiny: bool) -> dict:
-    """The step with each splitting iteration compiled (``compiled=True``) against the same step eager: the
-    first compiled step's extra seconds (the compilation a user pays once per process and shape), the
-    medians of both and of their pairwise ratios."""
+def _compiled_ratio(model, step, repeat: int, tiny: bool) -> dict:
+    """``step`` (a training step of ``model``) with each splitting iteration compiled (``compiled=True``)
+    against it eager: the first compiled step's extra seconds (the compilation a user pays once per process
+    and shape), the medians of both and of their pairwise ratios. The layer's setting is restored after."""
     layer = model.layer
     start = time.perf_counter()
-    eager_step()
+    step()
     eager_once = time.perf_counter() - start
     with layer.options(compiled=True):
         start = time.perf_counter()
-        eager_step()
+        step()
         first = time.perf_counter() - start
         compiled, eager, speedup = measure_pair(
-            lambda: layer.configure(compiled=True) or eager_step(),
-            lambda: layer.configure(compiled=False) or eager_step(),
+            lambda: layer.configure(compiled=True) or step(),
+            lambda: layer.configure(compiled=False) or step(),
             repeat,
             min_seconds=0.1 if tiny else 4.0,
         )
@@ -202,18 +202,18 @@ def run(tiny: bool = False) -> dict:
             model.zero_grad()
             F.cross_entropy(model(x), y).backward()
 
-        def paper_era_step(model=model):
+        def paper_era_step(model=model) -> list[int]:
             model.zero_grad()
-            F.cross_entropy(paper_era_forward(model, x)[0], y).backward()
+            logits, iterations = paper_era_forward(model, x)
+            F.cross_entropy(logits, y).backward()
+            return iterations
 
         with ignore_convergence_warnings():
             ours, theirs, speedup = measure_pair(mondeq_step, paper_era_step, repeat, min_seconds=0.1 if tiny else 4.0)
             mondeq_step()
             grads_ours = [p.grad.clone() for p in model.parameters()]
             stats = layer.stats
-            model.zero_grad()
-            logits, iterations = paper_era_forward(model, x)
-            F.cross_entropy(logits, y).backward()
+            iterations = paper_era_step()
             grads_ref = [p.grad.clone() for p in model.parameters()]
         agreement = max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(grads_ours, grads_ref))
         compiled = _compiled_ratio(model, mondeq_step, repeat, tiny)

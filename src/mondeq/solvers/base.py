@@ -123,9 +123,15 @@ class SplittingMethod:
         raise NotImplementedError
 
 
+def residual_norms(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
+    """``(||fz - z||, ||fz||)`` as 0-dimensional tensors: two tensor operations."""
+    # torch.linalg.vector_norm, not Tensor.norm: the latter's Python wrapper costs more than the norm here
+    return torch.dist(fz, z), torch.linalg.vector_norm(fz)
+
+
 def relative_residual(z: Tensor, fz: Tensor) -> float:
     """``||fz - z|| / ||fz||`` (0 when both vanish)."""
-    return residual_ratio(torch.dist(fz, z), torch.linalg.vector_norm(fz))
+    return residual_ratio(*residual_norms(z, fz))
 
 
 def residual_ratio(distance: Tensor, norm: Tensor) -> float:
@@ -140,8 +146,7 @@ def iterate(method: SplittingMethod, problem: SplittingProblem, state: Tensor) -
     :math:`(T(u_k), z_k, p_k, \|\sigma(p_k) - z_k\|, \|\sigma(p_k)\|)` with :math:`p_k = W z_k + b`, the norms
     as 0-dimensional tensors (read on the host by the caller, once)."""
     mapped, z, pre = method.step(problem, state)
-    fixed = problem.activation(pre)
-    return mapped, z, pre, torch.dist(fixed, z), torch.linalg.vector_norm(fixed)
+    return mapped, z, pre, *residual_norms(z, problem.activation(pre))
 
 
 #: :func:`iterate` compiled, one per process (``solve(..., compiled=True)``).
