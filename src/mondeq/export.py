@@ -215,7 +215,8 @@ def operator_blocks(operator: nn.Module) -> Tensor:
         if any(len(shape) != 3 for shape in shapes):
             raise ConfigError(f"export supports convolutions of 2-D images, not the {type(operator).__name__}'s {shapes[0][1:]}")
         if weights.fourier is not None:
-            return weights.fourier.reshape(-1, *weights.fourier.shape[-2:])
+            matrices = weights.fourier.matrices
+            return matrices.reshape(-1, *matrices.shape[-2:])
         return _tiered_blocks(operator, weights)
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from ..operators import MultiConv, SingleConv
-from ..operators.convolutional import from_fourier, group, to_fourier, ungroup
+from ..operators.convolutional import group, ungroup
+from ..operators.fourier import from_fourier, to_fourier
 from . import Section, markdown_table
 from .common import Scale, measure
 

@@ -34,9 +34,7 @@ need 2-D images (the alias groups of a stride-2 convolution are written for two 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +42,7 @@ from torch import Tensor, nn
 
 from ..validation import POSITIVE_INT
 from .base import MonotoneOperator, Resolvent
+from .fourier import SpectralMap, from_fourier, spectral_resolvent, to_fourier
 
 __all__ = ["MultiConv", "SingleConv"]
 
@@ -76,37 +75,6 @@ def symbol(kernel: Tensor, size: tuple[int, ...], onesided: bool = False) -> Ten
     placed = torch.roll(placed, shifts=(-(k // 2),) * n, dims=dims)
     fft = torch.fft.rfftn if onesided else torch.fft.fftn
     return fft(placed, dim=dims).conj().permute(*dims, 0, 1).resolve_conj().contiguous()
-
-
-def batched_fft(transform: Callable[..., Tensor], x: Tensor, ndim: int, **kwargs: Any) -> Tensor:
-    """``transform(x, dim=(0, ..., ndim - 1), norm="ortho", **kwargs)`` for ``x`` with the batch last.
-
-    FFT libraries reject an empty batch: it is padded with one zero sample, dropped again.
-    """
-    dims = tuple(range(ndim))
-    if x.shape[-1] == 0:
-        return transform(F.pad(x, (0, 1)), dim=dims, norm="ortho", **kwargs)[..., :0]
-    return transform(x, dim=dims, norm="ortho", **kwargs)
-
-
-def to_fourier(image: Tensor, onesided: bool) -> Tensor:
-    """Unitary n-D DFT of ``(B, c, *size)`` signals in the layout ``(*frequencies, c, B)``; with
-    ``onesided`` the last frequency axis has ``size[-1] // 2 + 1`` entries (real FFT).
-
-    Transforming the leading dims of a permuted view is markedly faster on CPU than the default
-    layout, and leaves frequencies leading, as the per-frequency matrix products want.
-    """
-    n = image.dim() - 2
-    fft = torch.fft.rfftn if onesided else torch.fft.fftn
-    # contiguous: batched complex matmul on a strided spectrum is about twice as slow
-    return batched_fft(fft, image.permute(*range(2, 2 + n), 1, 0), n).contiguous()
-
-
-def from_fourier(spectrum: Tensor, size: tuple[int, ...]) -> Tensor:
-    """Inverse of :func:`to_fourier` for spectra of real signals of ``size`` (full or one-sided): ``(B, c, *size)``."""
-    n = len(size)
-    half = spectrum.narrow(n - 1, 0, size[-1] // 2 + 1)
-    return batched_fft(torch.fft.irfftn, half, n, s=tuple(size)).permute(n + 1, n, *range(n))
 
 
 def group(x: Tensor) -> Tensor:
@@ -176,16 +144,16 @@ class _TierWeights:
 @dataclass
 class _ConvWeights:
     tiers: list[_TierWeights]
-    #: For a single tier, W per frequency of the real n-D FFT, (*size[:-1], size[-1]//2+1, c, c):
-    #: W z is then a product per frequency, several times cheaper than the three convolutions.
-    fourier: Tensor | None
+    #: For a single tier, W as a product per frequency of the real n-D FFT (its matrices
+    #: ``(*size[:-1], size[-1]//2+1, c, c)``): several times cheaper than the three convolutions.
+    fourier: SpectralMap | None
 
     @property
     def T(self) -> _ConvWeights:
         r"""The weights of :math:`W^\top = (1 - m) I - A^\top A - (B - B^\top)`: the skew kernels
         negated, the Fourier symbol conjugate-transposed."""
         tiers = [_TierWeights(w.A, -w.S, w.down) for w in self.tiers]
-        return _ConvWeights(tiers, None if self.fourier is None else self.fourier.mH)
+        return _ConvWeights(tiers, None if self.fourier is None else self.fourier.T)
 
 
 class MultiConv(MonotoneOperator):
@@ -339,13 +307,12 @@ class MultiConv(MonotoneOperator):
             size, w = self.sizes[0], tiers[0]
             a_hat = symbol(w.A, size, onesided=True)
             eye = torch.eye(self.channels[0], dtype=a_hat.dtype, device=a_hat.device)
-            fourier = (1 - self.m) * eye - a_hat.mH @ a_hat + symbol(w.S, size, onesided=True)
+            fourier = SpectralMap((1 - self.m) * eye - a_hat.mH @ a_hat + symbol(w.S, size, onesided=True), size)
         return _ConvWeights(tiers, fourier)
 
     def apply_weights(self, z: Tensor, weights: _ConvWeights) -> Tensor:
         if weights.fourier is not None:
-            size = self.sizes[0]
-            return from_fourier(weights.fourier @ to_fourier(self.tiers(z)[0], onesided=True), size).flatten(1)
+            return weights.fourier(z)
         return self.apply_convolutions(z, weights.tiers)
 
     def apply_convolutions(self, z: Tensor, weights: list[_TierWeights]) -> Tensor:
@@ -420,6 +387,8 @@ class MultiConv(MonotoneOperator):
 
     def build_resolvent(self, conv_weights: _ConvWeights, alpha: float) -> Resolvent:
         lower, diag_inv, upper = self.resolvent_factors(conv_weights, alpha)
+        if not lower:  # a single tier: one inverse per frequency
+            return spectral_resolvent(SpectralMap(diag_inv[0], self.sizes[0]))
 
         def forward_transform(y: Tensor) -> list[Tensor]:
             return [to_fourier(t, onesided=True) for t in self.tiers(y)]

@@ -38,7 +38,8 @@ from torch import Tensor, nn
 
 from ..validation import POSITIVE_INT
 from .base import MonotoneOperator, Resolvent
-from .convolutional import _CONV_MODULES, _CONVOLUTIONS, circular_conv, from_fourier, symbol, to_fourier, transpose_kernel
+from .convolutional import _CONV_MODULES, _CONVOLUTIONS, circular_conv, symbol, transpose_kernel
+from .fourier import SpectralMap, spectral_resolvent
 from .fully_connected import DenseOperator
 
 __all__ = ["IntervalFullyConnected", "IntervalOperator", "IntervalSingleConv"]
@@ -159,11 +160,11 @@ class _IntervalConvWeights:
     """:math:`W` of :class:`IntervalSingleConv`: its kernel and its symbol on the real FFT's frequencies."""
 
     kernel: Tensor  # (c, c, k, ..., k)
-    fourier: Tensor  # (*size[:-1], size[-1] // 2 + 1, c, c)
+    fourier: SpectralMap  # matrices (*size[:-1], size[-1] // 2 + 1, c, c)
 
     @property
     def T(self) -> _IntervalConvWeights:
-        return _IntervalConvWeights(transpose_kernel(self.kernel), self.fourier.mH)
+        return _IntervalConvWeights(transpose_kernel(self.kernel), self.fourier.T)
 
 
 class IntervalSingleConv(IntervalOperator):
@@ -265,27 +266,15 @@ class IntervalSingleConv(IntervalOperator):
 
     def weights(self) -> _IntervalConvWeights:
         kernel = self.kernel()
-        return _IntervalConvWeights(kernel, symbol(kernel, self.size, onesided=True))
+        return _IntervalConvWeights(kernel, SpectralMap(symbol(kernel, self.size, onesided=True), self.size))
 
     def apply_weights(self, z: Tensor, weights: _IntervalConvWeights) -> Tensor:
-        image = self.unflatten(z)
-        return from_fourier(weights.fourier @ to_fourier(image, onesided=True), self.size).flatten(1)
+        return weights.fourier(z)
 
     def build_resolvent(self, weights: _IntervalConvWeights, alpha: float) -> Resolvent:
-        eye = torch.eye(self.channels, dtype=weights.fourier.dtype, device=weights.fourier.device)
-        inverse = torch.linalg.inv((1 + alpha) * eye - alpha * weights.fourier)  # per frequency
-        adjoint: list[Tensor] = []
-
-        def apply(y: Tensor, matrices: Tensor) -> Tensor:
-            spectrum = to_fourier(self.unflatten(y.to(matrices.real.dtype)), onesided=True)
-            return from_fourier(matrices @ spectrum, self.size).flatten(1).to(y.dtype)
-
-        def solve_transpose(y: Tensor) -> Tensor:
-            if not adjoint:
-                adjoint.append(inverse.mH.resolve_conj().contiguous())
-            return apply(y, adjoint[0])
-
-        return Resolvent(lambda y: apply(y, inverse), solve_transpose)
+        symbol_ = weights.fourier.matrices
+        eye = torch.eye(self.channels, dtype=symbol_.dtype, device=symbol_.device)
+        return spectral_resolvent(SpectralMap(torch.linalg.inv((1 + alpha) * eye - alpha * symbol_), self.size))
 
     # -- intervals ------------------------------------------------------------------------
     def interval_weights(self) -> tuple[Tensor, Tensor]:
