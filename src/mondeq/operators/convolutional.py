@@ -386,9 +386,9 @@ class MultiConv(MonotoneOperator):
         return lower, diag_inv, upper
 
     def build_resolvent(self, conv_weights: _ConvWeights, alpha: float) -> Resolvent:
+        if conv_weights.fourier is not None:  # a single tier: one inverse per frequency of W's symbol
+            return spectral_resolvent(conv_weights.fourier, alpha)
         lower, diag_inv, upper = self.resolvent_factors(conv_weights, alpha)
-        if not lower:  # a single tier: one inverse per frequency
-            return spectral_resolvent(SpectralMap(diag_inv[0], self.sizes[0]))
 
         def forward_transform(y: Tensor) -> list[Tensor]:
             return [to_fourier(t, onesided=True) for t in self.tiers(y)]

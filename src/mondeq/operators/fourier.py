@@ -205,10 +205,14 @@ class SpectralMap:
         return signal_out.permute(1, 0, 2).reshape(batch, c_out * points * n)
 
 
-def spectral_resolvent(inverse: SpectralMap) -> Resolvent:
-    r"""The resolvent :math:`(I + \alpha(I - W))^{-1}` of an operator whose inverse is ``inverse``, a product per
-    frequency; the transpose (the adjoint matrices) is built on first use."""
-    dtype = inverse.matrices.real.dtype
+def spectral_resolvent(weights: SpectralMap, alpha: float) -> Resolvent:
+    r"""The resolvent :math:`(I + \alpha(I - W))^{-1}` of a :math:`W` that is a product per frequency
+    (``weights``): one inverse :math:`((1 + \alpha) I - \alpha W(f))^{-1}` per frequency; the transpose (the
+    adjoint matrices) is built on first use."""
+    symbol = weights.matrices
+    eye = torch.eye(symbol.shape[-1], dtype=symbol.dtype, device=symbol.device)
+    inverse = SpectralMap(torch.linalg.inv((1 + alpha) * eye - alpha * symbol), weights.size, weights.matrix_dft)
+    dtype = symbol.real.dtype
     adjoint: list[SpectralMap] = []
 
     def solve_transpose(y: Tensor) -> Tensor:

@@ -272,9 +272,7 @@ class IntervalSingleConv(IntervalOperator):
         return weights.fourier(z)
 
     def build_resolvent(self, weights: _IntervalConvWeights, alpha: float) -> Resolvent:
-        symbol_ = weights.fourier.matrices
-        eye = torch.eye(self.channels, dtype=symbol_.dtype, device=symbol_.device)
-        return spectral_resolvent(SpectralMap(torch.linalg.inv((1 + alpha) * eye - alpha * symbol_), self.size))
+        return spectral_resolvent(weights.fourier, alpha)
 
     # -- intervals ------------------------------------------------------------------------
     def interval_weights(self) -> tuple[Tensor, Tensor]:
