@@ -155,8 +155,9 @@ def run(tiny: bool = False) -> dict:
 def markdown(result: dict) -> str:
     names = list(result["profiles"])
     cnn = min(result["epoch_seconds"]["explicit CNN"])
+    cpu = result.get("_machine", {}).get("cpu", "unknown CPU")
     lines = [
-        f"Fashion-MNIST, the first {result['images']:,} training images, batch 128, 2 threads; the `{RECIPE}` recipe's "
+        f"Measured on {cpu}. Fashion-MNIST, the first {result['images']:,} training images, batch 128; the `{RECIPE}` recipe's "
         f"settings. A category's milliseconds per step (its share of the step) over {result['profiled_steps']} profiled "
         "steps after a warm-up epoch; the epoch ratio from the fastest of two second epochs of each, timed in turn.",
         "",

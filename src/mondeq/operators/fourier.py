@@ -192,14 +192,15 @@ class SpectralMap:
             spectrum = torch.mm(lead, spectrum.view(2 * points, k * columns))  # rows (part, L)
         parts = spectrum.view(2, points * k, batch, c_in)
         a_real, a_imag = self._real_parts()
-        real = torch.baddbmm(torch.bmm(parts[0], a_real), parts[1], a_imag, alpha=-1)  # (L K, B, c_out)
-        imag = torch.baddbmm(torch.bmm(parts[0], a_imag), parts[1], a_real)
+        # in place on the products' fresh outputs (their backward needs only the inputs): no copy of the first term
+        real = torch.bmm(parts[0], a_real).baddbmm_(parts[1], a_imag, alpha=-1)  # (L K, B, c_out)
+        imag = torch.bmm(parts[0], a_imag).baddbmm_(parts[1], a_real)
         width = k * batch * c_out
         if lead_inverse is None:
             mapped = torch.cat([real.view(1, k, -1), imag.view(1, k, -1)], dim=1)
         else:
-            from_real = lead_inverse[:, :points] @ real.view(points, width)
-            mapped = torch.addmm(from_real, lead_inverse[:, points:], imag.view(points, width))
+            mapped = torch.mm(lead_inverse[:, :points], real.view(points, width))
+            mapped.addmm_(lead_inverse[:, points:], imag.view(points, width))
         mapped = mapped.view(points, 2 * k, batch * c_out)  # rows (L, part, k)
         signal_out = torch.bmm(mapped.transpose(1, 2), last_inverse.expand(points, 2 * k, n))  # (L, B c_out, N)
         return signal_out.permute(1, 0, 2).reshape(batch, c_out * points * n)
