@@ -9,7 +9,7 @@ from mondeq.benchmarks.report import run_all
 
 # Two halves of about equal time, so that the two xdist workers share them.
 GROUPS = {
-    "processes": ["memory", "data_parallel", "threads"],
+    "processes": ["memory", "data_parallel", "threads", "step_profile"],
     "in-process": ["solvers", "resolvent", "training_step", "peers", "scaling", "certified", "time_to_accuracy", "evaluation"],
     "training": ["reuse", "export", "convergence"],
 }
@@ -17,6 +17,19 @@ GROUPS = {
 
 def test_groups_cover_every_section():
     assert sorted(sum(GROUPS.values(), [])) == sorted(sections())
+
+
+def test_step_profile_categories():
+    """A residual norm is not counted as a per-frequency inverse, nor an in-place add as something else."""
+    from mondeq.benchmarks.step_profile import category
+
+    assert category("aten::linalg_vector_norm") == "residual norms and reductions"
+    assert category("aten::linalg_inv_ex") == "per-frequency inverses"
+    assert category("aten::_fft_c2r") == "FFTs"
+    assert category("aten::baddbmm") == category("aten::mm") == "matrix products (DFT, per-frequency, readout)"
+    assert category("aten::add_") == category("aten::clamp_min") == "elementwise passes"
+    assert category("aten::copy_") == "layout copies and fills"
+    assert category("aten::unheard_of") == "other operators"
 
 
 @pytest.mark.slow
@@ -37,6 +50,10 @@ def test_every_benchmark_runs_tiny(tmp_path, group):
         assert implicit[0] == implicit[-1] and unrolled[-1] > unrolled[0]
         assert all(r["images_per_second"] > 0 for r in results["data_parallel"]["rows"])
         assert len(results["threads"]["rows"]) == 6 and all(r["seconds_per_batch"] > 0 for r in results["threads"]["rows"])
+        profiles = results["step_profile"]["profiles"]
+        assert set(profiles) == {"monDEQ, matrix DFT", "monDEQ, FFTs (before)", "explicit CNN"}
+        ffts = [profiles[name]["categories"].get("FFTs", 0.0) for name in ("monDEQ, FFTs (before)", "monDEQ, matrix DFT")]
+        assert ffts[0] > ffts[1]
         return
     if group == "training":
         rows = {(r["reuse"], r["gradient"]): r for r in results["reuse"]["rows"]}

@@ -103,6 +103,7 @@ def _real_form_columns_by_part(c: Tensor) -> Tensor:
     return out.reshape(2 * n, 2 * n)
 
 
+@torch.compiler.disable  # built once per grid, outside any compiled graph
 @functools.lru_cache(maxsize=64)
 def _dft_matrices(
     size: tuple[int, ...], dtype: torch.dtype, device: torch.device
