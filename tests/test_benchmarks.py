@@ -26,7 +26,8 @@ def test_step_profile_categories():
     assert category("aten::linalg_vector_norm") == "residual norms and reductions"
     assert category("aten::linalg_inv_ex") == "per-frequency inverses"
     assert category("aten::_fft_c2r") == "FFTs"
-    assert category("aten::baddbmm") == category("aten::mm") == "matrix products (DFT, per-frequency, readout)"
+    products = "matrix products (DFT, per-frequency, readout)"
+    assert category("aten::baddbmm_") == category("aten::addmm_") == category("aten::mm") == products
     assert category("aten::add_") == category("aten::clamp_min") == "elementwise passes"
     assert category("aten::copy_") == "layout copies and fills"
     assert category("aten::unheard_of") == "other operators"

@@ -35,7 +35,7 @@ PROFILED = 16
 
 #: Operator categories, in report order: a name and the aten operators (exact names, or prefixes ending in ``*``).
 CATEGORIES: dict[str, tuple[str, ...]] = {
-    "matrix products (DFT, per-frequency, readout)": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"),
+    "matrix products (DFT, per-frequency, readout)": ("aten::mm", "aten::bmm", "aten::addmm*", "aten::baddbmm*"),
     "FFTs": ("aten::_fft_*",),
     "convolutions": ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution", "aten::conv*"),
     "per-frequency inverses": ("aten::linalg_*", "aten::_linalg_*"),
