@@ -245,6 +245,21 @@ def test_final_residual_is_explicit_when_stopping_at_max_iter():
     assert layer.stats.forward.residual == pytest.approx(explicit, rel=1e-9)
 
 
+@pytest.mark.parametrize("solver", ["fb", "pr", "dr"])
+def test_result_pre_is_the_explicit_preactivation_at_z(solver):
+    """The pre-activation a solve returns (the backward pass reuses it as W^T w + g) is W z + b at its z,
+    computed by a multiplication: not the resolvent identity's derived estimate."""
+    torch.manual_seed(0)
+    op = make_operator("single", scale=0.4).double()
+    x = make_input(op).double()
+    frozen = op.frozen(0.5)
+    injection = op.inject(x).detach()
+    problem = SplittingProblem(frozen.multiply, injection, torch.relu, torch.relu, 0.5, frozen.resolvent.solve)
+    result = solve(get_solver(solver), problem, torch.zeros_like(injection), tol=1e-6, max_iter=500)
+    assert result.converged
+    torch.testing.assert_close(result.pre, result.z @ op.to_dense().T + injection, rtol=0, atol=1e-12)
+
+
 def _solve_and_gradients(layer, x):
     x = x.clone().requires_grad_(True)
     z = layer(x)

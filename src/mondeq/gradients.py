@@ -43,12 +43,13 @@ if TYPE_CHECKING:
 
 __all__ = ["GRADIENTS", "Adjoint", "Equilibrium", "Implicit", "JacobianFree", "Phantom", "get_gradient"]
 
-#: ``solve(frozen, activation, prox, injection, warm) -> (z, record)``: the equilibrium
+#: ``solve(frozen, activation, prox, injection, warm) -> (z, pre, record)``: the equilibrium
 #: :math:`z = \sigma(Wz + b)` of ``frozen``'s :math:`W` with the layer's backward settings, checked
-#: as the layer checks its solves.
+#: as the layer checks its solves; ``pre`` is :math:`Wz + b` from the solve's final residual test
+#: (``None`` when it has none).
 BackwardSolve = Callable[
     ["FrozenOperator", Callable[[Tensor], Tensor], Callable[[Tensor], Tensor], Tensor, "WarmStart | None"],
-    "tuple[Tensor, SolveRecord]",
+    "tuple[Tensor, Tensor | None, SolveRecord]",
 ]
 
 
@@ -137,8 +138,9 @@ class Implicit(Adjoint):
         with torch.no_grad():
             shrink = d / (d + e.frozen.alpha * (1 - d))
             warm = None if e.selection is None else e.selection.start("backward", grad)
-            w, e.stats.backward = e.solve(transposed, lambda y: d * y, lambda y: shrink * y, grad, warm)
-            pre = transposed.multiply(w) + grad
+            w, pre, e.stats.backward = e.solve(transposed, lambda y: d * y, lambda y: shrink * y, grad, warm)
+            if pre is None:  # W^T w + g: the solve's final residual test computed it (one multiplication saved)
+                pre = transposed.multiply(w) + grad
             if e.selection is not None:
                 e.selection.keep("backward", pre)
             return pre

@@ -265,7 +265,7 @@ class MonDEQ(nn.Module):
                 )
             # activation.forward, not the module's __call__: its hook dispatch on every iteration costs small models
             prox = lambda y: activation.prox(y, alpha)  # noqa: E731
-            z, record = self._solve(frozen, activation.forward, prox, injection.detach(), options, warm)
+            z, _, record = self._solve(frozen, activation.forward, prox, injection.detach(), options, warm)
         stats = SolverStats(alpha=alpha, forward=record)
         self.stats = stats
         self._check(record, "forward", options)
@@ -283,13 +283,13 @@ class MonDEQ(nn.Module):
         prox: Callable[[Tensor], Tensor],
         injection: Tensor,
         warm: WarmStart | None,
-    ) -> tuple[Tensor, SolveRecord]:
+    ) -> tuple[Tensor, Tensor | None, SolveRecord]:
         """The backward solve of an adjoint (:class:`~mondeq.gradients.Implicit`): :meth:`_solve` with the
         backward settings as they are when it runs, checked like the forward solve."""
         options = self.backward_options
-        w, record = self._solve(frozen, activation, prox, injection, options, warm)
+        w, pre, record = self._solve(frozen, activation, prox, injection, options, warm)
         self._check(record, "backward", options)
-        return w, record
+        return w, pre, record
 
     def _solve(
         self,
@@ -299,10 +299,11 @@ class MonDEQ(nn.Module):
         injection: Tensor,
         options: SolverOptions,
         warm: WarmStart | None = None,
-    ) -> tuple[Tensor, SolveRecord]:
+    ) -> tuple[Tensor, Tensor | None, SolveRecord]:
         r"""The equilibrium :math:`z = \sigma(Wz + b)` with ``frozen``'s :math:`W`, :math:`\alpha` and
         resolvent, :math:`\sigma` = ``activation`` (``prox``: :math:`\operatorname{prox}_{\alpha f}`),
-        :math:`b` = ``injection``, solved as ``options`` say; and the record of the solve. It starts at
+        :math:`b` = ``injection``, solved as ``options`` say; :math:`Wz + b` as the final residual test
+        computed it (:attr:`~mondeq.solvers.SolverResult.pre`); and the record of the solve. It starts at
         zero, or, for the rows that ``warm`` names, from the method's
         :meth:`~mondeq.solvers.SplittingMethod.warm_state` of its pre-activation estimate."""
         problem = SplittingProblem(
@@ -322,7 +323,7 @@ class MonDEQ(nn.Module):
         if warm is not None:
             state = torch.where(warm.rows[:, None], method.warm_state(problem, warm.pre), method.init(problem, zero))
         result = solve(method, problem, zero, options.tol, options.max_iter, accelerator, state=state, compiled=options.compiled)
-        return result.z, SolveRecord.of(result, None if resolvent is None else resolvent.inner)
+        return result.z, result.pre, SolveRecord.of(result, None if resolvent is None else resolvent.inner)
 
     def _check(self, record: SolveRecord, direction: str, options: SolverOptions) -> None:
         if record.converged:

@@ -74,7 +74,8 @@ class Status(enum.Enum):
 @dataclass
 class SolverResult:
     """Outcome of one solve. ``residuals[k]`` is the relative residual of the estimate of step
-    ``k + 1``, reached ``times[k]`` seconds after the start."""
+    ``k + 1``, reached ``times[k]`` seconds after the start. ``pre`` is :math:`Wz + b` at the returned
+    ``z`` as the final residual test computed it, by a multiplication (``None`` after divergence)."""
 
     z: Tensor
     iterations: int
@@ -83,6 +84,7 @@ class SolverResult:
     residuals: list[float] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    pre: Tensor | None = None
 
     @property
     def converged(self) -> bool:
@@ -186,7 +188,8 @@ def solve(
         if not method.exact_pre and (residual <= tol or iterations >= max_iter):
             # Confirm with an explicit multiplication: the derived pre-activation carries a
             # rounding error of about eps / alpha, which must neither fake nor hide convergence.
-            residual = relative_residual(z, problem.activation(problem.multiply(z) + problem.injection))
+            pre = problem.multiply(z) + problem.injection
+            residual = relative_residual(z, problem.activation(pre))
         residuals.append(residual)
         times.append(time.perf_counter() - start)
         if not math.isfinite(residual):
@@ -206,4 +209,5 @@ def solve(
         residuals=residuals,
         times=times,
         seconds=time.perf_counter() - start,
+        pre=pre if status is not Status.DIVERGED else None,
     )
