@@ -60,8 +60,9 @@ def test_matrix_dft_empty_batch_and_float32():
 
 
 def test_large_grids_use_the_fft():
-    assert uses_matrix_dft((MATRIX_DFT_MAX_SIDE, MATRIX_DFT_MAX_SIDE))
-    assert not uses_matrix_dft((MATRIX_DFT_MAX_SIDE + 1, 4))
+    assert uses_matrix_dft((MATRIX_DFT_MAX_SIDE, MATRIX_DFT_MAX_SIDE)) and uses_matrix_dft((4, 8, 8))
+    assert not uses_matrix_dft((MATRIX_DFT_MAX_SIDE + 1, 4)) and not uses_matrix_dft((4, MATRIX_DFT_MAX_SIDE + 1))
+    assert not uses_matrix_dft((6, 6, 6))
 
 
 @pytest.mark.parametrize(
@@ -71,7 +72,8 @@ def test_large_grids_use_the_fft():
         lambda: SingleConv(1, 3, (12,), kernel_size=5, m=0.3),
         lambda: SingleConv(1, 2, (4, 5, 6), kernel_size=3, m=0.3),
         lambda: SingleConv(1, 3, (8, 6), kernel_size=3, m=0.3, stride=2),
-        lambda: SingleConv(1, 3, (22, 22), kernel_size=3, m=0.3),  # over the matrix DFT's side: FFTs
+        lambda: SingleConv(1, 1, (34, 34), kernel_size=3, m=0.3),  # over the matrix DFT's side: FFTs
+        lambda: SingleConv(1, 2, (6, 6, 6), kernel_size=3, m=0.3),  # 36 leading points: FFTs
     ],
 )
 def test_single_conv_multiply_and_resolvent_equal_dense(build):
