@@ -1,8 +1,19 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-import torch
+# Each test process compiles (torch.compile) into a kernel cache of its own, new for the session:
+# kernels written by another process (a concurrent xdist worker, or a run under another
+# ATEN_CPU_CAPABILITY, as CI runs the suite three times) are never loaded. A compiled iteration
+# returned NaN once with the cache shared that way (2026-12-08; not reproduced with a fresh cache).
+_KERNELS = tempfile.mkdtemp(prefix="mondeq-test-kernels-")
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = _KERNELS
+atexit.register(shutil.rmtree, _KERNELS, ignore_errors=True)
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 

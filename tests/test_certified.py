@@ -268,3 +268,46 @@ def test_every_corner_of_a_tiny_ball_is_inside_the_bounds():
         z = layer(x + 0.3 * corners)
     box, _ = equilibrium_box(layer, Box.around(x, torch.full_like(x, 0.3)), iterations=300)
     assert (z >= box.lower - 1e-9).all() and (z <= box.upper + 1e-9).all()
+
+
+# -- interval iterations that start where the last visit ended -------------------------------
+def test_a_warm_started_interval_iteration_reaches_the_cold_fixed_point():
+    """The interval map contracts from any start: a box far from the fixed point (not containing it) ends there too."""
+    classifier = model("fc", seed=5, interval=True, m=0.4)
+    x = torch.randn(2, 1, SIDE, SIDE, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    ball = Box.around(x, torch.full_like(x, 0.05))
+    cold, _ = equilibrium_box(classifier.layer, ball, iterations=400, tol=0)
+    start = Box(cold.lower + 3.0, cold.upper + 5.0)  # above the fixed point: no sound iteration starts there
+    warm, _ = equilibrium_box(classifier.layer, ball, iterations=400, tol=0, start=start)
+    torch.testing.assert_close(warm.lower, cold.lower, rtol=0, atol=1e-10)
+    torch.testing.assert_close(warm.upper, cold.upper, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="certificate"):
+        equilibrium_box(classifier.layer, ball, rounding=True, start=start)
+
+
+def test_certified_training_keeps_boxes_and_certificates_ignore_them(tmp_path, images):
+    config = TrainConfig(
+        model="fc",
+        dataset="mnist",
+        epochs=3,
+        lr=5e-3,
+        certified="linf:0.05",
+        certified_warmup=0.5,
+        certified_ramp=1,
+        out=str(tmp_path / "run"),
+        model_options={"interval": True, "m": 0.5, "width": 16},
+    )
+    trainer = Trainer(config, images, images, progress=False)
+    store = trainer.fixed_points
+    assert store is not None and store.directions == ("interval_lower", "interval_upper")
+    trainer.fit()
+    assert store.visited["interval_lower"].all() and store.visited["interval_upper"].all()
+    classifier = trainer.model
+    classifier.layer.configure(tol=1e-6)
+    with store.select(torch.arange(len(images))):  # a selection active: the certificate must not read it
+        with_store = evaluate_robustness(classifier, images, [0.02, 0.05], None, pgd_steps=5, norm="linf")
+    classifier.layer.fixed_points = None
+    without = evaluate_robustness(classifier, images, [0.02, 0.05], None, pgd_steps=5, norm="linf")
+    assert with_store["certified_accuracy"] == without["certified_accuracy"]
+    off = TrainConfig(**{**config.__dict__, "certified_reuse": False, "out": str(tmp_path / "off")})
+    assert Trainer(off, images, images, progress=False).fixed_points is None

@@ -91,7 +91,7 @@ def test_warm_backward_solves_give_the_cold_gradient():
 
 
 def test_examples_beyond_the_memory_cap_start_cold():
-    store = FixedPointStore(10, 4, backward=True, max_bytes=3 * 4 * 2 * 2)  # three examples, two directions of bf16
+    store = FixedPointStore(10, 4, max_bytes=3 * 4 * 2 * 2)  # three examples, two directions of bf16
     assert store.capacity == 3 and store.nbytes == 3 * 4 * 2 * 2 + 2 * 3
     op = FullyConnected(5, 4, m=0.5)
     layer = MonDEQ(op, tol=1e-3)

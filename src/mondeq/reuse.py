@@ -13,7 +13,7 @@ on the model's device, within a memory cap: examples beyond it start cold every 
 
 Example::
 
-    store = FixedPointStore(len(train_set), layer.linear.features, backward=True)
+    store = FixedPointStore(len(train_set), layer.linear.features)
     layer.fixed_points = store
     for index, (x, y) in enumerate(batches):
         with store.select(batches.indices(index)):  # this forward and its backward
@@ -31,10 +31,13 @@ from torch import Tensor
 from .solvers.base import WarmStart
 from .validation import POSITIVE_INT
 
-__all__ = ["DIRECTIONS", "FixedPointStore"]
+__all__ = ["DIRECTIONS", "INTERVAL", "FixedPointStore"]
 
-#: What can be reused: the equilibrium solve's pre-activation and the implicit backward solve's.
-DIRECTIONS = ("forward", "backward")
+#: What can be reused: the equilibrium solve's pre-activation, the implicit backward solve's, and the
+#: bounds of certified training's interval iteration (:class:`~mondeq.robust.CertifiedObjective`).
+DIRECTIONS = ("forward", "backward", "interval_lower", "interval_upper")
+#: The directions of the interval iteration's box.
+INTERVAL = DIRECTIONS[2:]
 
 
 class FixedPointStore:
@@ -43,7 +46,8 @@ class FixedPointStore:
     Args:
         examples: size of the training set (example indices run over ``0 .. examples - 1``).
         features: hidden units per example, :math:`n`.
-        backward: keep the implicit backward solve's pre-activation too.
+        directions: what is kept, a non-empty subset of :data:`DIRECTIONS` (default: the equilibrium
+            solve's and the implicit backward solve's pre-activations).
         max_bytes: memory cap; the first ``max_bytes // (bytes per example)`` examples get rows,
             the others always start cold (``None``: every example).
         dtype: storage type of the rows.
@@ -51,20 +55,23 @@ class FixedPointStore:
 
     Attributes:
         capacity: how many examples (the first ones) have rows.
-        directions: ``("forward",)`` or ``("forward", "backward")``.
+        directions: what is kept, in the order of :data:`DIRECTIONS`.
     """
 
     def __init__(
         self,
         examples: int,
         features: int,
-        backward: bool = True,
+        directions: tuple[str, ...] = DIRECTIONS[:2],
         max_bytes: int | None = None,
         dtype: torch.dtype = torch.bfloat16,
         device: str | torch.device = "cpu",
     ) -> None:
         self.examples, self.features = POSITIVE_INT.check("examples", examples), POSITIVE_INT.check("features", features)
-        self.directions = DIRECTIONS if backward else DIRECTIONS[:1]
+        unknown = set(directions) - set(DIRECTIONS)
+        if unknown or not directions:
+            raise ValueError(f"directions must be a non-empty subset of {DIRECTIONS}, got {directions!r}")
+        self.directions = tuple(d for d in DIRECTIONS if d in directions)
         per_example = features * torch.finfo(dtype).bits // 8 * len(self.directions)
         self.capacity = self.examples if max_bytes is None else min(self.examples, int(max_bytes) // per_example)
         self.rows = {d: torch.zeros(self.capacity, features, dtype=dtype, device=device) for d in self.directions}
@@ -78,7 +85,7 @@ class FixedPointStore:
 
     def describe(self) -> str:
         """One line for a log: what is kept, for how many examples, in how much memory."""
-        kept = " and ".join(self.directions)
+        kept = " and ".join(d.replace("_", " ") for d in self.directions)
         covered = (
             "every example" if self.capacity == self.examples else f"{self.capacity:,} of {self.examples:,} examples (memory cap)"
         )

@@ -38,7 +38,7 @@ from ..activations import ReLU
 from ..errors import ConfigError
 from ..operators import IntervalOperator
 
-__all__ = ["Box", "equilibrium_box", "interval_logits", "network_box", "rounding_bound", "worst_case_logits"]
+__all__ = ["Box", "equilibrium_box", "interval_logits", "network_box", "readout_logits", "rounding_bound", "worst_case_logits"]
 
 
 def rounding_bound(terms: int, dtype: torch.dtype) -> float:
@@ -113,7 +113,13 @@ CHECK_EVERY = 5
 
 
 def equilibrium_box(
-    layer, x: Box, iterations: int = 60, tol: float = 1e-6, rounding: bool = False, taped: int | None = None
+    layer,
+    x: Box,
+    iterations: int = 60,
+    tol: float = 1e-6,
+    rounding: bool = False,
+    taped: int | None = None,
+    start: Box | None = None,
 ) -> tuple[Box, int]:
     """Sound bounds on the equilibria :math:`z^\\star(x')` of every input ``x'`` of the box ``x``, for a
     monDEQ ``layer`` whose operator is an :class:`~mondeq.operators.IntervalOperator` and whose
@@ -123,7 +129,14 @@ def equilibrium_box(
     every :data:`CHECK_EVERY` iterations). ``rounding``: widen every step by its rounding error (module
     docstring), for certificates. ``taped``: with gradients enabled, only the last ``taped`` of the
     ``iterations`` are recorded for backpropagation (the earlier ones run without a tape, and ``tol`` is
-    not tested): a truncated gradient at a fraction of the cost, the bounds as sound as ever."""
+    not tested): a truncated gradient at a fraction of the cost, the bounds as sound as ever.
+
+    ``start``: iterate from this box instead (certified training: the box an example's last visit
+    ended in), without intersecting the iterates. The interval map contracts (:math:`\rho(|W|) < 1`) to
+    the same box from any start, but an iterate from ``start`` holds the equilibria only in that limit:
+    such bounds are a training signal, never a certificate (refused with ``rounding``)."""
+    if start is not None and rounding:
+        raise ValueError("a certificate's interval iteration starts from its sound box, never from a stored one")
     op = layer.linear
     if not isinstance(op, IntervalOperator):
         raise ConfigError(
@@ -139,13 +152,17 @@ def equilibrium_box(
     if rounding:
         bias, magnitude = op.interval_inject(torch.zeros_like(center), center.abs() + radius)
         injection_radius = injection_radius + rounding_bound(op.inject_terms + 1, dtype) * (magnitude + bias.abs())
-    z = Box(torch.zeros_like(injection_center), _reach(op, weights, injection_center, injection_radius, rounding))
+    sound = start is None
+    if sound:
+        z = Box(torch.zeros_like(injection_center), _reach(op, weights, injection_center, injection_radius, rounding))
+    else:
+        z = start
     done = 0
     if taped is not None and taped < iterations and torch.is_grad_enabled():
         with torch.no_grad():
-            z, done = _iterate(op, weights, injection_center, injection_radius, z, iterations - taped, 0.0, rounding)
+            z, done = _iterate(op, weights, injection_center, injection_radius, z, iterations - taped, 0.0, rounding, sound)
         iterations, tol = taped, 0.0
-    z, more = _iterate(op, weights, injection_center, injection_radius, z, iterations, tol, rounding)
+    z, more = _iterate(op, weights, injection_center, injection_radius, z, iterations, tol, rounding, sound)
     return z, done + more
 
 
@@ -158,9 +175,11 @@ def _iterate(
     iterations: int,
     tol: float,
     rounding: bool,
+    intersect: bool = True,
 ) -> tuple[Box, int]:
-    """At most ``iterations`` steps of the interval map from ``z``, each intersected with the last;
-    stops early once no bound moves by more than ``tol`` times its size (``tol`` 0: never)."""
+    """At most ``iterations`` steps of the interval map from ``z``, each intersected with the last when
+    ``intersect`` (``z`` holds every equilibrium); stops early once no bound moves by more than ``tol``
+    times its size (``tol`` 0: never)."""
     dtype = z.lower.dtype
     relative = rounding_bound(op.multiply_terms + 2, dtype) if rounding else 0.0
     done = 0
@@ -174,7 +193,7 @@ def _iterate(
             _, magnitude = op.interval_multiply(torch.zeros_like(z_center), z_center.abs() + z_radius, weights)
             radius = radius + relative * (magnitude + injection_center.abs() + radius)
         step = Box.around(center, radius).widened(rounding_bound(0, dtype) if rounding else 0).monotone(torch.relu)
-        new = Box(torch.maximum(z.lower, step.lower), torch.minimum(z.upper, step.upper))
+        new = Box(torch.maximum(z.lower, step.lower), torch.minimum(z.upper, step.upper)) if intersect else step
         if tol and done % CHECK_EVERY == 0:  # a host read-back per check: a device would wait for it every iteration
             moved = torch.maximum((new.upper - z.upper).abs(), (new.lower - z.lower).abs()).max()
             scale = new.upper.abs().max().clamp_min(1e-12)
@@ -266,6 +285,12 @@ def worst_case_logits(features: Box, readout: nn.Linear, labels: Tensor, roundin
     return -lower
 
 
+def readout_logits(model: nn.Module, z: Box, labels: Tensor, rounding: bool = False) -> Tensor:
+    """:func:`worst_case_logits` of a monDEQ classifier over the box ``z`` of its equilibria (through its
+    average pooling, whose weights are non-negative, and its linear readout)."""
+    return worst_case_logits(_average(model.pool, z, rounding), model.readout, labels, rounding)
+
+
 def interval_logits(
     model: nn.Module,
     x: Box,
@@ -282,8 +307,7 @@ def interval_logits(
     layer = getattr(model, "layer", None)
     if layer is not None:
         z, _ = equilibrium_box(layer, x, iterations, tol, rounding, taped)
-        features = _average(model.pool, z, rounding)  # average pooling: non-negative weights
-        return worst_case_logits(features, model.readout, labels, rounding)
+        return readout_logits(model, z, labels, rounding)
     if isinstance(model, nn.Sequential) and isinstance(model[-1], nn.Linear):
         features = network_box(model[:-1], x, rounding)
         flat = Box(features.lower.flatten(1), features.upper.flatten(1))

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..data import DatasetInfo
 from ..errors import ConfigError
 from .certificates import input_box, input_radius
-from .interval import interval_logits
+from .interval import Box, equilibrium_box, interval_logits, readout_logits
 
 __all__ = ["CertifiedObjective", "interval_loss", "lipschitz_margin_loss", "parse_certified"]
 
@@ -55,7 +55,8 @@ def interval_loss(logits: Tensor, worst: Tensor, labels: Tensor, kappa: float, l
 
 #: Interval iterations through the equilibrium per training step, and how many of the last are on the
 #: tape (the bounds are sound after any number; from :func:`~mondeq.robust.equilibrium_box`'s start box
-#: they are close to converged by 8; the gradient through the last few is a truncated one).
+#: they are close to converged by 8; the gradient through the last few is a truncated one). A batch whose
+#: examples all start from the boxes of their last visit runs only the taped ones.
 TRAINING_ITERATIONS, TAPED_ITERATIONS = 8, 3
 
 
@@ -110,5 +111,26 @@ class CertifiedObjective:
             return lipschitz_margin_loss(logits, labels, lipschitz, radius, label_smoothing)
         if eps == 0:
             return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-        worst = interval_logits(model, input_box(info, x, eps), labels, self.iterations, taped=self.taped)
-        return interval_loss(logits, worst, labels, kappa, label_smoothing)
+        box = input_box(info, x, eps)
+        selection = _interval_rows(model)
+        if selection is None:
+            worst = interval_logits(model, box, labels, self.iterations, taped=self.taped)
+            return interval_loss(logits, worst, labels, kappa, label_smoothing)
+        like = x.new_empty(len(x), model.layer.linear.features)
+        lower, upper = (selection.start(direction, like) for direction in ("interval_lower", "interval_upper"))
+        warm = lower is not None and upper is not None and bool(lower.rows.all()) and bool(upper.rows.all())
+        if warm:  # every example starts where its last visit ended: the taped iterations only
+            z, _ = equilibrium_box(model.layer, box, self.taped, taped=self.taped, start=Box(lower.pre, upper.pre))
+        else:
+            z, _ = equilibrium_box(model.layer, box, self.iterations, taped=self.taped)
+        selection.keep("interval_lower", z.lower)
+        selection.keep("interval_upper", z.upper)
+        return interval_loss(logits, readout_logits(model, z, labels), labels, kappa, label_smoothing)
+
+
+def _interval_rows(model: nn.Module):
+    """The current batch's rows of the model's fixed-point store when it keeps interval boxes, else ``None``."""
+    store = getattr(getattr(model, "layer", None), "fixed_points", None)
+    if store is None or "interval_lower" not in store.directions:
+        return None
+    return store.active()

@@ -210,6 +210,16 @@ class TrainConfig:
             "epochs over which the certified radius rises linearly to EPS", "non_negative", metavar="EPOCHS", requires=_CERTIFIED
         ),
     )
+    certified_reuse: bool = field(
+        default=True,
+        metadata=option(
+            "l-infinity certified training: start each example's interval iteration from the box of its last visit and "
+            "run only the taped iterations (--no-certified-reuse: from the sound start box every step; certificates "
+            "always start there)",
+            "flag",
+            requires=_CERTIFIED,
+        ),
+    )
     augment: bool | None = field(default=None, metadata=option("random crop + flip (default: on for cifar10)", "flag"))
     shift: int = field(
         default=0,

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..gradients import Implicit
-from ..reuse import FixedPointStore
+from ..reuse import DIRECTIONS, INTERVAL, FixedPointStore
 from .config import TrainConfig
 from .schedule import apply_learning_rate, learning_rate, tune_alpha
 
@@ -25,20 +25,24 @@ Objective = Callable[[Tensor, Tensor, Tensor, float], Tensor]
 def reuse_store(
     config: TrainConfig, model: nn.Module, examples: int, device: torch.device | str = "cpu"
 ) -> FixedPointStore | None:
-    """The fixed-point store that ``config.reuse`` asks for, for ``examples`` training examples of
-    ``model`` (a module with a monDEQ ``layer``), within ``config.reuse_memory`` GB; ``None`` without
-    reuse. ``both`` needs a gradient that solves a backward problem (one line otherwise)."""
-    if config.reuse == "off":
-        return None
+    """The fixed-point store that ``config.reuse`` asks for (and, for certified l-infinity training with
+    ``config.certified_reuse``, the interval iteration's boxes), for ``examples`` training examples of
+    ``model`` (a module with a monDEQ ``layer``), within ``config.reuse_memory`` GB; ``None`` when nothing
+    is kept. ``both`` needs a gradient that solves a backward problem (one line otherwise)."""
     if config.reuse == "both" and not isinstance(model.layer.gradient, Implicit):
         raise ConfigError(
             f"reuse 'both' keeps the backward solve's fixed points, but the gradient {model.layer.gradient.name!r} "
             "solves no backward problem: use --reuse forward"
         )
+    solves = {"off": (), "forward": DIRECTIONS[:1], "both": DIRECTIONS[:2]}[config.reuse]
+    certified = config.certified_objective()
+    boxes = INTERVAL if config.certified_reuse and certified is not None and certified.norm == "linf" else ()
+    if not solves and not boxes:
+        return None
     return FixedPointStore(
         examples,
         model.layer.linear.features,
-        backward=config.reuse == "both",
+        directions=solves + boxes,
         max_bytes=int(config.reuse_memory * 1e9),
         device=device,
     )
