@@ -33,13 +33,15 @@ from .time_to_accuracy import RECIPE, data
 IMAGES = int(os.environ.get("MONDEQ_STEP_PROFILE_IMAGES", 7680))
 PROFILED = 16
 
-#: Operator categories, in report order: a name and the aten operators (exact names, or prefixes ending in ``*``).
+#: Operator categories, in report and matching order: a name and the aten operators (exact names, or
+#: prefixes ending in ``*``).
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "matrix products (DFT, per-frequency, readout)": ("aten::mm", "aten::bmm", "aten::addmm*", "aten::baddbmm*"),
     "FFTs": ("aten::_fft_*",),
     "convolutions": ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution", "aten::conv*"),
-    "per-frequency inverses": ("aten::linalg_*", "aten::_linalg_*"),
+    # before the inverses, whose linalg_* prefix would claim linalg_vector_norm: the first match counts
     "residual norms and reductions": ("aten::linalg_vector_norm", "aten::dist", "aten::sum", "aten::mean", "aten::norm"),
+    "per-frequency inverses": ("aten::linalg_*", "aten::_linalg_*"),
     "elementwise passes": (
         "aten::add*",
         "aten::sub*",
@@ -68,14 +70,12 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     ),
     "pooling and loss": ("aten::avg_pool*", "aten::adaptive*", "aten::_log_softmax*", "aten::nll_loss*", "aten::cross_entropy*"),
 }
-# linalg_vector_norm is a residual norm, not an inverse: the categories are matched in this order
-_ORDER = ["residual norms and reductions", *[c for c in CATEGORIES if c != "residual norms and reductions"]]
 
 
 def category(name: str) -> str:
     """The category of aten operator ``name`` (``"other operators"`` when none names it)."""
-    for key in _ORDER:
-        for pattern in CATEGORIES[key]:
+    for key, patterns in CATEGORIES.items():
+        for pattern in patterns:
             if name == pattern or (pattern.endswith("*") and name.startswith(pattern[:-1])):
                 return key
     return "other operators"

@@ -85,23 +85,15 @@ def from_fourier(spectrum: Tensor, size: tuple[int, ...]) -> Tensor:
     return batched_fft(torch.fft.irfftn, half, n, s=tuple(size)).permute(n + 1, n, *range(n))
 
 
-def _real_form_rows_by_part(c: Tensor) -> Tensor:
-    r"""The real :math:`2L \times 2L` matrix of :math:`v \mapsto C v` (complex ``c``, ``(L, L)``) on vectors
-    stored as (point, real/imaginary part); its output rows are ordered (part, point)."""
+def _real_form(c: Tensor) -> Tensor:
+    r"""The real form of :math:`v \mapsto C v` (complex ``c``, ``(L, L)``) on vectors split into real and
+    imaginary parts: ``(output part, output point, input point, input part)``, each ``(2, L, L, 2)``
+    entry the coefficient of an input part in an output part."""
     n = c.shape[0]
-    out = c.real.new_empty(2, n, n, 2)  # (output part, output point, input point, input part)
+    out = c.real.new_empty(2, n, n, 2)
     out[0, :, :, 0], out[0, :, :, 1] = c.real, -c.imag
     out[1, :, :, 0], out[1, :, :, 1] = c.imag, c.real
-    return out.reshape(2 * n, 2 * n)
-
-
-def _real_form_columns_by_part(c: Tensor) -> Tensor:
-    r"""The real matrix of :math:`v \mapsto C v` on vectors stored as (part, point); output rows (point, part)."""
-    n = c.shape[0]
-    out = c.real.new_empty(n, 2, 2, n)  # (output point, output part, input part, input point)
-    out[:, 0, 0], out[:, 0, 1] = c.real, -c.imag
-    out[:, 1, 0], out[:, 1, 1] = c.imag, c.real
-    return out.reshape(2 * n, 2 * n)
+    return out
 
 
 @torch.compiler.disable  # built once per grid, outside any compiled graph
@@ -129,8 +121,9 @@ def _dft_matrices(
         points = math.prod(lead_size)
         basis = torch.eye(points, dtype=torch.complex128).view(points, *lead_size)
         dft = torch.fft.fftn(basis, dim=tuple(range(1, 1 + len(lead_size))), norm="ortho").reshape(points, points).T
-        lead = _real_form_rows_by_part(dft)
-        lead_inverse = _real_form_columns_by_part(dft.mH)
+        lead = _real_form(dft).reshape(2 * points, 2 * points)
+        # the inverse reads (part, point) and writes (point, part)
+        lead_inverse = _real_form(dft.mH).permute(1, 0, 3, 2).reshape(2 * points, 2 * points)
 
     def cast(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.to(dtype=dtype, device=device).contiguous()
@@ -169,7 +162,7 @@ class SpectralMap:
     def __call__(self, x: Tensor) -> Tensor:
         c_out, c_in = self.matrices.shape[-2:]
         if not self.matrix_dft:
-            spectrum = to_fourier(x.view(x.shape[0], c_in, *self.size), onesided=True)
+            spectrum = to_fourier(x.reshape(x.shape[0], c_in, *self.size), onesided=True)
             return from_fourier(self.matrices @ spectrum, self.size).flatten(1)
         return self._by_matrices(x, c_out, c_in)
 

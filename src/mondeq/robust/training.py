@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ..data import DatasetInfo
 from ..errors import ConfigError
+from ..reuse import INTERVAL
 from .certificates import input_box, input_radius
 from .interval import Box, equilibrium_box, interval_logits, readout_logits
 
@@ -117,20 +118,20 @@ class CertifiedObjective:
             worst = interval_logits(model, box, labels, self.iterations, taped=self.taped)
             return interval_loss(logits, worst, labels, kappa, label_smoothing)
         like = x.new_empty(len(x), model.layer.linear.features)
-        lower, upper = (selection.start(direction, like) for direction in ("interval_lower", "interval_upper"))
+        lower, upper = (selection.start(direction, like) for direction in INTERVAL)
         warm = lower is not None and upper is not None and bool(lower.rows.all()) and bool(upper.rows.all())
         if warm:  # every example starts where its last visit ended: the taped iterations only
             z, _ = equilibrium_box(model.layer, box, self.taped, taped=self.taped, start=Box(lower.pre, upper.pre))
         else:
             z, _ = equilibrium_box(model.layer, box, self.iterations, taped=self.taped)
-        selection.keep("interval_lower", z.lower)
-        selection.keep("interval_upper", z.upper)
+        for direction, bound in zip(INTERVAL, (z.lower, z.upper)):
+            selection.keep(direction, bound)
         return interval_loss(logits, readout_logits(model, z, labels), labels, kappa, label_smoothing)
 
 
 def _interval_rows(model: nn.Module):
     """The current batch's rows of the model's fixed-point store when it keeps interval boxes, else ``None``."""
     store = getattr(getattr(model, "layer", None), "fixed_points", None)
-    if store is None or "interval_lower" not in store.directions:
+    if store is None or not set(INTERVAL) <= set(store.directions):
         return None
     return store.active()
